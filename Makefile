@@ -1,0 +1,32 @@
+# swinseg: `make demo` runs the whole pipeline on synthetic phantoms, `make test` runs the test suite.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test install bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+demo: $(STAMP)
+	$(BIN)/swinseg demo --out demo_output
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/model_speed.py
+	$(BIN)/python benchmarks/predict_speed.py
+	$(BIN)/python benchmarks/evaluate_speed.py
+	$(BIN)/python benchmarks/train_speed.py
+
+clean:
+	rm -rf $(VENV) demo_output build *.egg-info

@@ -1,0 +1,44 @@
+"""The `swinseg` command line. Command modules import only typer/rich at module level, so that
+`swinseg --help` never imports torch; each registers its commands on the app."""
+from __future__ import annotations
+
+import typer
+
+from swinseg import __version__
+from swinseg.cli import _common, demo, evaluate, overlay, predict, preprocess, train, weights
+
+app = typer.Typer(
+    name="swinseg",
+    help="Medical image segmentation with Swin-Unet: predict, train, finetune, evaluate.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"swinseg {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+    ),
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+) -> None:
+    """Medical image segmentation with Swin-Unet."""
+    _common.state.debug = debug
+
+
+for _module in (predict, evaluate, train, preprocess, weights, overlay, demo):
+    _module.register(app)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,62 @@
+"""Shared CLI plumbing: consoles, the --debug switch, and turning errors into one-line messages."""
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Any, Callable, TypeVar
+
+import typer
+from rich.console import Console
+
+from swinseg.errors import SwinsegError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+out = Console()  # results (tables, summaries) on stdout
+err = Console(stderr=True)  # progress, warnings and errors on stderr
+
+
+class _State:
+    debug: bool = False
+
+
+state = _State()
+
+
+def cli_errors(command: F) -> F:
+    """Run a command; print SwinsegError and unexpected errors as one line (traceback with --debug)."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except KeyboardInterrupt:
+            err.print("[red]interrupted[/red]")
+            raise typer.Exit(130) from None
+        except SwinsegError as error:
+            if state.debug:
+                raise
+            err.print(f"[red]error:[/red] {error}", highlight=False, markup=True, soft_wrap=True)
+            raise typer.Exit(1) from None
+        except Exception as error:  # noqa: BLE001 - last line of defence for the user
+            if state.debug:
+                raise
+            err.print(
+                f"[red]error:[/red] {type(error).__name__}: {error} (run with --debug for the traceback)",
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def fail(message: str) -> None:
+    """Raise a user-facing error from option checks."""
+    raise SwinsegError(message)
+
+
+def stdout_is_tty() -> bool:
+    return sys.stdout.isatty()

@@ -1,0 +1,228 @@
+"""Network configuration, preprocessing settings and model cards (YAML files in models/).
+
+Pure Python (no torch), so the CLI can read cards without paying torch's import time.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from swinseg.errors import SwinsegError
+
+SKIP_SCALES = (4, 8, 16)
+
+
+@dataclass(frozen=True)
+class SwinUnetConfig:
+    """Hyper-parameters of a Swin-Unet. Defaults are the published "tiny" configuration."""
+
+    img_size: int = 224
+    in_chans: int = 3
+    num_classes: int = 9
+    embed_dim: int = 96
+    depths: tuple[int, ...] = (2, 2, 2, 2)
+    num_heads: tuple[int, ...] = (3, 6, 12, 24)
+    window_size: int = 7
+    mlp_ratio: float = 4.0
+    drop_path_rate: float = 0.2
+    skip_scales: tuple[int, ...] = SKIP_SCALES
+
+    def __post_init__(self) -> None:
+        for name in ("depths", "num_heads", "skip_scales"):
+            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+        self.validate()
+
+    @property
+    def stage_resolutions(self) -> tuple[int, ...]:
+        """Token-grid side of each encoder stage (img_size/4, /8, /16, /32)."""
+        return tuple(self.img_size // (4 * 2**i) for i in range(len(self.depths)))
+
+    def validate(self) -> None:
+        """Raise SwinsegError for an illegal configuration, listing windows that would work."""
+        if len(self.depths) != 4 or len(self.num_heads) != 4:
+            raise SwinsegError(f"depths and num_heads need 4 stages, got {self.depths} and {self.num_heads}")
+        if self.img_size <= 0 or self.img_size % 32:
+            raise SwinsegError(f"img_size {self.img_size} is not a positive multiple of 32")
+        bad_skips = set(self.skip_scales) - set(SKIP_SCALES)
+        if bad_skips:
+            raise SwinsegError(f"skip_scales {sorted(bad_skips)} not in {list(SKIP_SCALES)}")
+        for i, heads in enumerate(self.num_heads):
+            if (self.embed_dim * 2**i) % heads:
+                raise SwinsegError(f"stage {i}: {self.embed_dim * 2**i} channels not divisible by {heads} heads")
+        if not window_fits(self.img_size, self.window_size):
+            legal = legal_windows(self.img_size)
+            raise SwinsegError(
+                f"window {self.window_size} does not fit image size {self.img_size} (stage resolutions "
+                f"{list(self.stage_resolutions)} must be divisible by the window or not larger than it); "
+                f"windows that work: {legal}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> SwinUnetConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise SwinsegError(f"unknown network keys {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**values)
+
+
+def window_fits(img_size: int, window: int) -> bool:
+    """True when every stage resolution is divisible by the window or not larger than it."""
+    if window < 1:
+        return False
+    return all(r % window == 0 or r <= window for r in (img_size // (4 * 2**i) for i in range(4)))
+
+
+def legal_windows(img_size: int, up_to: int = 32) -> list[int]:
+    """Windows from 2 to `up_to` that fit `img_size` (a window of 1 disables attention's context)."""
+    return [w for w in range(2, up_to + 1) if window_fits(img_size, w)]
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a volume's intensities and orientation are prepared for the network.
+
+    CT: intensities clipped to `window` (HU) and scaled to [0, 1]. MR: clipped to the volume's
+    `percentiles` and scaled to [0, 1]. `orientation` is the SimpleITK DICOMOrient code of the volume the
+    training slices were cut from ("LPS": arrays (z, y, x), axial slices with anterior at the top and the
+    patient's right on the left, as in Synapse).
+    """
+
+    modality: str = "CT"
+    window: tuple[float, float] | None = (-125.0, 275.0)
+    percentiles: tuple[float, float] | None = None
+    orientation: str = "LPS"
+
+    def __post_init__(self) -> None:
+        modality = self.modality.upper()
+        object.__setattr__(self, "modality", modality)
+        for name in ("window", "percentiles"):
+            value = getattr(self, name)
+            if value is not None:
+                if len(value) != 2 or float(value[0]) >= float(value[1]):
+                    raise SwinsegError(f"preprocessing {name} must be [low, high] with low < high, got {value}")
+                object.__setattr__(self, name, (float(value[0]), float(value[1])))
+        if modality == "CT" and self.window is None:
+            raise SwinsegError("CT preprocessing needs a window [low, high] in HU")
+        if modality == "MR" and self.percentiles is None:
+            object.__setattr__(self, "percentiles", (0.5, 99.5))
+        if modality not in ("CT", "MR"):
+            raise SwinsegError(f"preprocessing modality must be CT or MR, got {self.modality!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Preprocessing:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise SwinsegError(f"unknown preprocessing keys {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """A named model: network configuration, class names, preprocessing and optional weight file."""
+
+    name: str
+    network: SwinUnetConfig
+    classes: tuple[str, ...]
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    description: str = ""
+    weights: Path | None = None
+    source: Path | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "classes", tuple(self.classes))
+        if len(self.classes) != self.network.num_classes:
+            raise SwinsegError(
+                f"model card {self.name!r}: {len(self.classes)} class names but num_classes is "
+                f"{self.network.num_classes}"
+            )
+
+    def with_classes(self, classes: list[str] | tuple[str, ...]) -> ModelCard:
+        """The same card with another label set (num_classes follows)."""
+        network = dataclasses.replace(self.network, num_classes=len(classes))
+        return dataclasses.replace(self, network=network, classes=tuple(classes))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "network": self.network.to_dict(),
+            "classes": list(self.classes),
+            "preprocessing": self.preprocessing.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: Path | None = None) -> ModelCard:
+        where = str(source) if source else "model card"
+        try:
+            network = SwinUnetConfig.from_dict(dict(values.get("network") or {}))
+            classes = values.get("classes") or [f"class_{i}" for i in range(network.num_classes)]
+            if "num_classes" not in (values.get("network") or {}):
+                network = dataclasses.replace(network, num_classes=len(classes))
+            weights = values.get("weights")
+            if weights is not None and source is not None:
+                weights = (source.parent / weights).resolve()
+            return cls(
+                name=str(values.get("name") or (source.stem if source else "custom")),
+                network=network,
+                classes=tuple(str(c) for c in classes),
+                preprocessing=Preprocessing.from_dict(dict(values.get("preprocessing") or {})),
+                description=str(values.get("description", "")),
+                weights=Path(weights) if weights else None,
+                source=source,
+            )
+        except SwinsegError as err:
+            raise SwinsegError(f"{where}: {err}") from None
+        except (TypeError, ValueError) as err:
+            raise SwinsegError(f"{where}: invalid value ({err})") from None
+
+
+def card_dirs() -> list[Path]:
+    """Where cards are looked up, first match wins: $SWINSEG_MODELS, ./models, the installed cards."""
+    dirs = [Path(p) for p in os.environ.get("SWINSEG_MODELS", "").split(os.pathsep) if p]
+    dirs.append(Path.cwd() / "models")
+    dirs.append(Path(str(resources.files("swinseg.models"))))
+    return dirs
+
+
+def list_cards() -> dict[str, Path]:
+    """Card name -> file, over all card directories (earlier directories take precedence)."""
+    found: dict[str, Path] = {}
+    for directory in card_dirs():
+        if directory.is_dir():
+            for path in sorted(directory.glob("*.yaml")):
+                found.setdefault(path.stem, path)
+    return found
+
+
+def load_card(name_or_path: str | os.PathLike[str]) -> ModelCard:
+    """Load a card by name (see card_dirs) or from a YAML file path."""
+    text = str(name_or_path)
+    path = Path(text)
+    if not (text.endswith((".yaml", ".yml")) or path.is_file()):
+        cards = list_cards()
+        if text not in cards:
+            raise SwinsegError(f"unknown model card {text!r}; available: {', '.join(sorted(cards)) or 'none'}")
+        path = cards[text]
+    if not path.is_file():
+        raise SwinsegError(f"{path}: model card file not found")
+    try:
+        values = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise SwinsegError(f"{path}: not a valid YAML model card ({type(err).__name__})") from None
+    if not isinstance(values, dict):
+        raise SwinsegError(f"{path}: a model card must be a YAML mapping")
+    return ModelCard.from_dict(values, source=path.resolve())

@@ -1,0 +1,49 @@
+"""Model cards and network configuration."""
+import subprocess
+import sys
+import time
+
+import pytest
+
+from swinseg.config import ModelCard, SwinUnetConfig, legal_windows, list_cards, load_card
+from swinseg.errors import SwinsegError
+
+
+def test_published_card_is_the_paper_configuration():
+    card = load_card("swin_unet_tiny")
+    assert card.network.depths == (2, 2, 2, 2)
+    assert card.network.window_size == 7 and card.network.img_size == 224
+    assert card.classes[0] == "background" and len(card.classes) == 9
+    assert card.preprocessing.window == (-125.0, 275.0)
+
+
+def test_every_shipped_card_loads():
+    cards = list_cards()
+    assert {"swin_unet_tiny", "swin_unet_tiny_full", "swin_unet_demo", "swin_unet_test"} <= set(cards)
+    for name in cards:
+        assert isinstance(load_card(name), ModelCard)
+
+
+def test_illegal_window_lists_the_legal_ones():
+    with pytest.raises(SwinsegError, match=r"windows that work: \[2, 4, 8, 16, 32\]"):
+        SwinUnetConfig(img_size=256, window_size=7)
+    assert 7 in legal_windows(224) and 6 in legal_windows(384) and 12 in legal_windows(384)
+
+
+def test_user_card_file_and_unknown_name(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("network: {img_size: 64, embed_dim: 12, num_heads: [1, 2, 4, 8], window_size: 2}\n"
+                    "classes: [background, tumour]\n")
+    card = load_card(path)
+    assert card.name == "mine" and card.network.num_classes == 2
+    with pytest.raises(SwinsegError, match="unknown model card 'nope'"):
+        load_card("nope")
+
+
+def test_help_does_not_import_torch():
+    code = "import sys, swinseg.cli; print(any(m in sys.modules for m in ('torch', 'timm')))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "swinseg", "--help"], capture_output=True, check=True)
+    assert time.perf_counter() - start < 2.0  # 0.2 s measured; generous for loaded CI machines
