@@ -1,0 +1,430 @@
+"""Reading and writing volumes with their geometry; atomic file output; orientation helpers.
+
+Arrays are in SimpleITK index order: (z, y, x) for 3-D, (y, x) for 2-D. `spacing` follows the array order;
+`origin` and `direction` are in ITK (LPS, x-first) order. NIfTI files are read and written with nibabel using
+the input's own header, so a mask written "like" a NIfTI scan has the same affine and qform/sform codes.
+
+On-disk representations written by `write_volume`:
+- labels: the dtype given (uint8, or uint16 beyond 255 classes), stored exactly (no intensity scaling);
+- probabilities (a leading class axis, e.g. (C, z, y, x) float16): float32 on disk (NIfTI and ITK formats
+  have no float16), NIfTI as a 4-D image (x, y, z, C) with the class axis last and the same spatial affine,
+  ITK formats (NRRD/MHA) as a vector image with C components per voxel;
+- 2-D images (PNG/TIFF): labels as 8/16-bit PNG; JPEG is refused (lossy).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import re
+import secrets
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from swinseg.errors import SwinsegError
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
+IMAGE_2D_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+SUPPORTED_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES + IMAGE_2D_SUFFIXES
+_DETACHED_HEADER_SUFFIXES = (".mhd", ".nhdr")  # header + separate data file
+_LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])
+_LUMINANCE = (0.299, 0.587, 0.114)  # ITU-R BT.601, as PIL's "L" mode
+_AXIS_LETTERS = ("LR", "PA", "SI")  # physical axis -> (letter for +, letter for -) in LPS
+
+
+@dataclass
+class Volume:
+    """An image array with its physical geometry.
+
+    `array`: SimpleITK index order ((z, y, x) or (y, x)). `spacing`: mm, in array order. `origin`,
+    `direction` (flattened row-major ndim x ndim matrix): ITK order (x, y, z), LPS. `path`: where it was read
+    from. The private fields keep the source header (NIfTI) and the kind of source, for `write_volume`.
+    """
+
+    array: np.ndarray
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: tuple[float, ...]
+    path: Path | None = None
+    _nifti_header: Any = field(default=None, repr=False, compare=False)
+    _kind: str = field(default="itk", repr=False, compare=False)  # nifti | itk | dicom | image2d
+
+    @property
+    def ndim(self) -> int:
+        """Number of spatial dimensions (2 or 3)."""
+        return len(self.spacing)
+
+    @property
+    def name(self) -> str:
+        """The source file name for messages ("<array>" when the volume was not read from a file)."""
+        return self.path.name if self.path is not None else "<array>"
+
+    def direction_matrix(self) -> np.ndarray:
+        """The direction cosines as an (ndim, ndim) matrix; column k is index axis k (x, y, z)."""
+        return np.asarray(self.direction, dtype=np.float64).reshape(self.ndim, self.ndim)
+
+    def with_array(self, array: np.ndarray) -> Volume:
+        """The same geometry and header with another array (same spatial shape)."""
+        if array.shape[array.ndim - self.ndim :] != self.array.shape[self.array.ndim - self.ndim :]:
+            raise ValueError(f"array shape {array.shape} does not match volume shape {self.array.shape}")
+        return dataclasses.replace(self, array=array)
+
+
+# ---------------------------------------------------------------------------------------------- atomic output
+
+
+def _suffix(path: Path) -> str:
+    """The file's format suffix, lower case, with .nii.gz kept whole."""
+    name = path.name.lower()
+    if name.endswith(".nii.gz"):
+        return ".nii.gz"
+    return Path(name).suffix
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to `path` (same suffixes); move it onto `path` on success, delete on failure.
+
+    The temporary name is hidden (`.NAME.tmp-XXXXXXXX.nii.gz`) so folder scans skip it; the parent folder is
+    created if needed. Readers of `path` never see a half-written file.
+    """
+    path = Path(path)
+    suffix = _suffix(path)
+    base = path.name[: len(path.name) - len(suffix)] if suffix else path.name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{base}.tmp-{secrets.token_hex(4)}{suffix}"
+    try:
+        yield tmp
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+# -------------------------------------------------------------------------------------------------- reading
+
+
+def read_volume(path: str | Path, *, series: str | None = None, channel: int | None = None) -> Volume:
+    """Read a NIfTI, NRRD, MHA/MHD file, a DICOM series folder or a 2-D PNG/JPEG/TIFF image.
+
+    `series`: the SeriesInstanceUID to read from a folder holding several DICOM series. `channel`: the
+    volume/component to take from a 4-D or vector image. RGB(A) 2-D images are read as luminance.
+    Raises SwinsegError (one line naming the file) for missing, empty, unreadable or ambiguous input.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise SwinsegError(f"{path}: file not found")
+    if path.is_dir():
+        return _read_dicom_series(path, series, channel)
+    if path.stat().st_size == 0:
+        raise SwinsegError(f"{path}: empty file")
+    suffix = _suffix(path)
+    if suffix in NIFTI_SUFFIXES:
+        return _read_nifti(path, channel)
+    return _read_itk(path, channel, kind="image2d" if suffix in IMAGE_2D_SUFFIXES else "itk")
+
+
+def _unreadable(path: Path, error: BaseException) -> SwinsegError:
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    reason = reason[:160]
+    detail = f"{type(error).__name__}: {reason}" if reason else type(error).__name__
+    return SwinsegError(f"{path}: not a readable image (corrupt, truncated or not an image file; {detail})")
+
+
+def _read_nifti(path: Path, channel: int | None) -> Volume:
+    import nibabel as nib
+
+    try:
+        image = nib.load(path, mmap=False)
+        if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
+            raise SwinsegError(f"{path}: not a NIfTI image ({type(image).__name__})")
+        data = np.asanyarray(image.dataobj)
+    except SwinsegError:
+        raise
+    except Exception as error:  # nibabel/gzip/zlib raise many types for bad files
+        raise _unreadable(path, error) from None
+    header = image.header
+    data = _select_nifti_channel(path, data, channel)
+    spacing_xyz, origin, direction = _itk_geometry_from_affine(path, image.affine)
+    return Volume(
+        array=data.T,  # nibabel (x, y, z) Fortran order -> (z, y, x) C order, no copy
+        spacing=tuple(float(s) for s in spacing_xyz[::-1]),
+        origin=tuple(float(o) for o in origin),
+        direction=tuple(float(d) for d in direction.ravel()),
+        path=path,
+        _nifti_header=header,
+        _kind="nifti",
+    )
+
+
+def _select_nifti_channel(path: Path, data: np.ndarray, channel: int | None) -> np.ndarray:
+    """Reduce NIfTI data to 3-D (x, y, z): 2-D gets z=1, 4-D/5-D (vector) need `channel` unless singleton."""
+    if data.ndim == 2:
+        data = data[:, :, np.newaxis]
+    if data.ndim == 5 and data.shape[3] == 1:  # NIfTI vector convention (x, y, z, 1, c)
+        data = data[:, :, :, 0, :]
+    if data.ndim > 4:
+        raise SwinsegError(f"{path}: {data.ndim}-D image {data.shape} is not supported")
+    if data.ndim == 4:
+        if data.shape[3] == 1 and channel in (None, 0):
+            return data[:, :, :, 0]
+        return data[:, :, :, _check_channel(path, channel, data.shape[3])]
+    if channel is not None:
+        raise SwinsegError(f"{path}: --channel {channel} given but the image has a single channel")
+    return data
+
+
+def _check_channel(path: Path, channel: int | None, count: int) -> int:
+    if channel is None:
+        raise SwinsegError(f"{path}: image has {count} channels/volumes; select one with --channel K (0-{count - 1})")
+    if not 0 <= channel < count:
+        raise SwinsegError(f"{path}: --channel {channel} out of range, the image has channels 0-{count - 1}")
+    return channel
+
+
+def _itk_geometry_from_affine(path: Path, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(spacing x, y, z; origin; direction 3x3) in ITK's LPS convention from a NIfTI (RAS) affine."""
+    linear = _LPS_FROM_RAS @ affine[:3, :3]
+    spacing = np.linalg.norm(linear, axis=0)
+    if not np.all(spacing > 0) or not np.all(np.isfinite(affine)):
+        raise SwinsegError(f"{path}: degenerate affine in the NIfTI header (zero or non-finite voxel size)")
+    direction = linear / spacing
+    if not np.allclose(direction.T @ direction, np.eye(3), atol=1e-4):  # sheared: nearest rotation (as ITK)
+        u, _, vt = np.linalg.svd(direction)
+        direction = u @ vt
+    return spacing, _LPS_FROM_RAS @ affine[:3, 3], direction
+
+
+def _read_itk(path: Path, channel: int | None, kind: str) -> Volume:
+    import SimpleITK as sitk
+
+    try:
+        image = sitk.ReadImage(str(path))
+    except Exception as error:  # SimpleITK raises RuntimeError with a multi-line ITK message
+        raise _unreadable(path, _itk_reason(error)) from None
+    return _volume_from_sitk(image, path, channel, kind)
+
+
+def _itk_reason(error: Exception) -> Exception:
+    """A short RuntimeError from SimpleITK's multi-line message (the line after 'Description:' if any)."""
+    text = str(error)
+    match = re.search(r"(?:Description|ERROR):\s*(.+)", text)
+    return RuntimeError(match.group(1).strip() if match else text.strip().splitlines()[-1] if text.strip() else "")
+
+
+def _volume_from_sitk(image: Any, path: Path, channel: int | None, kind: str) -> Volume:
+    import SimpleITK as sitk
+
+    components = image.GetNumberOfComponentsPerPixel()
+    if image.GetDimension() == 4:
+        count = image.GetSize()[3]
+        image = image[:, :, :, _check_channel(path, channel, count)]
+        channel = None
+    if components > 1:
+        if kind == "image2d" and channel is None and components in (3, 4):
+            return _luminance_volume(image, path)
+        if kind == "image2d" and channel is None and components == 2:  # gray + alpha
+            channel = 0
+        image = sitk.VectorIndexSelectionCast(image, _check_channel(path, channel, components))
+    elif channel is not None and image.GetDimension() != 4:
+        raise SwinsegError(f"{path}: --channel {channel} given but the image has a single channel")
+    if image.GetDimension() not in (2, 3):
+        raise SwinsegError(f"{path}: {image.GetDimension()}-D image is not supported")
+    return Volume(
+        array=sitk.GetArrayFromImage(image),
+        spacing=tuple(float(s) for s in image.GetSpacing()[::-1]),
+        origin=tuple(float(o) for o in image.GetOrigin()),
+        direction=tuple(float(d) for d in image.GetDirection()),
+        path=path,
+        _kind=kind,
+    )
+
+
+def _luminance_volume(image: Any, path: Path) -> Volume:
+    import SimpleITK as sitk
+
+    rgb = sitk.GetArrayFromImage(image)  # (..., components)
+    luminance = rgb[..., :3].astype(np.float64) @ np.asarray(_LUMINANCE)
+    if np.issubdtype(rgb.dtype, np.integer):
+        info = np.iinfo(rgb.dtype)
+        luminance = np.clip(np.rint(luminance), info.min, info.max)
+    return Volume(
+        array=luminance.astype(rgb.dtype if np.issubdtype(rgb.dtype, np.integer) else np.float32),
+        spacing=tuple(float(s) for s in image.GetSpacing()[::-1]),
+        origin=tuple(float(o) for o in image.GetOrigin()),
+        direction=tuple(float(d) for d in image.GetDirection()),
+        path=path,
+        _kind="image2d",
+    )
+
+
+def dicom_series(folder: str | Path) -> list[tuple[str, str, int]]:
+    """The DICOM series in a folder: (SeriesInstanceUID, SeriesDescription, number of slices) each."""
+    import SimpleITK as sitk
+
+    folder = Path(folder)
+    found = []
+    for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)):
+        files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)
+        description = ""
+        with contextlib.suppress(RuntimeError):
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(files[0])
+            reader.LoadPrivateTagsOff()
+            reader.ReadImageInformation()
+            if reader.HasMetaDataKey("0008|103e"):
+                description = reader.GetMetaData("0008|103e").strip()
+        found.append((uid, description, len(files)))
+    return found
+
+
+def _read_dicom_series(folder: Path, series: str | None, channel: int | None) -> Volume:
+    import SimpleITK as sitk
+
+    available = dicom_series(folder)
+    if not available:
+        raise SwinsegError(f"{folder}: folder holds no DICOM series (and is not an image file)")
+    uids = [uid for uid, _, _ in available]
+    if series is None and len(available) > 1:
+        listing = "; ".join(f"{uid} '{desc}' ({n} slices)" for uid, desc, n in available)
+        raise SwinsegError(f"{folder}: {len(available)} DICOM series, pick one with --series UID: {listing}")
+    if series is not None and series not in uids:
+        raise SwinsegError(f"{folder}: no DICOM series {series}; available: {', '.join(uids)}")
+    uid = series if series is not None else uids[0]
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid))
+    try:
+        image = reader.Execute()
+    except Exception as error:
+        raise _unreadable(folder, _itk_reason(error)) from None
+    return _volume_from_sitk(image, folder, channel, kind="dicom")
+
+
+# -------------------------------------------------------------------------------------------------- writing
+
+
+def write_volume(path: str | Path, array: np.ndarray, like: Volume) -> None:
+    """Write `array` atomically to `path` with the geometry of `like`; the format follows `path`'s suffix.
+
+    `array` has `like`'s spatial shape, optionally with one leading channel axis (probabilities). The dtype is
+    kept (labels uint8/uint16 stored exactly; bool -> uint8; float16 -> float32 on disk). A NIfTI output of a
+    NIfTI `like` reuses its header: same affine, qform/sform and their codes. Refuses to overwrite `like.path`.
+    """
+    path = Path(path)
+    if like.path is not None and (
+        path.resolve() == like.path.resolve() or (path.exists() and path.samefile(like.path))
+    ):
+        raise SwinsegError(f"{path}: refusing to overwrite the input file; choose another output path")
+    array = _disk_array(np.asarray(array), like)
+    suffix = _suffix(path)
+    if suffix in NIFTI_SUFFIXES:
+        with atomic_output(path) as tmp:
+            _write_nifti(tmp, array, like)
+        return
+    if suffix in (".jpg", ".jpeg"):
+        raise SwinsegError(f"{path}: JPEG is lossy and cannot hold labels; write .png instead")
+    if suffix not in SUPPORTED_SUFFIXES:
+        raise SwinsegError(f"{path}: unsupported output type; use one of {', '.join(SUPPORTED_SUFFIXES)}")
+    if suffix == ".png" and (array.dtype not in (np.uint8, np.uint16) or array.ndim != 2):
+        raise SwinsegError(f"{path}: PNG holds 2-D 8/16-bit labels only; write probabilities as .tif or .nii.gz")
+    image = _to_sitk(array, like)
+    if suffix in _DETACHED_HEADER_SUFFIXES:
+        _write_detached(path, image)
+        return
+    import SimpleITK as sitk
+
+    with atomic_output(path) as tmp:
+        sitk.WriteImage(image, str(tmp), useCompression=suffix not in (".tif", ".tiff"))
+
+
+def _disk_array(array: np.ndarray, like: Volume) -> np.ndarray:
+    """Check the shape against `like` and map dtypes that the formats lack (bool, float16)."""
+    spatial = like.array.shape[like.array.ndim - like.ndim :]
+    if array.shape[array.ndim - like.ndim :] != spatial or array.ndim - like.ndim not in (0, 1):
+        raise ValueError(f"array shape {array.shape} does not fit volume {spatial} (+ one channel axis)")
+    if array.dtype == np.bool_:
+        return array.astype(np.uint8)
+    if array.dtype == np.float16:
+        return array.astype(np.float32)
+    return array
+
+
+def _write_nifti(tmp: Path, array: np.ndarray, like: Volume) -> None:
+    import nibabel as nib
+
+    data = array.T  # (z, y, x) -> (x, y, z); (C, z, y, x) -> (x, y, z, C)
+    if like.ndim == 2:  # a 2-D source written as NIfTI: one slice
+        data = data[:, :, np.newaxis, ...]
+    if like._nifti_header is not None:
+        header = like._nifti_header.copy()
+        image_class = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
+    else:
+        header, image_class = _nifti_header_from_geometry(like), nib.Nifti1Image
+    zooms = header.get_zooms()[:3]
+    header.set_data_dtype(data.dtype)
+    header.set_data_shape(data.shape)
+    header.set_zooms(zooms + (1.0,) * (data.ndim - 3))
+    header.set_slope_inter(1.0, 0.0)
+    header["cal_min"], header["cal_max"] = 0.0, 0.0  # the source's display window would hide labels
+    header["intent_code"] = 0
+    header["descrip"] = b"swinseg"
+    image = image_class(data, None, header=header)
+    image.to_filename(tmp)
+
+
+def _nifti_header_from_geometry(like: Volume) -> Any:
+    """A NIfTI header (qform = sform, code scanner) for a volume read from a non-NIfTI source."""
+    import nibabel as nib
+
+    spacing = np.ones(3)
+    direction = np.eye(3)
+    origin = np.zeros(3)
+    n = like.ndim
+    spacing[:n] = like.spacing[::-1]
+    direction[:n, :n] = like.direction_matrix()
+    origin[:n] = like.origin
+    affine = np.eye(4)
+    affine[:3, :3] = _LPS_FROM_RAS @ direction @ np.diag(spacing)
+    affine[:3, 3] = _LPS_FROM_RAS @ origin
+    header = nib.Nifti1Header()
+    header.set_data_shape((1, 1, 1))
+    header.set_qform(affine, code=1)
+    header.set_sform(affine, code=1)
+    header.set_xyzt_units("mm", "sec")
+    return header
+
+
+def _to_sitk(array: np.ndarray, like: Volume) -> Any:
+    import SimpleITK as sitk
+
+    if array.ndim > like.ndim:  # leading channel axis -> vector pixels
+        image = sitk.GetImageFromArray(np.ascontiguousarray(np.moveaxis(array, 0, -1)), isVector=True)
+    else:
+        image = sitk.GetImageFromArray(array)
+    image.SetSpacing(like.spacing[::-1])
+    image.SetOrigin(like.origin)
+    image.SetDirection(like.direction)
+    return image
+
+
+def _write_detached(path: Path, image: Any) -> None:
+    """Write a header + data file pair (.mhd/.nhdr) in a hidden temp folder; move the data, then the header."""
+    import SimpleITK as sitk
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        sitk.WriteImage(image, str(staging / path.name), useCompression=True)
+        for produced in sorted(staging.iterdir(), key=lambda p: p.name == path.name):  # header last
+            os.replace(produced, path.parent / produced.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
