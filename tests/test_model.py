@@ -1,0 +1,133 @@
+"""SwinUnet: exactness against the reference code, parameter count, legal sizes, skip ablation."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from swinseg.config import SwinUnetConfig, load_card
+from swinseg.errors import SwinsegError
+from swinseg.model import PatchExpand, SwinUnet, build_model
+
+GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "reference" / "golden"
+TEST_CONFIG = load_card("swin_unet_test").network
+
+
+def count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_published_tiny_has_the_reference_parameter_count():
+    model = build_model("swin_unet_tiny")
+    assert count(model) == 27_168_900
+    assert count(build_model("swin_unet_tiny", num_classes=2)) == 27_168_036 + 96 * 2
+    assert sum(p.numel() for p in model.encoder_parameters()) == 20_413_386
+
+
+def test_reference_key_names_for_the_decoder():
+    keys = set(build_model(TEST_CONFIG).state_dict())
+    reference = {
+        line.split("\t")[0]
+        for line in (GOLDEN.parent / "swin_unet_tiny_9class_keys.tsv").read_text().splitlines()
+        if line.startswith(("layers_up", "concat_back_dim", "norm_up", "up.", "output"))
+        and "attn_mask" not in line and "relative_position_index" not in line
+    }
+    assert reference and reference <= keys
+
+
+@pytest.mark.skipif(not GOLDEN.is_dir(), reason=f"reference golden files not found at {GOLDEN}")
+def test_reproduces_reference_logits():
+    from swinseg.weights import load_checkpoint
+
+    card = load_card("swin_unet_tiny")
+    model, card = load_checkpoint(GOLDEN / "swin_unet_small_official.pth", card)
+    assert (card.network.embed_dim, card.network.num_heads) == (24, (1, 2, 4, 8))
+    io = np.load(GOLDEN / "swin_unet_small_official_io.npz")
+    for fused in (True, False):
+        model.set_fused_attention(fused)
+        with torch.inference_mode():
+            logits = model(torch.from_numpy(io["input"])).numpy()
+        assert logits.shape == io["logits"].shape
+        assert np.abs(logits - io["logits"]).max() <= 1e-4
+
+
+@pytest.mark.parametrize(("img_size", "window"), [(64, 2), (64, 4), (96, 3), (128, 4), (256, 8)])
+def test_legal_sizes_run_forward_and_backward(img_size, window):
+    config = dataclasses.replace(TEST_CONFIG, img_size=img_size, window_size=window)
+    model = SwinUnet(config)
+    x = torch.rand(2, 1, img_size, img_size)
+    logits = model(x)
+    assert logits.shape == (2, config.num_classes, img_size, img_size)
+    logits.square().mean().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_small_stages_use_the_whole_map_as_one_unshifted_window():
+    # 64 px, window 4: stage resolutions 16, 8, 4, 2 -> stage 3 (2x2) is one window of 2, never shifted
+    model = SwinUnet(dataclasses.replace(TEST_CONFIG, window_size=4))
+    encoder = [(b.window_size, b.shift_size) for stage in model.layers for b in stage.blocks]
+    assert encoder == [((4, 4), (0, 0)), ((4, 4), (2, 2))] * 2 + [((4, 4), (0, 0))] * 2 + [((2, 2), (0, 0))] * 2
+    decoder = [(b.window_size, b.shift_size) for stage in model.layers_up[1:] for b in stage.blocks]
+    assert decoder == [((4, 4), (0, 0))] * 2 + [((4, 4), (0, 0)), ((4, 4), (2, 2))] * 2
+
+
+def test_one_channel_input_equals_repeated_three_channels():
+    model = SwinUnet(TEST_CONFIG).eval()
+    x = torch.rand(1, 1, 64, 64)
+    with torch.inference_mode():
+        assert torch.allclose(model(x), model(x.repeat(1, 3, 1, 1)), atol=1e-6)
+
+
+def test_fused_and_plain_attention_agree():
+    model = SwinUnet(TEST_CONFIG).eval()
+    x = torch.rand(2, 1, 64, 64)
+    with torch.inference_mode():
+        fused = model(x)
+        model.set_fused_attention(False)
+        plain = model(x)
+    assert torch.allclose(fused, plain, atol=1e-5)
+
+
+@pytest.mark.parametrize("skips", [(), (4,), (8, 16), (4, 8, 16)])
+def test_skip_scales_select_the_skip_connections(skips):
+    model = SwinUnet(dataclasses.replace(TEST_CONFIG, skip_scales=skips))
+    fusion = {4 * 2 ** (3 - i) for i, m in enumerate(model.concat_back_dim) if isinstance(m, torch.nn.Linear)}
+    assert fusion == set(skips)
+    assert model(torch.rand(1, 1, 64, 64)).shape == (1, 6, 64, 64)
+
+
+def test_patch_expand_matches_reference_rearrangement():
+    expand = PatchExpand(8, 4, 2)
+    x = torch.randn(2, 3, 5, 8)
+    expected = expand.norm(expand.expand(x).view(2, 3, 5, 2, 2, 4).permute(0, 1, 3, 2, 4, 5).reshape(2, 6, 10, 4))
+    # reference: rearrange 'b h w (p1 p2 c) -> b (h p1) (w p2) c'
+    y = expand.expand(x)
+    ref = torch.empty(2, 6, 10, 4)
+    for p1 in range(2):
+        for p2 in range(2):
+            ref[:, p1::2, p2::2] = y[..., (2 * p1 + p2) * 4 : (2 * p1 + p2 + 1) * 4]
+    assert torch.allclose(expand(x), expand.norm(ref), atol=1e-6)
+    assert torch.allclose(expand(x), expected, atol=1e-6)
+
+
+def test_wrong_input_size_or_channels_is_a_clear_error():
+    model = SwinUnet(TEST_CONFIG)
+    with pytest.raises(SwinsegError, match="64, 64"):
+        model(torch.rand(1, 1, 96, 96))
+    with pytest.raises(SwinsegError, match="input channels"):
+        model(torch.rand(1, 2, 64, 64))
+
+
+def test_illegal_window_fails_at_construction_listing_legal_windows():
+    with pytest.raises(SwinsegError, match="windows that work"):
+        build_model(dataclasses.replace(TEST_CONFIG, img_size=224, window_size=8))
+
+
+def test_encoder_parameters_cover_exactly_the_encoder():
+    model = SwinUnet(TEST_CONFIG)
+    encoder = {id(p) for p in model.encoder_parameters()}
+    names = {n for n, p in model.named_parameters() if id(p) in encoder}
+    assert names == {n for n, _ in model.named_parameters() if n.startswith(("patch_embed.", "layers.", "norm."))}
