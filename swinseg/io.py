@@ -248,7 +248,7 @@ def _volume_from_sitk(image: Any, path: Path, channel: int | None, kind: str) ->
         if kind == "image2d" and channel is None and components == 2:  # gray + alpha
             channel = 0
         image = sitk.VectorIndexSelectionCast(image, _check_channel(path, channel, components))
-    elif channel is not None and image.GetDimension() != 4:
+    elif channel is not None:
         raise SwinsegError(f"{path}: --channel {channel} given but the image has a single channel")
     if image.GetDimension() not in (2, 3):
         raise SwinsegError(f"{path}: {image.GetDimension()}-D image is not supported")
@@ -488,7 +488,9 @@ def resample_like(moving: Volume, reference: Volume) -> Volume:
     import SimpleITK as sitk
 
     if moving.ndim != reference.ndim or moving.array.ndim != moving.ndim:
-        raise SwinsegError(f"cannot resample {moving.name} ({moving.ndim}-D) onto {reference.name} ({reference.ndim}-D)")
+        raise SwinsegError(
+            f"cannot resample {moving.name} ({moving.ndim}-D) onto {reference.name} ({reference.ndim}-D)"
+        )
     grid = sitk.Image([int(n) for n in reference.array.shape[::-1]], sitk.sitkUInt8)
     grid.SetSpacing(reference.spacing[::-1])
     grid.SetOrigin(reference.origin)

@@ -179,6 +179,11 @@ def test_4d_and_vector_inputs_need_a_channel(tmp_path: Path) -> None:
     with pytest.raises(SwinsegError, match="vec.nrrd"):
         read_volume(tmp_path / "vec.nrrd")
     assert np.array_equal(read_volume(tmp_path / "vec.nrrd", channel=1).array, sitk.GetArrayFromImage(vector)[..., 1])
+    series = sitk.JoinSeries([sitk.GetImageFromArray(np.full((3, 4, 5), t, np.int16)) for t in range(3)])
+    sitk.WriteImage(series, str(tmp_path / "series4d.mha"))
+    with pytest.raises(SwinsegError, match=r"series4d\.mha.*--channel K \(0-2\)"):
+        read_volume(tmp_path / "series4d.mha")
+    assert np.all(read_volume(tmp_path / "series4d.mha", channel=2).array == 2)
     sitk.WriteImage(make_image(), str(tmp_path / "plain.nrrd"))
     with pytest.raises(SwinsegError, match="plain.nrrd"):
         read_volume(tmp_path / "plain.nrrd", channel=0)
