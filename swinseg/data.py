@@ -1,0 +1,640 @@
+"""Training data: the Synapse (TransUNet) and nnU-Net/MSD layouts, the reference augmentation, and the
+conversion of an nnU-Net dataset into the Synapse layout (`swinseg preprocess`).
+
+Synapse layout (folder DATA): `train_npz/caseXXXX_sliceYYY.npz` (arrays `image` in [0, 1] and `label`, one
+axial slice each), `test_vol_h5/caseXXXX.npy.h5` (datasets `image`, `label` of shape (D, H, W)) and the lists
+`lists_Synapse/{train,test_vol}.txt` (found in DATA, DATA/lists or beside DATA; without lists every file is
+used). nnU-Net/MSD layout: `imagesTr/CASE_0000.nii.gz` (or MSD's `CASE.nii.gz`), `labelsTr/CASE.nii.gz` and
+`dataset.json` with the label names. Volumes are oriented to the card's orientation and sliced along axis 0.
+
+Augmentation follows the reference Swin-Unet code exactly (same operations, same interpolation), with a
+numpy Generator per sample seeded from (seed, epoch, index): runs are reproducible whatever the number of
+DataLoader workers or processes, and a resumed run sees the same samples.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.ndimage
+import torch
+
+from swinseg.config import ModelCard, Preprocessing
+from swinseg.errors import SwinsegError
+from swinseg.preprocess import intensity_bounds, resize_array, scale_intensities
+
+Progress = Callable[[int, int, str], None]  # (done, total, current item name)
+
+LIST_FOLDER = "lists_Synapse"
+TRAIN_LIST, TEST_LIST = "train.txt", "test_vol.txt"
+TRAIN_FOLDER, TEST_FOLDER = "train_npz", "test_vol_h5"
+TEST_SUFFIX = ".npy.h5"
+MAX_PROBLEMS_SHOWN = 12
+
+# --------------------------------------------------------------------------------------------- augmentation
+
+
+@functools.lru_cache(maxsize=96)
+def _rotation_gather(shape: tuple[int, int], angle: int) -> np.ndarray:
+    """Flat source index + 1 of every output pixel (0 = outside), as scipy's nearest rotation picks them."""
+    index = np.arange(1, shape[0] * shape[1] + 1, dtype=np.int64).reshape(shape)
+    gather = scipy.ndimage.rotate(index, angle, order=0, reshape=False).astype(np.int32)
+    gather.setflags(write=False)
+    return gather
+
+
+def rotate_nearest(array: np.ndarray, angle: int) -> np.ndarray:
+    """`scipy.ndimage.rotate(array, angle, order=0, reshape=False)` for a 2-D array, as a cached gather."""
+    padded = np.concatenate([np.zeros(1, dtype=array.dtype), array.ravel()])
+    return padded[_rotation_gather(array.shape, int(angle))]
+
+
+def augment_slice(image: np.ndarray, label: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The reference's random part: with p=0.5 rot90 by k in 0..3 and a flip along a random axis; otherwise
+    with p=0.5 a rotation by an integer angle in [-20, 19] degrees, nearest interpolation, same size."""
+    if rng.random() > 0.5:
+        k, axis = int(rng.integers(0, 4)), int(rng.integers(0, 2))
+        return np.flip(np.rot90(image, k), axis), np.flip(np.rot90(label, k), axis)
+    if rng.random() > 0.5:
+        angle = int(rng.integers(-20, 20))
+        return rotate_nearest(image, angle), rotate_nearest(label, angle)
+    return image, label
+
+
+def resize_pair(image: np.ndarray, label: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Image (float32, cubic) and label (nearest) resized to size x size exactly as scipy.ndimage.zoom does."""
+    image = resize_array(np.asarray(image, dtype=np.float32), size, order=3)
+    return image, resize_array(label, size, order=0)
+
+
+# ------------------------------------------------------------------------------------------- slice sources
+
+
+class NpzSlices:
+    """Training slices stored one per .npz file (Synapse `train_npz`)."""
+
+    def __init__(self, folder: Path, names: Sequence[str]) -> None:
+        self.folder, self.names = Path(folder), list(names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        path = self.folder / f"{self.names[index]}.npz"
+        try:
+            with np.load(path) as data:
+                return np.asarray(data["image"], dtype=np.float32), np.asarray(data["label"])
+        except (OSError, KeyError, ValueError) as error:
+            raise SwinsegError(f"{path}: not a readable slice file with 'image' and 'label' ({error})") from None
+
+
+@dataclass
+class LoadedCase:
+    """An nnU-Net case in memory: raw intensities and labels oriented to the card (axial slices on axis 0),
+    the intensity range that maps to [0, 1], and the voxel spacing in that orientation."""
+
+    name: str
+    image: np.ndarray
+    label: np.ndarray
+    bounds: tuple[float, float]
+    spacing: tuple[float, ...] | None = None
+
+    def normalized(self) -> np.ndarray:
+        return scale_intensities(self.image, *self.bounds)
+
+
+class MemorySlices:
+    """Training slices cut on the fly from volumes held in memory (raw dtype, normalised per slice)."""
+
+    def __init__(self, cases: Sequence[LoadedCase]) -> None:
+        self.cases = list(cases)
+        self.index = [(c, z) for c, case in enumerate(self.cases) for z in range(case.image.shape[0])]
+        self.names = [f"{self.cases[c].name}_slice{z:03d}" for c, z in self.index]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        c, z = self.index[index]
+        case = self.cases[c]
+        return scale_intensities(case.image[z], *case.bounds), case.label[z]
+
+
+class SliceDataset(torch.utils.data.Dataset):
+    """Axial training slices as the network takes them: dict(image=(1, S, S) float32, label=(S, S) int64,
+    name=str), S = img_size. With `augment`, the reference augmentation drawn from a Generator seeded by
+    (seed, epoch, index); call `set_epoch` before each epoch (DataLoader workers must not be persistent)."""
+
+    def __init__(self, source: NpzSlices | MemorySlices, img_size: int, *, augment: bool = True,
+                 seed: int = 1234) -> None:
+        self.source, self.img_size, self.augment, self.seed = source, int(img_size), augment, int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def sample(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The numpy (image, label) pair of `index` after augmentation and resize."""
+        image, label = self.source.load(index)
+        if self.augment:
+            rng = np.random.default_rng((self.seed, self.epoch, int(index)))
+            image, label = augment_slice(image, label, rng)
+        return resize_pair(image, label, self.img_size)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        image, label = self.sample(index)
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).unsqueeze(0),
+            "label": torch.from_numpy(np.ascontiguousarray(label).astype(np.int64)),
+            "name": self.source.names[index],
+        }
+
+
+# ------------------------------------------------------------------------------------------------- volumes
+
+
+@dataclass
+class VolumeCase:
+    """A validation/test volume: normalised image (D, H, W) float32 in [0, 1], labels (D, H, W) uint8,
+    spacing (z, y, x) in mm when known (Synapse h5 files carry none)."""
+
+    name: str
+    image: np.ndarray
+    label: np.ndarray
+    spacing: tuple[float, ...] | None = None
+
+
+class H5Volumes(Sequence[VolumeCase]):
+    """Volumes stored as Synapse `test_vol_h5/CASE.npy.h5` files, read on access."""
+
+    def __init__(self, folder: Path, names: Sequence[str]) -> None:
+        self.folder, self.names = Path(folder), list(names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, index: int) -> VolumeCase:  # type: ignore[override]
+        import h5py
+
+        name = self.names[index]
+        path = self.folder / f"{name}{TEST_SUFFIX}"
+        try:
+            with h5py.File(path, "r") as data:
+                image = np.asarray(data["image"], dtype=np.float32)
+                label = np.asarray(data["label"])
+                spacing = tuple(float(s) for s in data.attrs["spacing"]) if "spacing" in data.attrs else None
+        except (OSError, KeyError) as error:
+            raise SwinsegError(f"{path}: not a readable volume file with 'image' and 'label' ({error})") from None
+        if image.ndim != 3 or image.shape != label.shape:
+            raise SwinsegError(f"{path}: image {image.shape} and label {label.shape} must be equal 3-D shapes")
+        return VolumeCase(name, image, _label_array(label, path), spacing)
+
+
+class MemoryVolumes(Sequence[VolumeCase]):
+    """Validation volumes from cases held in memory (normalised on access)."""
+
+    def __init__(self, cases: Sequence[LoadedCase]) -> None:
+        self.cases = list(cases)
+        self.names = [case.name for case in self.cases]
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def __getitem__(self, index: int) -> VolumeCase:  # type: ignore[override]
+        case = self.cases[index]
+        return VolumeCase(case.name, case.normalized(), case.label, case.spacing)
+
+
+def _label_array(label: np.ndarray, where: Path | str) -> np.ndarray:
+    """Labels as uint8; SwinsegError for non-integer or out-of-range values."""
+    if label.dtype == np.uint8:
+        return label
+    rounded = np.rint(label) if not np.issubdtype(label.dtype, np.integer) else label
+    if (rounded != label).any() or (label.size and (label.min() < 0 or label.max() > 255)):
+        raise SwinsegError(f"{where}: labels must be integers 0-255")
+    return rounded.astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------- Synapse
+
+
+@dataclass
+class SynapseDataset:
+    """A folder in the Synapse layout; `train_slices` / `test_cases` come from the lists (or the files)."""
+
+    root: Path
+    train_slices: list[str]
+    test_cases: list[str]
+    classes: tuple[str, ...] | None = None
+
+    @property
+    def train_dir(self) -> Path:
+        return self.root / TRAIN_FOLDER
+
+    @property
+    def test_dir(self) -> Path:
+        return self.root / TEST_FOLDER
+
+
+def is_synapse(root: Path) -> bool:
+    return (root / TRAIN_FOLDER).is_dir() or (root / TEST_FOLDER).is_dir()
+
+
+def is_nnunet(root: Path) -> bool:
+    return (root / "imagesTr").is_dir()
+
+
+def _find_lists(root: Path) -> Path | None:
+    for folder in (root / LIST_FOLDER, root / "lists" / LIST_FOLDER, root.parent / LIST_FOLDER,
+                   root.parent / "lists" / LIST_FOLDER):
+        if (folder / TRAIN_LIST).is_file() or (folder / TEST_LIST).is_file():
+            return folder
+    return None
+
+
+def _read_list(path: Path) -> list[str] | None:
+    if not path.is_file():
+        return None
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def open_synapse(root: str | Path, lists: str | Path | None = None) -> SynapseDataset:
+    """Open a Synapse-layout folder; every listed file must exist (all missing ones named in one error).
+
+    `lists`: the folder holding train.txt / test_vol.txt (default: found beside the data, see the module
+    docstring); a missing list means every file of that folder. Class names come from a `dataset.json` in
+    the folder when there is one (as written by `swinseg preprocess`).
+    """
+    root = Path(root)
+    if not is_synapse(root):
+        raise SwinsegError(f"{root}: not a Synapse-layout folder (no {TRAIN_FOLDER}/ or {TEST_FOLDER}/)")
+    list_dir = Path(lists) if lists is not None else _find_lists(root)
+    if lists is not None and not list_dir.is_dir():
+        raise SwinsegError(f"{list_dir}: lists folder not found")
+    train = _read_list(list_dir / TRAIN_LIST) if list_dir else None
+    test = _read_list(list_dir / TEST_LIST) if list_dir else None
+    if train is None:
+        train = sorted(p.name[: -len(".npz")] for p in (root / TRAIN_FOLDER).glob("*.npz") if not p.name.startswith("."))
+    if test is None:
+        test = sorted(p.name[: -len(TEST_SUFFIX)] for p in (root / TEST_FOLDER).glob(f"*{TEST_SUFFIX}")
+                      if not p.name.startswith("."))
+    missing = [f"{TRAIN_FOLDER}/{n}.npz" for n in train if not (root / TRAIN_FOLDER / f"{n}.npz").is_file()]
+    missing += [f"{TEST_FOLDER}/{n}{TEST_SUFFIX}" for n in test if not (root / TEST_FOLDER / f"{n}{TEST_SUFFIX}").is_file()]
+    if missing:
+        raise SwinsegError(f"{root}: {len(missing)} listed files missing: {_shorten(missing)}")
+    if not train:
+        raise SwinsegError(f"{root / TRAIN_FOLDER}: no training slices")
+    classes = read_dataset_json(root / "dataset.json") if (root / "dataset.json").is_file() else None
+    return SynapseDataset(root, train, test, classes)
+
+
+def _shorten(items: Sequence[str]) -> str:
+    shown = ", ".join(items[:MAX_PROBLEMS_SHOWN])
+    return shown + (f", ... ({len(items) - MAX_PROBLEMS_SHOWN} more)" if len(items) > MAX_PROBLEMS_SHOWN else "")
+
+
+# ---------------------------------------------------------------------------------------------- nnU-Net
+
+
+@dataclass(frozen=True)
+class CaseFiles:
+    name: str
+    image: Path
+    label: Path
+
+
+@dataclass
+class NnunetDataset:
+    """An nnU-Net/MSD folder: cases with an image and a label file, class names from dataset.json."""
+
+    root: Path
+    cases: list[CaseFiles]
+    classes: tuple[str, ...] | None
+    extra_channels: list[str] = dataclasses.field(default_factory=list)  # cases with _0001... (ignored)
+
+    @property
+    def names(self) -> list[str]:
+        return [case.name for case in self.cases]
+
+
+def read_dataset_json(path: Path) -> tuple[str, ...]:
+    """Class names by label id from a dataset.json: nnU-Net v2 {"name": id} or MSD/v1 {"id": "name"}."""
+    try:
+        labels = json.loads(path.read_text())["labels"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise SwinsegError(f"{path}: not a dataset.json with a 'labels' mapping ({type(error).__name__})") from None
+    if not isinstance(labels, dict) or not labels:
+        raise SwinsegError(f"{path}: 'labels' must be a non-empty mapping")
+    try:
+        if all(re.fullmatch(r"\d+", str(key)) for key in labels):  # MSD / nnU-Net v1: {"0": "background"}
+            by_id = {int(key): str(value) for key, value in labels.items()}
+        else:  # nnU-Net v2: {"background": 0}
+            if any(isinstance(value, (list, tuple)) for value in labels.values()):
+                raise SwinsegError(f"{path}: region-based labels (lists of ids) are not supported")
+            by_id = {int(value): str(key) for key, value in labels.items()}
+    except (TypeError, ValueError):
+        raise SwinsegError(f"{path}: label ids must be integers") from None
+    if sorted(by_id) != list(range(len(by_id))) or len(by_id) != len(labels):
+        raise SwinsegError(f"{path}: label ids must be 0..{len(labels) - 1} without gaps or repeats, "
+                           f"got {sorted(by_id)}")
+    return tuple(by_id[i] for i in range(len(by_id)))
+
+
+def _case_key(path: Path) -> tuple[str, int]:
+    """(case name, channel) of an imagesTr file: CASE_0000.nii.gz -> (CASE, 0); MSD CASE.nii.gz -> (CASE, 0)."""
+    from swinseg.io import case_name
+
+    name = case_name(path)
+    match = re.fullmatch(r"(.+)_(\d{4})", name)
+    return (match.group(1), int(match.group(2))) if match else (name, 0)
+
+
+def open_nnunet(root: str | Path) -> NnunetDataset:
+    """Discover an nnU-Net/MSD dataset; one SwinsegError names every image without a label, every label
+    without an image, and a broken dataset.json."""
+    from swinseg.io import case_name, find_images
+
+    root = Path(root)
+    images_dir, labels_dir = root / "imagesTr", root / "labelsTr"
+    if not images_dir.is_dir():
+        raise SwinsegError(f"{root}: not an nnU-Net dataset folder (no imagesTr/)")
+    if not labels_dir.is_dir():
+        raise SwinsegError(f"{root}: nnU-Net dataset without labelsTr/")
+    images: dict[str, Path] = {}
+    extra: set[str] = set()
+    for path in find_images(images_dir):
+        name, channel = _case_key(path)
+        if channel == 0:
+            images[name] = path
+        else:
+            extra.add(name)
+    labels = {case_name(path): path for path in find_images(labels_dir)}
+    problems = [f"{images[n].name} has no label labelsTr/{n}.nii.gz" for n in sorted(set(images) - set(labels))]
+    problems += [f"labelsTr/{labels[n].name} has no image imagesTr/{n}_0000.nii.gz"
+                 for n in sorted(set(labels) - set(images))]
+    problems += [f"imagesTr/{n}_0001... without {n}_0000" for n in sorted(extra - set(images))]
+    if problems:
+        raise SwinsegError(f"{root}: {len(problems)} unpaired files: {_shorten(problems)}")
+    if not images:
+        raise SwinsegError(f"{images_dir}: no images")
+    dataset_json = root / "dataset.json"
+    classes = read_dataset_json(dataset_json) if dataset_json.is_file() else None
+    cases = [CaseFiles(n, images[n], labels[n]) for n in sorted(images)]
+    return NnunetDataset(root, cases, classes, sorted(extra))
+
+
+def load_case(case: CaseFiles, prep: Preprocessing, num_classes: int | None = None) -> LoadedCase:
+    """Read an image/label pair, check that they agree (shape, geometry, label values) and orient both
+    to `prep.orientation`. SwinsegError naming the files on any disagreement."""
+    from swinseg.io import check_same_geometry, read_volume, to_orientation
+
+    image = read_volume(case.image)
+    label = read_volume(case.label)
+    if image.ndim != 3 or label.ndim != 3:
+        raise SwinsegError(f"{case.image.name}: image and label must be 3-D volumes")
+    if image.array.shape != label.array.shape:
+        raise SwinsegError(f"{case.image.name} {image.array.shape} and {case.label.name} {label.array.shape}: "
+                           f"shapes differ")
+    check_same_geometry(image, label)
+    label_array = _label_array(np.asarray(label.array), case.label.name)
+    if num_classes is not None and label_array.size and label_array.max() >= num_classes:
+        raise SwinsegError(f"{case.label.name}: label {int(label_array.max())} found but dataset.json has "
+                           f"{num_classes} classes (0-{num_classes - 1})")
+    oriented_image, _ = to_orientation(image, prep.orientation)
+    oriented_label, _ = to_orientation(label.with_array(label_array), prep.orientation)
+    oriented_image = np.ascontiguousarray(oriented_image)
+    return LoadedCase(case.name, oriented_image, np.ascontiguousarray(oriented_label),
+                      intensity_bounds(oriented_image, prep), oriented_spacing(image, prep.orientation))
+
+
+def oriented_spacing(volume: Any, code: str) -> tuple[float, ...]:
+    """The volume's spacing in array order (z, y, x) after reorienting it to `code`: each new index axis takes
+    the spacing of the old axis whose direction is closest to the code's physical axis."""
+    from swinseg.io import to_orientation
+
+    probe_shape = (2, 3, 4)  # distinct sizes: where each old axis went shows in the oriented shape
+    probe = dataclasses.replace(volume, array=np.zeros(probe_shape, dtype=np.uint8))
+    oriented, _ = to_orientation(probe, code)
+    return tuple(volume.spacing[probe_shape.index(size)] for size in oriented.shape)
+
+
+def load_cases(dataset: NnunetDataset, names: Sequence[str], prep: Preprocessing,
+               progress: Progress | None = None) -> list[LoadedCase]:
+    """Load the named cases into memory; all problems are collected and raised as one SwinsegError."""
+    by_name = {case.name: case for case in dataset.cases}
+    num_classes = len(dataset.classes) if dataset.classes else None
+    loaded, problems = [], []
+    for done, name in enumerate(names):
+        if progress:
+            progress(done, len(names), name)
+        try:
+            loaded.append(load_case(by_name[name], prep, num_classes))
+        except SwinsegError as error:
+            problems.append(str(error))
+    if progress:
+        progress(len(names), len(names), "")
+    if problems:
+        raise SwinsegError(f"{dataset.root}: {len(problems)} bad cases: " + "; ".join(problems[:MAX_PROBLEMS_SHOWN])
+                           + (f"; ... ({len(problems) - MAX_PROBLEMS_SHOWN} more)"
+                              if len(problems) > MAX_PROBLEMS_SHOWN else ""))
+    return loaded
+
+
+def split_cases(names: Sequence[str], *, test_fraction: float = 0.2, test_cases: Sequence[str] | None = None,
+                seed: int = 1234) -> tuple[list[str], list[str]]:
+    """(train, test) case names: `test_cases` as given (all must exist), else a seeded random
+    `test_fraction` (at least one case when the fraction is > 0 and there are two cases or more)."""
+    names = sorted(names)
+    if test_cases is not None:
+        unknown = sorted(set(test_cases) - set(names))
+        if unknown:
+            raise SwinsegError(f"--test-cases: unknown cases {_shorten(unknown)}; known: {_shorten(names)}")
+        test = sorted(set(test_cases))
+    else:
+        if not 0.0 <= test_fraction < 1.0:
+            raise SwinsegError(f"--test-fraction must be in [0, 1), got {test_fraction}")
+        count = int(round(len(names) * test_fraction))
+        if test_fraction > 0 and len(names) > 1:
+            count = min(max(count, 1), len(names) - 1)
+        order = np.random.default_rng(seed).permutation(len(names))
+        test = sorted(names[i] for i in order[:count])
+    train = [n for n in names if n not in set(test)]
+    if not train:
+        raise SwinsegError("no training cases left after the train/test split")
+    return train, test
+
+
+# ------------------------------------------------------------------------------------------ training data
+
+
+@dataclass
+class TrainingData:
+    """What training needs from a dataset folder of either layout."""
+
+    layout: str  # "synapse" | "nnunet"
+    root: Path
+    slices: SliceDataset
+    volumes: Sequence[VolumeCase]  # held-out volumes for validation (may be empty)
+    classes: tuple[str, ...] | None  # from dataset.json, None when the folder does not name them
+    train_cases: list[str]
+    validation_cases: list[str]
+
+
+def open_training_data(path: str | Path, *, img_size: int, preprocessing: Preprocessing, augment: bool = True,
+                       seed: int = 1234, validation_fraction: float = 0.2,
+                       validation_cases: Sequence[str] | None = None, lists: str | Path | None = None,
+                       progress: Progress | None = None) -> TrainingData:
+    """Open a dataset folder in the Synapse or nnU-Net layout for training.
+
+    Synapse: slices of train.txt, validation volumes of test_vol.txt (or `validation_cases` of
+    test_vol_h5/). nnU-Net: every pair checked and loaded into memory (oriented, raw intensities; slices are
+    normalised on access), a seeded split into training and validation cases (`validation_fraction`, or
+    `validation_cases` by name). The split uses `seed`, as does the augmentation.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise SwinsegError(f"{root}: dataset folder not found")
+    if is_synapse(root):
+        synapse = open_synapse(root, lists)
+        tests = synapse.test_cases
+        if validation_cases is not None:
+            tests = list(validation_cases)
+            missing = [n for n in tests if not (synapse.test_dir / f"{n}{TEST_SUFFIX}").is_file()]
+            if missing:
+                raise SwinsegError(f"{synapse.test_dir}: validation cases not found: {_shorten(missing)}")
+        slices = SliceDataset(NpzSlices(synapse.train_dir, synapse.train_slices), img_size, augment=augment,
+                              seed=seed)
+        train_cases = sorted({n.split("_slice")[0] for n in synapse.train_slices})
+        return TrainingData("synapse", root, slices, H5Volumes(synapse.test_dir, tests), synapse.classes,
+                            train_cases, list(tests))
+    if is_nnunet(root):
+        dataset = open_nnunet(root)
+        train, validation = split_cases(dataset.names, test_fraction=validation_fraction,
+                                        test_cases=validation_cases, seed=seed)
+        loaded = load_cases(dataset, train + validation, preprocessing, progress)
+        by_name = {case.name: case for case in loaded}
+        slices = SliceDataset(MemorySlices([by_name[n] for n in train]), img_size, augment=augment, seed=seed)
+        return TrainingData("nnunet", root, slices, MemoryVolumes([by_name[n] for n in validation]),
+                            dataset.classes, train, validation)
+    raise SwinsegError(f"{root}: neither a Synapse folder ({TRAIN_FOLDER}/, {TEST_FOLDER}/) nor an nnU-Net "
+                       f"dataset (imagesTr/, labelsTr/, dataset.json)")
+
+
+# ------------------------------------------------------------------------------------------- preprocess
+
+
+@dataclass
+class PreprocessReport:
+    out_dir: Path
+    train_cases: list[str]
+    test_cases: list[str]
+    train_slices: int
+    skipped: list[str]  # cases already converted by an earlier (interrupted) run with the same settings
+    extra_channels: list[str]
+
+
+def preprocess_dataset(in_dir: str | Path, out_dir: str | Path, card: ModelCard, *, test_fraction: float = 0.2,
+                       test_cases: Sequence[str] | None = None, seed: int = 1234,
+                       progress: Progress | None = None) -> PreprocessReport:
+    """Convert an nnU-Net/MSD dataset into the Synapse layout under `out_dir`.
+
+    Each case is oriented to the card's orientation and normalised with its preprocessing (CT window);
+    training cases become one `train_npz/CASE_sliceZZZ.npz` per axial slice (image float32 in [0, 1], label
+    uint8), test cases `test_vol_h5/CASE.npy.h5` (image, label (D, H, W); attribute `spacing` (z, y, x) mm);
+    then `lists_Synapse/{train,test_vol}.txt` and a `dataset.json` with the class names. Every file is
+    written atomically; a case finished by an earlier run with the same settings is skipped, so an
+    interrupted run resumes. Bad cases are all reported at the end in one SwinsegError (no lists written).
+    """
+    in_dir, out_dir = Path(in_dir), Path(out_dir)
+    if out_dir.resolve() == in_dir.resolve() or in_dir.resolve() in out_dir.resolve().parents:
+        raise SwinsegError(f"{out_dir}: choose an output folder outside the input dataset {in_dir}")
+    dataset = open_nnunet(in_dir)
+    classes = dataset.classes or card.classes
+    train, test = split_cases(dataset.names, test_fraction=test_fraction, test_cases=test_cases, seed=seed)
+    prep = card.preprocessing
+    settings = {"preprocessing": prep.to_dict(), "source": str(in_dir.resolve())}
+    by_name = {case.name: case for case in dataset.cases}
+    slice_names: dict[str, list[str]] = {}
+    problems, skipped = [], []
+    order = [(name, "train") for name in train] + [(name, "test") for name in test]
+    for done, (name, role) in enumerate(order):
+        if progress:
+            progress(done, len(order), name)
+        marker = out_dir / ".swinseg" / f"{name}.json"
+        expected = dict(settings, role=role)
+        previous = _read_marker(marker)
+        if previous is not None and {k: previous.get(k) for k in expected} == expected:
+            slice_names[name] = previous.get("slices", [])
+            skipped.append(name)
+            continue
+        try:
+            case = load_case(by_name[name], prep, len(classes))
+        except SwinsegError as error:
+            problems.append(str(error))
+            continue
+        if role == "train":
+            slice_names[name] = _write_slices(out_dir / TRAIN_FOLDER, case)
+        else:
+            _write_h5(out_dir / TEST_FOLDER / f"{name}{TEST_SUFFIX}", case)
+        _write_text(marker, json.dumps(dict(expected, slices=slice_names.get(name, [])), indent=1))
+    if progress:
+        progress(len(order), len(order), "")
+    if problems:
+        raise SwinsegError(f"{in_dir}: {len(problems)} bad cases (nothing listed; fix them and rerun, finished "
+                           f"cases are kept): " + "; ".join(problems[:MAX_PROBLEMS_SHOWN]))
+    train_slices = [s for name in train for s in slice_names[name]]
+    _write_text(out_dir / LIST_FOLDER / TRAIN_LIST, "".join(f"{s}\n" for s in train_slices))
+    _write_text(out_dir / LIST_FOLDER / TEST_LIST, "".join(f"{n}\n" for n in test))
+    labels = {name: i for i, name in enumerate(classes)}
+    _write_text(out_dir / "dataset.json", json.dumps({"labels": labels, "swinseg": settings,
+                                                      "train": train, "test": test}, indent=2))
+    return PreprocessReport(out_dir, train, test, len(train_slices), skipped, dataset.extra_channels)
+
+
+def _read_marker(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_text(path: Path, text: str) -> None:
+    from swinseg.io import atomic_output
+
+    with atomic_output(path) as tmp:
+        tmp.write_text(text)
+
+
+def _write_slices(folder: Path, case: LoadedCase) -> list[str]:
+    from swinseg.io import atomic_output
+
+    names = []
+    for z, (raw, label) in enumerate(zip(case.image, case.label)):
+        name = f"{case.name}_slice{z:03d}"
+        with atomic_output(folder / f"{name}.npz") as tmp, open(tmp, "wb") as handle:
+            np.savez(handle, image=scale_intensities(raw, *case.bounds), label=label)
+        names.append(name)
+    return names
+
+
+def _write_h5(path: Path, case: LoadedCase) -> None:
+    import h5py
+
+    from swinseg.io import atomic_output
+
+    with atomic_output(path) as tmp:
+        with h5py.File(tmp, "w") as data:
+            data.create_dataset("image", data=case.normalized(), compression="gzip", compression_opts=1)
+            data.create_dataset("label", data=case.label, compression="gzip", compression_opts=1)
+            if case.spacing is not None:
+                data.attrs["spacing"] = np.asarray(case.spacing, dtype=np.float64)
