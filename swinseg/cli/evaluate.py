@@ -1,8 +1,183 @@
-"""CLI: evaluate (commands registered on the main app; heavy imports stay inside the command bodies)."""
+"""CLI: `swinseg evaluate PRED REF` (heavy imports stay inside the command body)."""
 from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Any, List, Optional
 
 import typer
 
+from swinseg.cli._common import cli_errors, err, fail, out
+
+
+_DIGITS = {"dice": 3, "iou": 3, "hd95": 2, "assd": 2, "pred_ml": 1, "ref_ml": 1}  # terminal table
+_HEADERS = {"dice": "Dice", "iou": "IoU", "hd95": "HD95 ({unit})", "assd": "ASSD ({unit})", "pred_ml": "pred ml",
+            "ref_ml": "ref ml"}  # fmt: skip
+
+
+class HD95Definition(str, Enum):
+    medpy = "medpy"
+    max = "max"
+
+
+class EmptyPolicy(str, Enum):
+    worst = "worst"
+    nan = "nan"
+    paper = "paper"
+
+
+class Protocol(str, Enum):
+    synapse_paper = "synapse-paper"
+
+
+@cli_errors
+def evaluate_command(
+    prediction: Path = typer.Argument(..., help="Predicted label map, or a folder of them."),
+    reference: Path = typer.Argument(..., help="Reference label map, or a folder (matched by case name)."),
+    output: Optional[Path] = typer.Option(
+        None, "--output", "-o", help="Report folder: per_case.csv, summary.json, summary.md, dice_hd95.png."
+    ),
+    labels: Optional[List[str]] = typer.Option(
+        None, "--labels", "-l", help="Labels to score: ids or id=name pairs, e.g. 1,2,3 or 1=liver,2=spleen."
+    ),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model card whose class names label ids."),
+    dataset_json: Optional[Path] = typer.Option(
+        None, "--dataset-json", help="nnU-Net dataset.json whose 'labels' name the ids."
+    ),
+    hd95: Optional[HD95Definition] = typer.Option(
+        None, "--hd95", help="HD95 definition: medpy (pooled 95th percentile, the papers') [default] or max "
+        "(larger directed 95th percentile, as MONAI).",
+    ),
+    empty: Optional[EmptyPolicy] = typer.Option(
+        None, "--empty", help="Empty masks: worst (one empty: Dice 0, HD95 = image diagonal) [default], nan "
+        "(undefined -> NaN, left out of means) or paper (Swin-Unet/TransUNet rules).",
+    ),
+    protocol: Optional[Protocol] = typer.Option(
+        None, "--protocol", help="synapse-paper: labels 1-8 with Synapse names, voxel units, paper empty rules, "
+        "the paper's table.",
+    ),
+    voxel_units: bool = typer.Option(False, "--voxel-units", help="Distances in voxels (unit spacing), not mm."),
+    resample: bool = typer.Option(
+        False, "--resample-to-reference", help="Resample predictions onto the reference grid (nearest neighbour) "
+        "when their geometry differs, instead of failing.",
+    ),
+    jobs: int = typer.Option(1, "--jobs", "-j", help="Cases scored in parallel processes (0 = all cores)."),
+    as_json: bool = typer.Option(False, "--json", help="Print summary.json to stdout instead of tables."),
+    worst: int = typer.Option(5, "--worst", help="How many worst case/class rows to list.", min=0),
+) -> None:
+    """Dice, IoU, HD95, ASSD and volumes per case and class, equal to medpy, with reports."""
+    from swinseg import evaluate as ev
+
+    if protocol is not None:
+        if labels or model or dataset_json:
+            fail("--protocol synapse-paper fixes the labels (1-8, Synapse names); drop --labels/--model/--dataset-json")
+        for given, wanted, option in ((hd95, "medpy", "--hd95"), (empty, "paper", "--empty")):
+            if given is not None and given.value != wanted:
+                fail(f"{option} {given.value} contradicts --protocol synapse-paper (which uses {wanted})")
+        settings = ev.Settings.synapse_paper(resample_to_reference=resample)
+        label_names = ev.card_labels(ev.SYNAPSE_CARD)
+    else:
+        settings = ev.Settings(
+            hd95=(hd95 or HD95Definition.medpy).value,
+            empty=(empty or EmptyPolicy.worst).value,
+            voxel_units=voxel_units,
+            resample_to_reference=resample,
+        )
+        label_names = ev.resolve_labels(labels, model, dataset_json)
+    if jobs < 0:
+        fail(f"--jobs must be >= 0, got {jobs}")
+
+    result = _run_with_progress(ev, prediction, reference, label_names, settings, jobs, quiet=as_json)
+    summary = result.summary(worst=worst)
+    if output is not None:
+        written = ev.write_reports(result, output)
+        err.print(f"reports written to {output}/ ({', '.join(p.name for p in written)})", highlight=False)
+    if as_json:
+        typer.echo(json.dumps(ev.json_safe(summary), indent=2, allow_nan=False))
+    else:
+        _print_tables(ev, summary, worst)
+    _warn_unmatched(ev, summary)
+
+
+def _run_with_progress(ev: Any, prediction: Path, reference: Path, labels: Any, settings: Any, jobs: int,
+                       quiet: bool) -> Any:  # fmt: skip
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), TextColumn("{task.description}"),
+        console=err, transient=True, disable=quiet or not err.is_terminal,
+    ) as bar:  # fmt: skip
+        task = bar.add_task("", total=None)
+
+        def advance(done: int, total: int, case_result: Any) -> None:
+            name = case_result.case.name if case_result is not None else ""
+            bar.update(task, completed=done, total=total, description=name)
+
+        return ev.evaluate(prediction, reference, labels=labels, settings=settings, jobs=jobs, progress=advance)
+
+
+def _print_tables(ev: Any, summary: dict[str, Any], worst: int) -> None:
+    from rich.table import Table
+
+    definitions = summary["definitions"]
+    unit = definitions["distance_unit"]
+    if summary["protocol"] == "synapse-paper":
+        header, row = ev.paper_table(summary, Path(summary["prediction"]).name)
+        paper = Table(title="Synapse multi-organ CT, the Swin-Unet/TransUNet protocol (DSC %, HD95 in voxels)")
+        for name in header:
+            paper.add_column(name, justify="left" if name == "Method" else "right")
+        paper.add_row(*row)
+        out.print(paper)
+
+    # all columns on wide terminals; the reports always hold everything
+    shown = ev.METRICS if out.width >= 130 else ("dice", "hd95", "pred_ml", "ref_ml") if out.width >= 100 else (
+        "dice", "hd95")
+    table = Table(title=f"{summary['n_cases']} cases: mean ± std over cases")
+    table.add_column("class")
+    table.add_column("n", justify="right")
+    for metric in shown:
+        table.add_column(_HEADERS[metric].format(unit=unit), justify="right")
+    table.add_column("empty p/r/b", justify="right")
+    for label, entry in summary["per_class"].items():
+        flags = entry["flags"]
+        table.add_row(
+            f"{label} {entry['name']}", str(entry["dice"]["n"]),
+            *(ev.mean_std(entry[m], _DIGITS[m]) for m in shown),
+            f"{flags['pred_empty']}/{flags['ref_empty']}/{flags['both_empty']}",
+        )  # fmt: skip
+    means = summary["mean_over_classes"]
+    table.add_section()
+    table.add_row(
+        "mean over classes", "", *(ev.fmt(means[m], _DIGITS[m]) if m in means else "" for m in shown), "",
+        style="bold",
+    )
+    out.print(table)
+
+    if worst and summary["worst_cases"]:
+        cases = Table(title="worst cases (lowest Dice)")
+        for name in ("case", "class", "Dice", f"HD95 ({unit})", "pred ml", "ref ml", "flag"):
+            cases.add_column(name)
+        for row in summary["worst_cases"]:
+            cases.add_row(row["case"], row["class"], ev.fmt(row["dice"], 4), ev.fmt(row["hd95"], 2),
+                          ev.fmt(row["pred_ml"], 1), ev.fmt(row["ref_ml"], 1), row["flag"])  # fmt: skip
+        out.print(cases)
+    out.print(
+        f"HD95 = {definitions['hd95']}: {definitions['hd95_definition']}. Distances in {unit} "
+        f"({definitions['spacing']}). Empty masks: {definitions['empty_policy']}.",
+        highlight=False,
+    )
+
+
+def _warn_unmatched(ev: Any, summary: dict[str, Any]) -> None:
+    for key, what in (("missing_predictions", "references without a prediction (not scored)"),
+                      ("extra_predictions", "predictions without a reference (ignored)"),
+                      ("labels_only_in_predictions", "labels found only in predictions (not scored; see --labels)")):  # fmt: skip
+        names = [str(v) for v in summary[key]]
+        if names:
+            err.print(f"[yellow]warning:[/yellow] {len(names)} {what}: {ev.preview(names, 10)}", highlight=False)
+
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the app."""
+    """Add `evaluate` to the app."""
+    app.command("evaluate")(evaluate_command)
