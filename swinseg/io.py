@@ -229,9 +229,11 @@ def _read_itk(path: Path, channel: int | None, kind: str) -> Volume:
 
 def _itk_reason(error: Exception) -> Exception:
     """A short RuntimeError from SimpleITK's multi-line message (the line after 'Description:' if any)."""
-    text = str(error)
+    text = str(error).strip()
     match = re.search(r"(?:Description|ERROR):\s*(.+)", text)
-    return RuntimeError(match.group(1).strip() if match else text.strip().splitlines()[-1] if text.strip() else "")
+    if match:
+        return RuntimeError(match.group(1).strip())
+    return RuntimeError(text.splitlines()[-1] if text else "")
 
 
 def _volume_from_sitk(image: Any, path: Path, channel: int | None, kind: str) -> Volume:

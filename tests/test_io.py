@@ -383,6 +383,16 @@ def test_to_orientation_matches_sitk_dicomorient_on_oblique_image(code: str) -> 
         to_orientation(volume, "LPX")
 
 
+def test_2d_orientation_uses_the_in_plane_letters(tmp_path: Path) -> None:
+    image = sitk.GetImageFromArray(np.arange(12, dtype=np.uint8).reshape(3, 4))
+    volume = read_volume(_write(tmp_path / "slice.png", image))
+    same, back = to_orientation(volume, "LPS")
+    assert np.array_equal(same, volume.array)
+    flipped, back = to_orientation(volume, "RAS")
+    assert np.array_equal(flipped, volume.array[::-1, ::-1])
+    assert np.array_equal(back(flipped[np.newaxis]), volume.array[np.newaxis])
+
+
 def test_slice_axis_follows_the_direction_not_the_array_order() -> None:
     # direction columns: index x -> S, y -> L, z -> P: the S/I axis is index x = array axis 2
     direction = np.array([[0, 1, 0], [0, 0, 1], [1, 0, 0]], dtype=float)
