@@ -1,8 +1,222 @@
 """CLI: predict (commands registered on the main app; heavy imports stay inside the command bodies)."""
 from __future__ import annotations
 
+import dataclasses
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Any, List, Optional
+
 import typer
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from swinseg.cli._common import cli_errors, err, out
+
+
+class Plane(str, Enum):
+    axial = "axial"
+    coronal = "coronal"
+    sagittal = "sagittal"
+
+
+class Protocol(str, Enum):
+    fast = "fast"
+    reference = "reference"
+
+
+class Precision(str, Enum):
+    auto = "auto"
+    bf16 = "bf16"
+    fp16 = "fp16"
+    fp32 = "fp32"
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the app."""
+    app.command("predict")(predict)
+
+
+@cli_errors
+def predict(
+    inputs: List[Path] = typer.Argument(
+        ..., help="Scans (NIfTI, NRRD, MHA/MHD, PNG/JPEG/TIFF), DICOM series folders, or folders of scans.",
+        show_default=False,
+    ),
+    output: Path = typer.Option(
+        ..., "--output", "-o", show_default=False,
+        help="Mask file for one scan, or a folder (named after the cases: .nii.gz, .png for 2-D images).",
+    ),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model card name or YAML file."),
+    weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="Weight file for --model."),
+    checkpoint: Optional[Path] = typer.Option(
+        None, "--checkpoint", "-c", help="swinseg checkpoint, or a reference Swin-Unet .pth together with --model."
+    ),
+    tta: bool = typer.Option(False, "--tta", help="Average the softmax over flips (4 passes per slice)."),
+    save_probabilities: bool = typer.Option(
+        False, "--save-probabilities", help="Also write softmax probabilities per class: <mask>_probabilities."
+    ),
+    keep_largest: bool = typer.Option(
+        False, "--keep-largest", help="Keep only the largest 3-D connected component of each class."
+    ),
+    classes: Optional[str] = typer.Option(
+        None, "--classes", help="Keep only these classes (names or ids, comma separated, e.g. liver,spleen)."
+    ),
+    axis: Plane = typer.Option(Plane.axial, "--axis", help="Slice plane, found from the scan's direction."),
+    protocol: Protocol = typer.Option(
+        Protocol.fast, "--protocol",
+        help="fast, or reference: the published evaluation path (1 slice per pass, nearest resize back).",
+    ),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    precision: Precision = typer.Option(Precision.auto, "--precision", help="auto: bf16/fp16 on CUDA, fp32 on CPU."),
+    batch_size: Optional[int] = typer.Option(
+        None, "--batch-size", "-b", min=1, help="Slices per forward pass (default 16; 1 with --protocol reference)."
+    ),
+    series: Optional[str] = typer.Option(None, "--series", help="SeriesInstanceUID in a multi-series DICOM folder."),
+    channel: Optional[int] = typer.Option(None, "--channel", min=0, help="Channel/volume of a 4-D or vector image."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs (default: skip those cases)."),
+    shard: Optional[str] = typer.Option(
+        None, "--shard", help="Predict shard i of n (i/n, from 0); automatic under torchrun (RANK/WORLD_SIZE)."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or per-case lines (errors only)."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per case on stdout (JSON Lines)."),
+) -> None:
+    """Segment scans: label maps with the scans' own geometry (same affine, shape, spacing)."""
+    from swinseg import predict as lib
+    from swinseg.errors import SwinsegError
+    from swinseg.postprocess import parse_classes
+
+    if protocol is Protocol.reference and batch_size not in (None, 1):
+        raise SwinsegError("--protocol reference predicts one slice per pass; drop --batch-size")
+    if protocol is Protocol.reference and (tta or save_probabilities):
+        raise SwinsegError("--protocol reference is the published path: no --tta or --save-probabilities")
+    shard_of = lib.parse_shard(shard) if shard else None
+    rank = lib.torchrun_rank()
+    if rank is not None:
+        shard_of = shard_of or (rank[0], rank[1])
+        device = lib.rank_device(device, rank[2])
+    cases = lib.plan_cases(inputs, output, probabilities=save_probabilities)
+    if shard_of is not None:
+        cases = lib.shard_cases(cases, *shard_of)
+    show = _Reporter(quiet=quiet, as_json=as_json, rank=rank[0] if rank else None)
+    if not cases:
+        show.note(f"shard {shard_of[0]}/{shard_of[1]}: no cases" if shard_of else "no cases")
+        return
+    pending = [case for case in cases if overwrite or not lib.is_finished(case)]
+    options = lib.RunOptions(plane=axis.value, series=series, channel=channel, overwrite=overwrite,
+                             keep_largest=keep_largest)
+    with show.progress(len(cases)) as progress:
+        if pending:
+            net, card = lib.load_predictor_model(model=model, weights=weights, checkpoint=checkpoint)
+            if classes:
+                options = dataclasses.replace(options, classes=parse_classes(classes, card.classes))
+            predictor = lib.Predictor(
+                net, card, device=device, batch_size=batch_size or 16, precision=precision.value, tta=tta,
+                protocol=protocol.value,
+            )
+            show.note(
+                f"{card.name}: {len(card.classes)} classes on {predictor.device}, {_dtype_name(predictor.dtype)}, "
+                f"batch {predictor.batch_size}, protocol {protocol.value}{', TTA' if tta else ''}; "
+                f"{len(pending)} of {len(cases)} case(s) to predict"
+                + (f" (shard {shard_of[0]}/{shard_of[1]})" if shard_of else "")
+            )
+            run = lib.predict_cases(predictor, cases, options, on_start=progress.start_case,
+                                    on_slices=progress.slices_done)
+        else:
+            run = (lib.CaseResult(case, "skipped", "output exists (use --overwrite to replace it)") for case in cases)
+        for result in run:
+            progress.case_done()
+            show.result(result)
+    show.summary()
+    if show.counts["failed"]:
+        raise typer.Exit(1)
+
+
+def _dtype_name(dtype: Any) -> str:
+    return "fp32" if dtype is None else {"torch.bfloat16": "bf16", "torch.float16": "fp16"}.get(str(dtype), str(dtype))
+
+
+class _Progress:
+    """Cases and slices bars on stderr (or nothing)."""
+
+    def __init__(self, bar: Progress | None, total_cases: int) -> None:
+        self.bar = bar
+        if bar is not None:
+            self.cases = bar.add_task("cases", total=total_cases)
+            self.slices = bar.add_task("slices", total=None, visible=False)
+
+    def __enter__(self) -> _Progress:
+        if self.bar is not None:
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    def start_case(self, case: Any, n_slices: int) -> None:
+        if self.bar is not None:
+            self.bar.reset(self.slices, total=n_slices, visible=True, description=escape(case.input.name))
+
+    def slices_done(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.advance(self.slices, n)
+
+    def case_done(self) -> None:
+        if self.bar is not None:
+            self.bar.advance(self.cases)
+
+
+class _Reporter:
+    """Per-case lines (or JSON Lines) on stdout, notes and failures on stderr, counts for the summary."""
+
+    def __init__(self, *, quiet: bool, as_json: bool, rank: int | None) -> None:
+        self.quiet, self.as_json = quiet, as_json
+        self.prefix = f"[rank {rank}] " if rank is not None else ""
+        self.show_bar = not quiet and err.is_terminal and not rank
+        self.counts = {"done": 0, "skipped": 0, "failed": 0}
+
+    def progress(self, total_cases: int) -> _Progress:
+        if not self.show_bar:
+            return _Progress(None, total_cases)
+        bar = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TimeRemainingColumn(), console=err, transient=True,
+        )
+        return _Progress(bar, total_cases)
+
+    def note(self, text: str) -> None:
+        if not self.quiet and not self.as_json:
+            err.print(escape(self.prefix + text), highlight=False)
+
+    def result(self, result: Any) -> None:
+        self.counts[result.status] += 1
+        if self.as_json:
+            typer.echo(json.dumps(result.to_dict()))
+        if result.status == "failed":
+            message = result.message
+            if str(result.case.input) not in message and result.case.input.name not in message:
+                message = f"{result.case.input}: {message}"
+            err.print(f"[red]failed:[/red] {escape(self.prefix + message)}", highlight=False, soft_wrap=True)
+            return
+        if self.quiet or self.as_json:
+            return
+        name = escape(self.prefix + result.case.input.name)
+        if result.status == "skipped":
+            out.print(f"[dim]{name}: skipped, {escape(str(result.case.output))} exists[/dim]", highlight=False)
+            return
+        shape = "x".join(str(n) for n in result.shape[::-1])
+        spacing = "x".join(f"{s:.3g}" for s in result.spacing[::-1])
+        found = ", ".join(result.voxels) or "no foreground"
+        out.print(
+            f"[green]{name}[/green]  {shape}  {spacing} mm  {result.seconds:.1f} s  {escape(found)}"
+            f"  -> {escape(str(result.case.output))}",
+            highlight=False, soft_wrap=True,
+        )
+
+    def summary(self) -> None:
+        total = sum(self.counts.values())
+        if self.quiet or self.as_json or total <= 1 and not self.counts["skipped"]:
+            return
+        parts = [f"{n} {what}" for what, n in self.counts.items() if n]
+        err.print(escape(self.prefix + f"{total} case(s): " + ", ".join(parts)), highlight=False)

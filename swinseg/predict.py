@@ -1,0 +1,555 @@
+"""Batched slice inference: scans in, label maps out, in each scan's own geometry.
+
+A volume is oriented to the model card's orientation and normalised (`preprocess.prepare_volume`), cut into
+slices along the chosen plane (axial by default), and predicted in batches on the device: slices resized to
+the model size (scipy-exact cubic, as in training), forward pass (autocast on CUDA), logits resized back to
+the slice size (bilinear) and argmax there, optionally averaged over flips in softmax space (TTA). Labels are
+streamed into a preallocated uint8 array, so memory does not grow with the number of slices beyond the
+volume itself. The result is mapped back to the scan's array order and written with the scan's geometry.
+
+`protocol="reference"` is the published evaluation path instead: one slice per pass, cubic resize in, softmax
++ argmax at the model size, nearest resize of the labels back (scipy.ndimage.zoom order 0), float32.
+
+`predict_cases` runs many cases with one model: it skips finished outputs, isolates failures, and reads the
+next case (and writes the previous one) in background threads while the network runs.
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from swinseg import io, postprocess
+from swinseg.config import ModelCard, load_card
+from swinseg.device import autocast, resolve_device, resolve_precision
+from swinseg.errors import SwinsegError
+from swinseg.preprocess import prepare_volume, resize_slices, scale_intensities
+
+PROTOCOLS = ("fast", "reference")
+PLANES = ("axial", "coronal", "sagittal")
+_PLANE_LETTERS = {"axial": "SI", "coronal": "AP", "sagittal": "LR"}
+TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))  # none, left-right, up-down, both
+SliceProgress = Callable[[int], None]
+
+
+def label_dtype(num_classes: int) -> type[np.unsignedinteger]:
+    """uint8 labels, uint16 beyond 256 classes."""
+    return np.uint8 if num_classes <= 256 else np.uint16
+
+
+@dataclass
+class PreparedVolume:
+    """Network-ready slices (D, H, W) float32 and the map from that layout back to the scan's array order
+    (extra leading axes, e.g. classes, allowed)."""
+
+    slices: np.ndarray
+    restore: Callable[[np.ndarray], np.ndarray]
+
+
+class Predictor:
+    """A model kept on its device, predicting label maps slice by slice in batches.
+
+    `precision`: auto (bf16/fp16 autocast on CUDA, fp32 on CPU), bf16, fp16 or fp32. `tta`: average the
+    softmax over horizontal/vertical flips (4 passes). `protocol`: "fast" or "reference" (see the module doc;
+    reference forces batch size 1, float32 and no TTA).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        card: ModelCard,
+        *,
+        device: str | torch.device = "auto",
+        batch_size: int = 16,
+        precision: str = "auto",
+        tta: bool = False,
+        protocol: str = "fast",
+    ) -> None:
+        if protocol not in PROTOCOLS:
+            raise SwinsegError(f"--protocol {protocol!r}: expected one of {', '.join(PROTOCOLS)}")
+        if batch_size < 1:
+            raise SwinsegError(f"--batch-size {batch_size}: must be at least 1")
+        if protocol == "reference" and tta:
+            raise SwinsegError("--tta is not part of --protocol reference (the published path has no TTA)")
+        num_classes = model.config.num_classes
+        if num_classes != len(card.classes):
+            where = f" ({card.source})" if card.source else ""
+            raise SwinsegError(
+                f"model card {card.name!r}{where} names {len(card.classes)} classes but the network predicts "
+                f"{num_classes}"
+            )
+        self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        self.dtype = None if protocol == "reference" else resolve_precision(precision, self.device)
+        self.model = model.to(self.device).eval()
+        self.card = card
+        self.batch_size = 1 if protocol == "reference" else batch_size
+        self.tta = tta
+        self.protocol = protocol
+        self.img_size = model.config.img_size
+        self.num_classes = num_classes
+
+    # ------------------------------------------------------------------------------------------ slices
+
+    def predict_slices(self, slices: np.ndarray, progress: SliceProgress | None = None) -> np.ndarray:
+        """Labels (D, H, W) (uint8, uint16 beyond 256 classes) for normalised slices (D, H, W) float32."""
+        return self._run(slices, None, progress)
+
+    def predict_slices_with_probabilities(
+        self, slices: np.ndarray, progress: SliceProgress | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Labels (D, H, W) and softmax probabilities (C, D, H, W) float16 (fast protocol only)."""
+        if self.protocol == "reference":
+            raise SwinsegError("--save-probabilities is not available with --protocol reference (labels only)")
+        depth, height, width = slices.shape
+        probabilities = np.empty((self.num_classes, depth, height, width), dtype=np.float16)
+        return self._run(slices, probabilities, progress), probabilities
+
+    @torch.inference_mode()
+    def _run(self, slices: np.ndarray, probabilities: np.ndarray | None, progress: SliceProgress | None) -> np.ndarray:
+        if slices.ndim != 3:
+            raise ValueError(f"expected slices (D, H, W), got shape {slices.shape}")
+        depth, height, width = slices.shape
+        labels = np.empty((depth, height, width), dtype=label_dtype(self.num_classes))
+        for start in range(0, depth, self.batch_size):
+            stop = min(start + self.batch_size, depth)
+            batch = self._to_device(slices[start:stop])
+            try:
+                if self.protocol == "reference":
+                    labels[start:stop] = self._reference_labels(batch).cpu().numpy()
+                else:
+                    scores = self._scores(batch, (height, width))
+                    if probabilities is not None:
+                        probs = scores if self.tta else torch.softmax(scores, dim=1)
+                        probabilities[:, start:stop] = probs.transpose(0, 1).to(torch.float16).cpu().numpy()
+                    labels[start:stop] = scores.argmax(dim=1).to(torch.int32).cpu().numpy()
+            except torch.cuda.OutOfMemoryError:
+                raise SwinsegError(
+                    f"out of GPU memory on {self.device} at --batch-size {self.batch_size}; use a smaller one"
+                ) from None
+            if progress is not None:
+                progress(stop - start)
+        return labels
+
+    def _to_device(self, slices: np.ndarray) -> torch.Tensor:
+        tensor = torch.from_numpy(np.ascontiguousarray(slices, dtype=np.float32))
+        if self.device.type == "cuda":
+            return tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor.to(self.device)
+
+    def _forward(self, images: torch.Tensor) -> torch.Tensor:
+        with autocast(self.device, self.dtype):
+            return self.model(images).float()
+
+    def _scores(self, batch: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """(B, C, H, W) float32 at the slice size: logits, or flip-averaged probabilities with TTA."""
+        images = resize_slices(batch, self.img_size, order=3).unsqueeze(1)
+        if self.tta:
+            total = None
+            for dims in TTA_FLIPS:
+                probs = torch.softmax(self._forward(images.flip(dims) if dims else images), dim=1)
+                probs = probs.flip(dims) if dims else probs
+                total = probs if total is None else total + probs
+            scores = total / len(TTA_FLIPS)
+        else:
+            scores = self._forward(images)
+        if tuple(scores.shape[-2:]) == size:
+            return scores
+        # Linear resize back, as scipy's order-1 zoom (align_corners) but as torch's sparse kernel: no matmuls.
+        return F.interpolate(scores, size=size, mode="bilinear", align_corners=True)
+
+    def _reference_labels(self, batch: torch.Tensor) -> torch.Tensor:
+        """The published evaluation path for one slice: cubic in, softmax + argmax, nearest back."""
+        height, width = batch.shape[-2:]
+        logits = self.model(resize_slices(batch, self.img_size, order=3).unsqueeze(1))
+        labels = torch.softmax(logits, dim=1).argmax(dim=1)
+        return resize_slices(labels, (height, width), order=0)
+
+    # ----------------------------------------------------------------------------------------- volumes
+
+    def prepare(self, volume: io.Volume, plane: str | None = None) -> PreparedVolume:
+        """The volume oriented as the card says, normalised, with slices of `plane` (default axial) first.
+
+        2-D 8-bit images (PNG/JPEG) are display images: scaled from [0, 255] instead of the card's window.
+        """
+        plane = (plane or "axial").lower()
+        if plane not in PLANES:
+            raise SwinsegError(f"--axis {plane!r}: expected one of {', '.join(PLANES)}")
+        prep = self.card.preprocessing
+        if volume.ndim == 2 and volume.array.dtype == np.uint8:
+            oriented, back = io.to_orientation(volume, prep.orientation)
+            normalized = scale_intensities(oriented, 0.0, 255.0)
+        else:
+            normalized, back = prepare_volume(volume, prep)
+        if volume.ndim == 2:
+            return PreparedVolume(normalized[np.newaxis], lambda a: back(a[..., 0, :, :]))
+        axis = _plane_axis(prep.orientation, plane)
+        if axis == 0:
+            return PreparedVolume(normalized, back)
+        return PreparedVolume(np.moveaxis(normalized, axis, 0), lambda a: back(np.moveaxis(a, -3, a.ndim - 3 + axis)))
+
+    def predict_volume(
+        self,
+        volume: io.Volume,
+        *,
+        plane: str | None = None,
+        classes: Sequence[int] | None = None,
+        keep_largest: bool = False,
+        progress: SliceProgress | None = None,
+    ) -> np.ndarray:
+        """Labels in the volume's own array order (write them with `io.write_volume(path, labels, volume)`)."""
+        prepared = self.prepare(volume, plane)
+        labels = self.predict_slices(prepared.slices, progress)
+        return np.ascontiguousarray(prepared.restore(self.postprocess(labels, classes, keep_largest)))
+
+    def predict_volume_with_probabilities(
+        self,
+        volume: io.Volume,
+        *,
+        plane: str | None = None,
+        classes: Sequence[int] | None = None,
+        keep_largest: bool = False,
+        progress: SliceProgress | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Labels and softmax probabilities (C, ...) float16, both in the volume's own array order.
+        Post-processing (classes, keep_largest) applies to the labels only."""
+        prepared = self.prepare(volume, plane)
+        labels, probabilities = self.predict_slices_with_probabilities(prepared.slices, progress)
+        labels = self.postprocess(labels, classes, keep_largest)
+        return np.ascontiguousarray(prepared.restore(labels)), np.ascontiguousarray(prepared.restore(probabilities))
+
+    @staticmethod
+    def postprocess(labels: np.ndarray, classes: Sequence[int] | None, keep_largest: bool) -> np.ndarray:
+        """Class subset, then the largest connected component per class (in place)."""
+        if classes is not None:
+            postprocess.keep_classes(labels, classes)
+        if keep_largest:
+            postprocess.keep_largest_component(labels)
+        return labels
+
+
+def _plane_axis(orientation: str, plane: str) -> int:
+    """Array axis of the `plane` slices in an array oriented as `orientation` (letters name index axes x, y, z;
+    array axis a is index axis 2 - a)."""
+    letters = orientation.upper()
+    for index, letter in enumerate(letters):
+        if letter in _PLANE_LETTERS[plane]:
+            return len(letters) - 1 - index
+    raise SwinsegError(f"orientation {orientation!r} has no {plane} axis")
+
+
+# ------------------------------------------------------------------------------------------- model source
+
+
+def load_predictor_model(
+    *, model: str | None = None, weights: str | Path | None = None, checkpoint: str | Path | None = None
+) -> tuple[torch.nn.Module, ModelCard]:
+    """The network and card from `--model CARD [--weights FILE]` or `--checkpoint FILE [--model CARD]`.
+
+    A card without --weights uses the weight file it names (`weights:` in its YAML).
+    """
+    from swinseg.weights import load_checkpoint
+
+    if weights is not None and checkpoint is not None:
+        raise SwinsegError("give either --weights (with --model) or --checkpoint, not both")
+    if weights is not None and model is None:
+        raise SwinsegError("--weights needs --model CARD (or pass a swinseg checkpoint with --checkpoint)")
+    if model is None and checkpoint is None:
+        raise SwinsegError("no model: give --checkpoint FILE, or --model CARD with --weights FILE")
+    card = load_card(model) if model is not None else None
+    path = checkpoint if checkpoint is not None else weights
+    if path is None:
+        assert card is not None
+        if card.weights is None:
+            raise SwinsegError(f"--model {model}: the card names no weight file; give --weights FILE")
+        path = card.weights
+    return load_checkpoint(Path(path), card)
+
+
+# ----------------------------------------------------------------------------------------- cases and runs
+
+
+@dataclass(frozen=True)
+class Case:
+    """One input scan and where its mask (and optionally its probabilities) go."""
+
+    input: Path
+    output: Path
+    probabilities: Path | None = None
+
+    def outputs(self) -> list[Path]:
+        return [self.output] + ([self.probabilities] if self.probabilities else [])
+
+
+@dataclass
+class CaseResult:
+    """What happened to a case: status "done", "skipped" or "failed" (with `message`)."""
+
+    case: Case
+    status: str
+    message: str = ""
+    shape: tuple[int, ...] = ()  # array order
+    spacing: tuple[float, ...] = ()  # array order, mm
+    seconds: float = 0.0
+    voxels: dict[str, int] = field(default_factory=dict)  # foreground class name -> voxel count
+
+    def volumes_ml(self) -> dict[str, float]:
+        voxel_ml = float(np.prod(self.spacing)) / 1000.0 if self.spacing else 0.0
+        return {name: round(count * voxel_ml, 3) for name, count in self.voxels.items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary; shape and spacing in (x, y, z) order as viewers show them."""
+        result: dict[str, Any] = {
+            "input": str(self.case.input),
+            "output": str(self.case.output),
+            "status": self.status,
+        }
+        if self.case.probabilities:
+            result["probabilities"] = str(self.case.probabilities)
+        if self.message:
+            result["message"] = self.message
+        if self.status == "done":
+            result.update(
+                shape=list(self.shape[::-1]),
+                spacing=[round(s, 6) for s in self.spacing[::-1]],
+                seconds=round(self.seconds, 3),
+                voxels=self.voxels,
+                volume_ml=self.volumes_ml(),
+            )
+        return result
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Per-case settings of a prediction run."""
+
+    plane: str | None = None
+    classes: Sequence[int] | None = None
+    keep_largest: bool = False
+    series: str | None = None
+    channel: int | None = None
+    overwrite: bool = False
+
+
+def _output_name(source: Path) -> str:
+    """Case name (nnU-Net `_0000` stripped) + .nii.gz, or .png for 2-D image inputs."""
+    suffix = ".png" if source.name.lower().endswith(io.IMAGE_2D_SUFFIXES) else ".nii.gz"
+    return io.case_name(source, strip_channel=True) + suffix
+
+
+def probabilities_path(output: Path) -> Path:
+    """`mask.nii.gz` -> `mask_probabilities.nii.gz` (NIfTI when the mask is a 2-D image format)."""
+    name = output.name
+    lower = name.lower()
+    suffix = next((s for s in io.SUPPORTED_SUFFIXES if lower.endswith(s)), "")
+    stem = name[: len(name) - len(suffix)] if suffix else name
+    if suffix in io.IMAGE_2D_SUFFIXES or not suffix:
+        suffix = ".nii.gz"
+    return output.with_name(f"{stem}_probabilities{suffix}")
+
+
+def plan_cases(inputs: Sequence[str | Path], output: str | Path, *, probabilities: bool = False) -> list[Case]:
+    """Cases for input files, DICOM series folders and folders of scans.
+
+    One input scan: `output` is the mask file, or a folder (existing, or written with a trailing slash).
+    Several scans or a folder of scans: `output` is a folder, outputs are named after the cases. Raises for
+    an output that would overwrite an input, an output folder that is an input folder (outputs would be read
+    as inputs on the next run), and two cases writing the same file.
+    """
+    if not inputs:
+        raise SwinsegError("no input given")
+    output_text = str(output)
+    output = Path(output)
+    sources: list[Path] = []
+    folder_mode = len(inputs) > 1
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found = io.find_images(item)
+            if not found:
+                raise SwinsegError(f"{item}: folder holds no scans ({', '.join(io.SUPPORTED_SUFFIXES)}) or DICOM series")
+            folder_mode = folder_mode or found != [item]
+            if found != [item] and output.resolve() == item.resolve():
+                raise SwinsegError(f"-o {output}: the output folder is an input folder; choose another")
+            sources.extend(found)
+        else:
+            sources.append(item)
+    to_folder = folder_mode or output.is_dir() or output_text.endswith(("/", os.sep))
+    if to_folder and output.exists() and not output.is_dir():
+        raise SwinsegError(f"-o {output}: is a file, but {len(sources)} case(s) need an output folder")
+    if to_folder and output_text.lower().endswith(io.SUPPORTED_SUFFIXES) and not output.is_dir():
+        raise SwinsegError(f"-o {output}: give a folder when predicting {len(sources)} cases")
+    cases: list[Case] = []
+    seen: dict[Path, Path] = {}
+    for source in sources:
+        target = output / _output_name(source) if to_folder else output
+        if target.resolve() in seen:
+            raise SwinsegError(f"{seen[target.resolve()]} and {source} would both write {target}; rename one")
+        seen[target.resolve()] = source
+        if target.resolve() == source.resolve():
+            raise SwinsegError(f"{source}: the output would overwrite this input; choose another -o")
+        cases.append(Case(source, target, probabilities_path(target) if probabilities else None))
+    return cases
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'i/n' (0 <= i < n) -> (i, n)."""
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise SwinsegError(f"--shard {text!r}: expected i/n, e.g. 0/4") from None
+    if count < 1 or not 0 <= index < count:
+        raise SwinsegError(f"--shard {text}: need n >= 1 and 0 <= i < n (shards are numbered from 0)")
+    return index, count
+
+
+def torchrun_rank(env: dict[str, str] | None = None) -> tuple[int, int, int] | None:
+    """(RANK, WORLD_SIZE, LOCAL_RANK) when launched by torchrun with more than one process, else None."""
+    env = dict(os.environ) if env is None else env
+    try:
+        world = int(env.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return None
+        return int(env["RANK"]), world, int(env.get("LOCAL_RANK", env["RANK"]))
+    except (KeyError, ValueError):
+        raise SwinsegError("torchrun environment is incomplete: RANK/WORLD_SIZE/LOCAL_RANK must be integers") from None
+
+
+def rank_device(spec: str, local_rank: int) -> str:
+    """One device per torchrun rank: auto/cuda become cuda:LOCAL_RANK when CUDA is available."""
+    spec = spec.strip().lower()
+    if spec == "cuda" or (spec == "auto" and torch.cuda.is_available()):
+        return f"cuda:{local_rank}"
+    return spec
+
+
+def shard_cases(cases: Sequence[Case], index: int, count: int) -> list[Case]:
+    """Every `count`-th case starting at `index` (stable over reruns: skipping happens after sharding)."""
+    return list(cases[index::count])
+
+
+def is_finished(case: Case) -> bool:
+    return all(path.exists() for path in case.outputs())
+
+
+@dataclass
+class _Loaded:
+    volume: io.Volume
+    prepared: PreparedVolume
+    seconds: float
+
+
+def predict_cases(
+    predictor: Predictor,
+    cases: Sequence[Case],
+    options: RunOptions = RunOptions(),
+    *,
+    on_start: Callable[[Case, int], None] | None = None,
+    on_slices: SliceProgress | None = None,
+) -> Iterator[CaseResult]:
+    """Predict each case, yielding its result (done, skipped or failed) as soon as it is known.
+
+    Finished cases (all outputs present) are skipped unless `options.overwrite`. A failing case yields a
+    "failed" result with a one-line message and the run goes on. The next case is read and prepared, and the
+    previous one written, in background threads while the network runs. `on_start(case, n_slices)` and
+    `on_slices(n)` report progress.
+    """
+    todo: list[Case] = []
+    for case in cases:
+        if not options.overwrite and is_finished(case):
+            yield CaseResult(case, "skipped", "output exists (use --overwrite to replace it)")
+        else:
+            todo.append(case)
+    if not todo:
+        return
+
+    def load(case: Case) -> _Loaded:
+        began = time.perf_counter()
+        volume = io.read_volume(case.input, series=options.series, channel=options.channel)
+        io.check_finite(volume)
+        return _Loaded(volume, predictor.prepare(volume, options.plane), time.perf_counter() - began)
+
+    with ThreadPoolExecutor(1, thread_name_prefix="swinseg-read") as reader, ThreadPoolExecutor(
+        1, thread_name_prefix="swinseg-write"
+    ) as writer:
+        loading: Future[_Loaded] = reader.submit(load, todo[0])
+        writing: Future[CaseResult] | None = None
+        for position, case in enumerate(todo):
+            try:
+                loaded = loading.result()
+            except Exception as error:  # noqa: BLE001 - isolate the case, report it, go on
+                loaded = _failure(error)
+            if position + 1 < len(todo):
+                loading = reader.submit(load, todo[position + 1])
+            if isinstance(loaded, str):
+                yield CaseResult(case, "failed", loaded)
+                continue
+            try:
+                result, labels, probabilities = _predict_loaded(predictor, case, loaded, options, on_start, on_slices)
+            except Exception as error:  # noqa: BLE001
+                yield CaseResult(case, "failed", _failure(error))
+                continue
+            if writing is not None:
+                yield writing.result()
+            writing = writer.submit(_write_case, result, loaded.volume, labels, probabilities)
+        if writing is not None:
+            yield writing.result()
+
+
+def _failure(error: BaseException) -> str:
+    if isinstance(error, SwinsegError):
+        return str(error)
+    return f"{type(error).__name__}: {error}"
+
+
+def _predict_loaded(
+    predictor: Predictor,
+    case: Case,
+    loaded: _Loaded,
+    options: RunOptions,
+    on_start: Callable[[Case, int], None] | None,
+    on_slices: SliceProgress | None,
+) -> tuple[CaseResult, np.ndarray, np.ndarray | None]:
+    began = time.perf_counter()
+    slices = loaded.prepared.slices
+    if on_start is not None:
+        on_start(case, slices.shape[0])
+    if case.probabilities is not None:
+        labels, probabilities = predictor.predict_slices_with_probabilities(slices, on_slices)
+    else:
+        labels, probabilities = predictor.predict_slices(slices, on_slices), None
+    labels = predictor.postprocess(labels, options.classes, options.keep_largest)
+    counts = np.bincount(labels.ravel(), minlength=predictor.num_classes)
+    names = predictor.card.classes
+    voxels = {names[k]: int(counts[k]) for k in range(1, len(names)) if counts[k]}
+    restore = loaded.prepared.restore
+    result = CaseResult(
+        case,
+        "done",
+        shape=loaded.volume.array.shape,
+        spacing=loaded.volume.spacing,
+        seconds=loaded.seconds + time.perf_counter() - began,
+        voxels=voxels,
+    )
+    return result, restore(labels), None if probabilities is None else restore(probabilities)
+
+
+def _write_case(
+    result: CaseResult, volume: io.Volume, labels: np.ndarray, probabilities: np.ndarray | None
+) -> CaseResult:
+    began = time.perf_counter()
+    case = result.case
+    try:
+        if probabilities is not None and case.probabilities is not None:
+            io.write_volume(case.probabilities, probabilities, volume)
+        io.write_volume(case.output, labels, volume)
+    except Exception as error:  # noqa: BLE001
+        return CaseResult(case, "failed", _failure(error))
+    result.seconds += time.perf_counter() - began
+    return result
