@@ -1,8 +1,120 @@
-"""CLI: train (commands registered on the main app; heavy imports stay inside the command bodies)."""
+"""CLI: `swinseg train` and `swinseg finetune` (heavy imports stay inside the command bodies).
+
+Every option is also a key of a YAML `--config FILE` (dashes become underscores); flags given on the
+command line override the file, which overrides the defaults. Options are declared once in OPTIONS and
+shared by both commands.
+"""
 from __future__ import annotations
 
+import inspect
+from pathlib import Path
+from typing import Any, Callable, Optional
+
 import typer
+
+from swinseg.cli._common import cli_errors, out
+
+RECIPE = "published recipe"
+# name -> (type, help); the default of every option is None = "not given" (the config file or the recipe decides).
+OPTIONS: dict[str, tuple[Any, str]] = {
+    "data": (Path, "Dataset folder: Synapse layout (train_npz/, test_vol_h5/, lists) or nnU-Net/MSD "
+                   "(imagesTr/, labelsTr/, dataset.json)."),
+    "output": (Path, "Run directory: config.yaml, last.pt, best.safetensors, final.safetensors, metrics.csv, "
+                     "curves.png."),
+    "model": (str, "Model card (name or YAML): network, preprocessing, classes. (default: train "
+                   "swin_unet_tiny; finetune the checkpoint's card; a reference .pth needs one)"),
+    "classes": (str, "Comma-separated label names, index = label value. (default: the dataset's, else the card's)"),
+    "freeze_encoder": (bool, "Train only the decoder (small datasets). (default: off)"),
+    "epochs": (int, "Epochs. (default: 150; finetune 50)"),
+    "batch_size": (int, "Global batch size, split across torchrun processes. (default: 24)"),
+    "base_lr": (float, "Learning rate at --base-batch, scaled linearly to --batch-size. "
+                       "(default: 0.05; finetune 0.01)"),
+    "base_batch": (int, "Batch size at which --base-lr holds. (default: 24)"),
+    "lr": (float, "Learning rate as is (no batch scaling). (default: base-lr x batch-size / base-batch)"),
+    "momentum": (float, "SGD momentum. (default: 0.9)"),
+    "weight_decay": (float, "SGD weight decay. (default: 1e-4)"),
+    "poly_power": (float, "Poly decay power, lr x (1 - it/max_it)^p per iteration. (default: 0.9)"),
+    "ce_weight": (float, "Cross-entropy weight in the loss. (default: 0.4)"),
+    "dice_weight": (float, "Soft Dice weight in the loss. (default: 0.6)"),
+    "augment": (bool, "The reference augmentation (rot90+flip or rotation +-20 degrees). (default: on)"),
+    "seed": (int, "Seed of initialisation, shuffling, augmentation and splits. (default: 1234)"),
+    "val_every": (int, "Validate every N epochs (and after the last); 0 turns validation off. "
+                       "(default: 10; finetune 5)"),
+    "val_fraction": (float, "nnU-Net layout: fraction of cases held out for validation (Synapse: test_vol "
+                            "volumes). (default: 0.2)"),
+    "val_cases": (str, "Comma-separated case names to validate on instead."),
+    "val_batch_size": (int, "Slices per forward pass in validation. (default: 16)"),
+    "num_workers": (int, "DataLoader worker processes per training process. (default: 4)"),
+    "device": (str, "auto, cpu, cuda or cuda:N (torchrun: the local rank's GPU). (default: auto)"),
+    "precision": (str, "auto, bf16, fp16 or fp32 (auto: bf16/fp16 on CUDA, fp32 on CPU). (default: auto)"),
+}
+FLAGS = {"output": ["-o", "--output"], "freeze_encoder": ["--freeze-encoder/--no-freeze-encoder"],
+         "augment": ["--augment/--no-augment"]}
+FINETUNE_ONLY = {"checkpoint": (Path, "Trained model to start from: swinseg .safetensors or a reference "
+                                      "Swin-Unet checkpoint (with --model CARD).")}
+TRAIN_ONLY = {"pretrained": (Path, "ImageNet Swin-T weights (official swin_tiny_patch4_window7_224.pth or timm) "
+                                   "to initialise encoder and decoder, as the published recipe does.")}
+
+
+def _parameter(name: str, kind: Any, help_text: str) -> inspect.Parameter:
+    flags = FLAGS.get(name, [f"--{name.replace('_', '-')}"])
+    option = typer.Option(None, *flags, help=help_text, show_default=False)
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=Optional[kind])
+
+
+def _command(finetune: bool) -> Callable[..., None]:
+    """The train or finetune command, its signature built from OPTIONS."""
+
+    def command(**options: Any) -> None:
+        _run(finetune, options)
+
+    extra = FINETUNE_ONLY if finetune else TRAIN_ONLY
+    parameters = [_parameter(name, kind, text) for name, (kind, text) in {**extra, **OPTIONS}.items()]
+    parameters.append(_parameter("config", Path, "YAML file of options (keys as the flags, with underscores); "
+                                                 "flags override it."))
+    parameters.append(_parameter("resume", Path, "Continue the run in RUN_DIR from its last.pt (its config.yaml; "
+                                                 "flags given override it, e.g. --epochs)."))
+    command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    command.__doc__ = FINETUNE_HELP if finetune else TRAIN_HELP
+    command.__name__ = "finetune" if finetune else "train"
+    return cli_errors(command)
+
+
+TRAIN_HELP = """Train a Swin-Unet with the published recipe (resumable; torchrun for many GPUs).
+
+Defaults reproduce the paper: 0.4 CE + 0.6 soft Dice, SGD momentum 0.9, weight decay 1e-4, lr 0.05 at
+batch 24 (scaled linearly), poly 0.9 per iteration, 150 epochs, reference augmentation, seed 1234.
+Example: swinseg train --data synapse/ --pretrained swin_tiny_patch4_window7_224.pth -o runs/synapse
+"""
+FINETUNE_HELP = """Finetune a trained Swin-Unet on new data or a new label set.
+
+Classes with the same name keep their weights, others start fresh. Defaults: lr 0.01 at batch 24,
+50 epochs, validation every 5 epochs; --freeze-encoder for small datasets.
+Example: swinseg finetune --checkpoint best.safetensors --data Dataset001/ -o runs/ft
+"""
+
+
+def _run(finetune: bool, options: dict[str, Any]) -> None:
+    from swinseg.errors import SwinsegError
+    from swinseg.train import CONFIG_FILE, resolve_config, train
+
+    config_file, resume = options.pop("config"), options.pop("resume")
+    overrides = {k: str(v) if isinstance(v, Path) else v for k, v in options.items() if v is not None}
+    if resume is not None:
+        if config_file is not None:
+            raise SwinsegError("--resume uses the run's own config.yaml; leave out --config")
+        if "output" in overrides and Path(overrides["output"]).resolve() != resume.resolve():
+            raise SwinsegError(f"--resume {resume} writes into {resume}; leave out -o")
+        config_file, overrides["output"] = resume / CONFIG_FILE, str(resume)
+        if not config_file.is_file():
+            raise SwinsegError(f"{resume}: not a swinseg run directory (no {CONFIG_FILE})")
+    if finetune and resume is None and "checkpoint" not in overrides:
+        raise SwinsegError("finetune needs --checkpoint MODEL (a trained swinseg model or a reference checkpoint)")
+    config = resolve_config(config_file, overrides, finetune=finetune and resume is None)
+    train(config, resume=resume is not None, console=out)
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the app."""
+    app.command("train")(_command(finetune=False))
+    app.command("finetune")(_command(finetune=True))
