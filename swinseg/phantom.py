@@ -242,7 +242,7 @@ def _paint_body(painter: _Painter, case: _Case) -> np.ndarray:
         waves += (np.exp(1j * (k[0] * z_mm + phase)).astype(np.complex64) * np.exp(1j * k[1] * grid.y).astype(
             np.complex64) * np.exp(1j * k[2] * grid.x).astype(np.complex64)).imag
     visceral = np.where(waves > 0.7, case.jitter(25.0, 10), case.jitter(-95.0, 10)).astype(np.float32)
-    visceral[waves > 2.7] = -1000.0
+    visceral[waves > 3.0] = -1000.0
     painter.blend(whole, cavity, visceral)
     for side in (-1, 1):
         painter.paint(_Blob((0.5, *case.at(side * 0.22, 0.72)), (PRISM, 0.20 * bd, 0.16 * bw)), 50.0)
@@ -281,13 +281,17 @@ def _paint_thorax(painter: _Painter, case: _Case, cavity: np.ndarray) -> np.ndar
     angle = np.arctan2(y - by, x)
     ribs = (np.cos(7 * angle + case.rng.uniform(0, 2 * np.pi) + 9 * t) > 0.75) & (t > 0.35) & (np.abs(x) > 0.3 * bw)
     painter.blend(whole, ring * ribs, 600.0)
-    dome_top = case.vary(0.97, 0.02)
+    dome_top = case.vary(1.03, 0.02)
     lung = np.zeros(painter.ct.shape, dtype=np.float32)
     for side in (-1, 1):
         dome_y, dome_x = case.at(side * 0.45, -0.1)
-        dome = dome_top - 0.13 * (((y - dome_y) / bd) ** 2 + ((x - dome_x) / bw) ** 2)
-        lung = np.maximum(lung, np.clip((t - dome) * painter.ct.shape[0], 0, 1) * (side * x > 0.15 * bw))
+        dome = dome_top - 0.3 * (((y - dome_y) / bd) ** 2 + ((x - dome_x) / bw) ** 2)
+        lung = np.maximum(lung, np.clip((t - dome) * painter.ct.shape[0], 0, 1) * (side * x > 0.1 * bw))
+    heart = _Blob((1.12, *case.at(0.08, -0.3)), (0.2, 0.5 * bd, 0.38 * bw))
+    box = heart.box(grid)
+    lung[box] *= 1.0 - painter.alpha(heart, box)
     painter.blend(whole, cavity * lung, -850.0)
+    painter.blend(box, painter.alpha(heart, box) * cavity[:, box[1], box[2]], 40.0)
     return lung
 
 
