@@ -412,9 +412,20 @@ def load_case(case: CaseFiles, prep: Preprocessing, num_classes: int | None = No
                            f"{num_classes} classes (0-{num_classes - 1})")
     oriented_image, _ = to_orientation(image, prep.orientation)
     oriented_label, _ = to_orientation(label.with_array(label_array), prep.orientation)
-    oriented_image = np.ascontiguousarray(oriented_image)
+    oriented_image = np.ascontiguousarray(_compact(oriented_image))
     return LoadedCase(case.name, oriented_image, np.ascontiguousarray(oriented_label),
                       intensity_bounds(oriented_image, prep), oriented_spacing(image, prep.orientation))
+
+
+def _compact(image: np.ndarray) -> np.ndarray:
+    """Intensities in the smallest exact type for memory: int16 when the values are integers in range
+    (CT stored as scaled float64 in NIfTI), else float32 (what normalisation computes in anyway)."""
+    if image.dtype.itemsize <= 2 and image.dtype.kind in "iu":
+        return image
+    if image.dtype.kind in "iu" or np.array_equal(image, np.rint(image)):
+        if image.size and -32768 <= image.min() and image.max() <= 32767:
+            return image.astype(np.int16, order="C")
+    return image.astype(np.float32, order="C")
 
 
 def oriented_spacing(volume: Any, code: str) -> tuple[float, ...]:
@@ -573,7 +584,9 @@ def preprocess_dataset(in_dir: str | Path, out_dir: str | Path, card: ModelCard,
         marker = out_dir / ".swinseg" / f"{name}.json"
         expected = dict(settings, role=role)
         previous = _read_marker(marker)
-        if previous is not None and {k: previous.get(k) for k in expected} == expected:
+        if previous is not None and {k: previous.get(k) for k in expected} == expected and all(
+            path.is_file() for path in _case_outputs(out_dir, name, previous.get("slices", []), role)
+        ):
             slice_names[name] = previous.get("slices", [])
             skipped.append(name)
             continue
@@ -599,6 +612,12 @@ def preprocess_dataset(in_dir: str | Path, out_dir: str | Path, card: ModelCard,
     _write_text(out_dir / "dataset.json", json.dumps({"labels": labels, "swinseg": settings,
                                                       "train": train, "test": test}, indent=2))
     return PreprocessReport(out_dir, train, test, len(train_slices), skipped, dataset.extra_channels)
+
+
+def _case_outputs(out_dir: Path, name: str, slices: list[str], role: str) -> list[Path]:
+    if role == "train":
+        return [out_dir / TRAIN_FOLDER / f"{s}.npz" for s in slices]
+    return [out_dir / TEST_FOLDER / f"{name}{TEST_SUFFIX}"]
 
 
 def _read_marker(path: Path) -> dict[str, Any] | None:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import scipy.ndimage
+import scipy.sparse
 
 from swinseg.config import Preprocessing
 
@@ -127,9 +128,22 @@ def resize_array(array: np.ndarray, size: int | tuple[int, int], order: int = 3)
             result[..., ~(rows_inside[:, None] & cols_inside[None, :])] = 0
         return result
     dtype = np.float32 if array.dtype == np.float32 else np.float64
-    my = zoom_matrix(in_height, height, order).astype(dtype, copy=False)
-    mx = zoom_matrix(in_width, width, order).astype(dtype, copy=False)
-    return my @ array.astype(dtype, copy=False) @ mx.T
+    if array.ndim > 2:
+        flat = array.reshape(-1, in_height, in_width)
+        return np.stack([resize_array(s, size, order) for s in flat]).reshape(*array.shape[:-2], height, width)
+    my = _sparse_zoom_matrix(in_height, height, order, dtype)
+    mx = _sparse_zoom_matrix(in_width, width, order, dtype)
+    return np.ascontiguousarray((mx @ (my @ array.astype(dtype, copy=False)).T).T)
+
+
+@functools.lru_cache(maxsize=64)
+def _sparse_zoom_matrix(n_in: int, n_out: int, order: int, dtype: type) -> scipy.sparse.csr_matrix:
+    """`zoom_matrix` without its negligible entries (the spline prefilter's weights decay by 0.27 per
+    sample; dropping those below 1e-10 changes results by < 1e-7 relative) as a sparse matrix: a 512 -> 224
+    slice resizes several times faster than with a dense matmul, single-threaded (good in loader workers)."""
+    matrix = zoom_matrix(n_in, n_out, order)
+    kept = np.where(np.abs(matrix) > 1e-10 * np.abs(matrix).max(), matrix, 0.0)
+    return scipy.sparse.csr_matrix(kept.astype(dtype))
 
 
 @functools.lru_cache(maxsize=64)

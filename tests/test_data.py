@@ -167,6 +167,18 @@ def test_slice_dataset_is_reproducible_per_seed_epoch_index(tmp_path: Path) -> N
     assert any(changed)
 
 
+def test_loader_workers_give_the_same_batches(tmp_path: Path) -> None:
+    import torch
+
+    write_synapse(tmp_path / "Synapse")
+    data = open_training_data(tmp_path / "Synapse", img_size=32, preprocessing=PREP, seed=3)
+    data.slices.set_epoch(2)
+    batches = [torch.cat([b["image"] for b in torch.utils.data.DataLoader(data.slices, batch_size=2,
+                                                                         num_workers=workers)])
+               for workers in (0, 2)]
+    assert torch.equal(batches[0], batches[1])
+
+
 # ------------------------------------------------------------------------------------------------ nnU-Net
 
 
@@ -186,6 +198,26 @@ def test_nnunet_layout_oriented_normalised_slices_and_volumes(tmp_path: Path) ->
     assert volume.name == "abd_001" and volume.spacing == (3.0, 1.5, 1.5)
     np.testing.assert_allclose(volume.image, np.clip((lps_array(hu) + 125.0) / 400, 0, 1), atol=1e-6)
     np.testing.assert_array_equal(volume.label, lps_array(label))
+
+
+def test_nnunet_case_axes_permuted_and_scaled_intensities(tmp_path: Path) -> None:
+    """A volume stored with its index axes permuted (x index runs superior, z index left) and CT stored as
+    scaled floats: slices come out axial in LPS, spacing follows, memory holds int16."""
+    from swinseg.data import CaseFiles, load_case
+
+    affine = np.array([[0, 0, -2.0, 0], [0, -1.5, 0, 0], [3.0, 0, 0, 0], [0, 0, 0, 1]])  # RAS
+    hu = np.random.default_rng(0).integers(-1000, 1000, size=(5, 7, 9)).astype(np.int16)  # (x, y, z) on disk
+    image = nib.Nifti1Image(hu, affine)
+    image.header.set_slope_inter(1.0, -0.0)
+    image.set_data_dtype(np.float64)
+    nib.save(image, tmp_path / "img.nii.gz")
+    nib.save(nib.Nifti1Image((hu > 0).astype(np.uint8), affine), tmp_path / "lab.nii.gz")
+    case = load_case(CaseFiles("c", tmp_path / "img.nii.gz", tmp_path / "lab.nii.gz"), PREP, 2)
+    # LPS array axes (z: S, y: P, x: L) <- disk axes (x: S, y: P, z: L)
+    assert case.image.shape == (5, 7, 9) and case.spacing == (3.0, 1.5, 2.0)
+    assert case.image.dtype == np.int16 and case.image.flags.c_contiguous
+    np.testing.assert_array_equal(case.image, hu)
+    np.testing.assert_array_equal(case.label, hu > 0)
 
 
 def test_nnunet_pair_problems_reported_by_name_before_training(tmp_path: Path) -> None:
