@@ -100,17 +100,22 @@ def _torch_load(path: Path) -> Any:
             warnings.simplefilter("ignore", UserWarning)
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises many types for bad files
-        text = str(err)
-        if "weights_only" in text or "Unsupported global" in text:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+        if found:
             raise SwinsegError(
-                f"{path}: contains pickled Python objects that are not plain tensors; refusing to unpickle them"
+                f"{path}: holds a pickled Python object ({found.group(1)}), not only tensors; "
+                "refusing to unpickle it (weights_only)"
             ) from None
-        raise SwinsegError(f"{path}: not a readable PyTorch or safetensors weight file ({_short(err)})") from None
+        detail = "" if "Weights only load failed" in str(err) else f": {_short(err)}"
+        raise SwinsegError(
+            f"{path}: not a readable PyTorch or safetensors weight file (corrupt, truncated or another format{detail})"
+        ) from None
 
 
 def _short(err: BaseException) -> str:
+    """First sentence of an exception message, for one-line errors."""
     line = (str(err).strip().splitlines() or [type(err).__name__])[0]
-    return line[:160]
+    return line.split(". ")[0][:160]
 
 
 def _find_state_dict(raw: Any, path: Path) -> dict[str, torch.Tensor]:
@@ -273,7 +278,7 @@ def load_checkpoint(path: str | Path, card: ModelCard | str | None = None) -> tu
         )
     if weights.layout == FORMAT_NAME:
         stored = _card_from_metadata(weights)
-        card = stored if card is None else _merge_card(card, stored.network, weights.path, stored)
+        card = stored if card is None else _merge_card(card, stored.network, weights.path)
     else:
         config = infer_unet_config(weights, card.network if card else None)
         card = _merge_card(card, config, weights.path)
@@ -290,25 +295,19 @@ def _card_from_metadata(weights: WeightFile) -> ModelCard:
     return ModelCard.from_dict(values)
 
 
-def _merge_card(
-    card: ModelCard | None, config: SwinUnetConfig, path: Path, stored: ModelCard | None = None
-) -> ModelCard:
-    """`card` with the network of the weights; class names must match the number of output classes."""
+def _merge_card(card: ModelCard | None, config: SwinUnetConfig, path: Path) -> ModelCard:
+    """`card` with the network of the weights; its class names must match the number of output classes."""
     if card is None:
         return ModelCard(
             name=path.stem, network=config, classes=tuple(f"class_{i}" for i in range(config.num_classes)),
             description=f"imported from {path.name}", source=path,
         )
-    classes = card.classes
-    if len(classes) != config.num_classes:
-        if stored is not None:
-            classes = stored.classes
-        else:
-            raise SwinsegError(
-                f"{path}: the weights have {config.num_classes} output classes but card {card.name!r} names "
-                f"{len(classes)}; pass matching class names (--classes)"
-            )
-    return dataclasses.replace(card, network=config, classes=tuple(classes))
+    if len(card.classes) != config.num_classes:
+        raise SwinsegError(
+            f"{path}: the weights have {config.num_classes} output classes but card {card.name!r} names "
+            f"{len(card.classes)}; pass matching class names (--classes)"
+        )
+    return dataclasses.replace(card, network=config)
 
 
 def _load_strict(model: nn.Module, weights: WeightFile) -> None:
@@ -458,3 +457,50 @@ def load_swin_classifier(path: str | Path) -> nn.Module:
     )
     _load_strict(model, weights)
     return model.eval()
+
+
+# ------------------------------------------------------------------------------------------- describe
+
+LAYOUT_NAMES = {
+    FORMAT_NAME: "swinseg checkpoint (safetensors with model card)",
+    "swinseg-state": "Swin-Unet state dict in swinseg layout (needs a model card)",
+    "reference-unet": "reference Swin-Unet checkpoint",
+    "swin-official": "Swin Transformer classifier, official layout (ImageNet initialisation)",
+    "swin-timm": "Swin Transformer classifier, timm layout (ImageNet initialisation)",
+}
+
+
+def describe(path: str | Path) -> dict[str, Any]:
+    """What a weight file is: layout, parameter count and the configuration it implies (for `weights info`)."""
+    weights = read_weights(path)
+    info: dict[str, Any] = {
+        "file": str(weights.path),
+        "format": LAYOUT_NAMES[weights.layout],
+        "key prefix": weights.prefix or "(none)",
+        "tensors": len(weights.state),
+        "parameters": weights.parameter_count,
+    }
+    if weights.layout == FORMAT_NAME:
+        card = _card_from_metadata(weights)
+        info["swinseg version"] = weights.metadata.get("swinseg_version", "?")
+        info["card"] = card.name
+        info.update(card.network.to_dict())
+        info["classes"] = ", ".join(card.classes)
+        info["preprocessing"] = ", ".join(f"{k}={v}" for k, v in card.preprocessing.to_dict().items() if v is not None)
+        extra = {k: v for k, v in weights.metadata.items() if k not in ("format", "swinseg_version", "card")}
+        info.update(extra)
+        return info
+    values = infer_encoder(weights)
+    values.setdefault("img_size", "not stored (taken from the model card)")
+    if weights.is_classifier:
+        info.update(values)
+        if "head.fc.weight" in weights.state:
+            info["classifier classes"] = weights.state["head.fc.weight"].shape[0]
+        return info
+    info.update(values)
+    info["num_classes"] = weights.state["output.weight"].shape[0] if "output.weight" in weights.state else "?"
+    n = len(values["depths"])
+    info["skip_scales"] = sorted(
+        PATCH_SIZE * 2 ** (n - 1 - i) for i in range(1, n) if f"concat_back_dim.{i}.weight" in weights.state
+    )
+    return info
