@@ -547,8 +547,10 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         "| | **mean over classes** | | " + " | ".join(f"**{fmt(means[m])}**" for m in ("dice", "iou", "hd95", "assd"))
         + " | | | | | |"
     )
-    lines += ["", "## Worst cases (lowest Dice)", "", f"| case | class | Dice | HD95 ({unit}) | pred ml | ref ml | flag |",
-              "|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines += [
+        "", "## Worst cases (lowest Dice)", "",
+        f"| case | class | Dice | HD95 ({unit}) | pred ml | ref ml | flag |", "|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
     for row in summary["worst_cases"]:
         lines.append(
             f"| {row['case']} | {row['class']} | {fmt(row['dice'])} | {fmt(row['hd95'])} | "

@@ -173,6 +173,21 @@ def score_labels(
     return scores
 
 
+def empty_scores(n_pred: int, n_ref: int, policy: str, worst_distance: float) -> Scores:
+    """Scores when at least one mask is empty, by policy (see EMPTY_POLICIES); `worst_distance` is used by
+    the "worst" policy when exactly one mask is empty."""
+    _check_choice(policy, EMPTY_POLICIES, "empty")
+    flag = "both_empty" if not (n_pred or n_ref) else ("pred_empty" if not n_pred else "ref_empty")
+    nan = float("nan")
+    if policy == "worst":
+        values = (1.0, 1.0, 0.0, 0.0) if flag == "both_empty" else (0.0, 0.0, worst_distance, worst_distance)
+    elif policy == "nan":
+        values = (nan, nan, nan, nan) if flag == "both_empty" else (0.0, 0.0, nan, nan)
+    else:  # paper
+        values = (1.0, 1.0, 0.0, 0.0) if flag == "ref_empty" else (0.0, 0.0, 0.0, 0.0)
+    return Scores(*(float(v) for v in values), pred_voxels=int(n_pred), ref_voxels=int(n_ref), flag=flag)
+
+
 # ---------------------------------------------------------------- internals
 
 
@@ -189,21 +204,6 @@ def _score_crop(p: np.ndarray, r: np.ndarray, sampling: np.ndarray | None, defin
         pred_voxels=int(n_pred),
         ref_voxels=int(n_ref),
     )
-
-
-def empty_scores(n_pred: int, n_ref: int, policy: str, worst_distance: float) -> Scores:
-    """Scores when at least one mask is empty, by policy (see EMPTY_POLICIES); `worst_distance` is used by
-    the "worst" policy when exactly one mask is empty."""
-    _check_choice(policy, EMPTY_POLICIES, "empty")
-    flag = "both_empty" if not (n_pred or n_ref) else ("pred_empty" if not n_pred else "ref_empty")
-    nan = float("nan")
-    if policy == "worst":
-        values = (1.0, 1.0, 0.0, 0.0) if flag == "both_empty" else (0.0, 0.0, worst_distance, worst_distance)
-    elif policy == "nan":
-        values = (nan, nan, nan, nan) if flag == "both_empty" else (0.0, 0.0, nan, nan)
-    else:  # paper
-        values = (1.0, 1.0, 0.0, 0.0) if flag == "ref_empty" else (0.0, 0.0, 0.0, 0.0)
-    return Scores(*(float(v) for v in values), pred_voxels=int(n_pred), ref_voxels=int(n_ref), flag=flag)
 
 
 def _crop_distances(p: np.ndarray, r: np.ndarray, sampling: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:

@@ -105,8 +105,8 @@ def _run_with_progress(ev: Any, prediction: Path, reference: Path, labels: Any, 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     with Progress(
-        TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), TextColumn("{task.description}"),
-        console=err, transient=True, disable=quiet or not err.is_terminal,
+        TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        TextColumn("{task.description}"), console=err, transient=True, disable=quiet or not err.is_terminal,
     ) as bar:  # fmt: skip
         task = bar.add_task("", total=None)
 
@@ -124,10 +124,18 @@ def _print_tables(ev: Any, summary: dict[str, Any], worst: int) -> None:
     unit = definitions["distance_unit"]
     if summary["protocol"] == "synapse-paper":
         header, row = ev.paper_table(summary, Path(summary["prediction"]).name)
-        paper = Table(title="Synapse multi-organ CT, the Swin-Unet/TransUNet protocol (DSC %, HD95 in voxels)")
-        for name in header:
-            paper.add_column(name, justify="left" if name == "Method" else "right")
-        paper.add_row(*row)
+        wide = out.width >= 120
+        paper = Table(title="Synapse multi-organ CT, the Swin-Unet/TransUNet protocol (DSC %, HD95 in voxels)"
+                      if wide else "Swin-Unet/TransUNet protocol")  # fmt: skip
+        if wide:  # the paper's layout: one row per method
+            for name in header:
+                paper.add_column(name.replace("_", " "), justify="left" if name == "Method" else "right")
+            paper.add_row(*row)
+        else:  # narrow terminal: the same numbers, one line each
+            paper.add_column("")
+            paper.add_column(row[0], justify="right")
+            for name, value in zip(header[1:], row[1:]):
+                paper.add_row(name.replace("_", " "), value)
         out.print(paper)
 
     # all columns on wide terminals; the reports always hold everything
@@ -170,9 +178,11 @@ def _print_tables(ev: Any, summary: dict[str, Any], worst: int) -> None:
 
 
 def _warn_unmatched(ev: Any, summary: dict[str, Any]) -> None:
-    for key, what in (("missing_predictions", "references without a prediction (not scored)"),
-                      ("extra_predictions", "predictions without a reference (ignored)"),
-                      ("labels_only_in_predictions", "labels found only in predictions (not scored; see --labels)")):  # fmt: skip
+    for key, what in (
+        ("missing_predictions", "references without a prediction (not scored)"),
+        ("extra_predictions", "predictions without a reference (ignored)"),
+        ("labels_only_in_predictions", "labels found only in predictions (not scored; see --labels)"),
+    ):
         names = [str(v) for v in summary[key]]
         if names:
             err.print(f"[yellow]warning:[/yellow] {len(names)} {what}: {ev.preview(names, 10)}", highlight=False)
