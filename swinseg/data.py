@@ -284,18 +284,23 @@ def open_synapse(root: str | Path, lists: str | Path | None = None) -> SynapseDa
     train = _read_list(list_dir / TRAIN_LIST) if list_dir else None
     test = _read_list(list_dir / TEST_LIST) if list_dir else None
     if train is None:
-        train = sorted(p.name[: -len(".npz")] for p in (root / TRAIN_FOLDER).glob("*.npz") if not p.name.startswith("."))
+        train = _stems(root / TRAIN_FOLDER, ".npz")
     if test is None:
-        test = sorted(p.name[: -len(TEST_SUFFIX)] for p in (root / TEST_FOLDER).glob(f"*{TEST_SUFFIX}")
-                      if not p.name.startswith("."))
+        test = _stems(root / TEST_FOLDER, TEST_SUFFIX)
     missing = [f"{TRAIN_FOLDER}/{n}.npz" for n in train if not (root / TRAIN_FOLDER / f"{n}.npz").is_file()]
-    missing += [f"{TEST_FOLDER}/{n}{TEST_SUFFIX}" for n in test if not (root / TEST_FOLDER / f"{n}{TEST_SUFFIX}").is_file()]
+    missing += [f"{TEST_FOLDER}/{n}{TEST_SUFFIX}" for n in test
+                if not (root / TEST_FOLDER / f"{n}{TEST_SUFFIX}").is_file()]
     if missing:
         raise SwinsegError(f"{root}: {len(missing)} listed files missing: {_shorten(missing)}")
     if not train:
         raise SwinsegError(f"{root / TRAIN_FOLDER}: no training slices")
     classes = read_dataset_json(root / "dataset.json") if (root / "dataset.json").is_file() else None
     return SynapseDataset(root, train, test, classes)
+
+
+def _stems(folder: Path, suffix: str) -> list[str]:
+    """Names of the files in `folder` ending in `suffix`, without it (hidden temp files skipped), sorted."""
+    return sorted(p.name[: -len(suffix)] for p in folder.glob(f"*{suffix}") if not p.name.startswith("."))
 
 
 def _shorten(items: Sequence[str]) -> str:
@@ -350,13 +355,16 @@ def read_dataset_json(path: Path) -> tuple[str, ...]:
     return tuple(by_id[i] for i in range(len(by_id)))
 
 
-def _case_key(path: Path) -> tuple[str, int]:
-    """(case name, channel) of an imagesTr file: CASE_0000.nii.gz -> (CASE, 0); MSD CASE.nii.gz -> (CASE, 0)."""
+def _case_key(path: Path, label_names: set[str]) -> tuple[str, int]:
+    """(case name, channel) of an imagesTr file: CASE_0000.nii.gz -> (CASE, 0); MSD's CASE.nii.gz, or any
+    name that has a label file of the same name, -> (CASE, 0)."""
     from swinseg.io import case_name
 
     name = case_name(path)
     match = re.fullmatch(r"(.+)_(\d{4})", name)
-    return (match.group(1), int(match.group(2))) if match else (name, 0)
+    if match is None or name in label_names:
+        return name, 0
+    return match.group(1), int(match.group(2))
 
 
 def open_nnunet(root: str | Path) -> NnunetDataset:
@@ -370,15 +378,15 @@ def open_nnunet(root: str | Path) -> NnunetDataset:
         raise SwinsegError(f"{root}: not an nnU-Net dataset folder (no imagesTr/)")
     if not labels_dir.is_dir():
         raise SwinsegError(f"{root}: nnU-Net dataset without labelsTr/")
+    labels = {case_name(path): path for path in find_images(labels_dir)}
     images: dict[str, Path] = {}
     extra: set[str] = set()
     for path in find_images(images_dir):
-        name, channel = _case_key(path)
+        name, channel = _case_key(path, set(labels))
         if channel == 0:
             images[name] = path
         else:
             extra.add(name)
-    labels = {case_name(path): path for path in find_images(labels_dir)}
     problems = [f"{images[n].name} has no label labelsTr/{n}.nii.gz" for n in sorted(set(images) - set(labels))]
     problems += [f"labelsTr/{labels[n].name} has no image imagesTr/{n}_0000.nii.gz"
                  for n in sorted(set(labels) - set(images))]

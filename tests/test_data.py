@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import h5py
@@ -237,6 +238,21 @@ def test_nnunet_pair_problems_reported_by_name_before_training(tmp_path: Path) -
     (root / "imagesTr" / "abd_001_0000.nii.gz").unlink()
     with pytest.raises(SwinsegError, match="2 unpaired files: abd_000_0000.nii.gz has no label.*labelsTr/abd_001"):
         open_nnunet(root)
+
+
+def test_msd_names_without_channel_suffix(tmp_path: Path) -> None:
+    """MSD names images like their labels (liver_3.nii.gz), even when the name ends in four digits."""
+    root = tmp_path / "Task03_Liver"
+    write_dataset(root, n_cases=1)
+    for name in ("liver_3", "case_0007"):
+        write_case(root, name, 1)
+        (root / "imagesTr" / f"{name}_0000.nii.gz").rename(root / "imagesTr" / f"{name}.nii.gz")
+    (root / "imagesTr" / "._liver_3.nii.gz").write_bytes(b"macOS resource fork")
+    dataset = open_nnunet(root)
+    assert dataset.names == ["abd_000", "case_0007", "liver_3"] and dataset.extra_channels == []
+    # a second modality is reported (and ignored): Swin-Unet takes one channel
+    shutil.copy(root / "imagesTr" / "abd_000_0000.nii.gz", root / "imagesTr" / "abd_000_0001.nii.gz")
+    assert open_nnunet(root).extra_channels == ["abd_000"]
 
 
 def test_dataset_json_forms(tmp_path: Path) -> None:
