@@ -62,7 +62,7 @@ class _Blob:
         return self.axes[0] >= PRISM
 
     def box(self, grid: _Grid) -> tuple[slice, slice, slice]:
-        """Index ranges that can hold the blob (with room for deformation and bending)."""
+        """Index ranges that can hold the blob (with room for deformation and bending; all of z for prisms)."""
         t0, y0, x0 = self.center
         at, ay, ax = self.axes
         grow = 1.02 / (1.0 - sum(abs(c) for c in self.shape))
@@ -97,6 +97,7 @@ class _Blob:
 
 
 def _range(coords: np.ndarray, low: float, high: float) -> slice:
+    """The index range of the coordinates within [low, high]."""
     inside = np.nonzero((coords.ravel() >= low) & (coords.ravel() <= high))[0]
     if inside.size == 0:
         return slice(0, 0)
@@ -122,30 +123,37 @@ class _Painter:
 
     def alpha(self, blob: _Blob, box: tuple[slice, slice, slice]) -> np.ndarray:
         """Partial-volume occupancy in [0, 1] over `box`: a soft edge about one voxel wide."""
-        rho = self.rho(blob, box)
-        return np.clip(0.5 - (rho - 1.0) * (blob.scale_mm / self.edge_mm), 0.0, 1.0)
+        return self._soft_edge(self.rho(blob, box), blob)
+
+    def _soft_edge(self, rho: np.ndarray, blob: _Blob) -> np.ndarray:
+        return np.clip(0.5 - (rho - 1.0) * np.float32(blob.scale_mm / self.edge_mm), 0.0, 1.0)
+
+    @staticmethod
+    def crop(array: np.ndarray, box: tuple[slice, slice, slice]) -> np.ndarray:
+        """`array[box]` for full-volume arrays and for one-slice arrays that broadcast along z."""
+        return array[(slice(None), *box[1:])] if array.shape[0] == 1 else array[box]
 
     def blend(self, box: tuple[slice, slice, slice], alpha: np.ndarray, hu: float | np.ndarray) -> None:
+        """Mix `hu` into the image over `box` with weight `alpha`."""
         region = self.ct[box]
         region += alpha * (np.asarray(hu, dtype=np.float32) - region)
 
     def paint(self, blob: _Blob, hu: float, *, within: np.ndarray | None = None) -> None:
-        """Unlabelled tissue; `within` (a full-volume alpha) confines it, e.g. to the body cavity."""
+        """Unlabelled tissue; `within` (an occupancy, full-volume or one slice) confines it."""
         box = blob.box(self.grid)
         alpha = self.alpha(blob, box)
         if within is not None:
-            alpha *= within[box]
+            alpha = alpha * self.crop(within, box)
         self.blend(box, alpha, hu)
 
-    def organ(self, blob: _Blob, hu: float, label: int, cavity: np.ndarray, margin_mm: float) -> np.ndarray:
-        """A labelled organ: kept inside the cavity and away from organs painted before it (higher
-        priority), by a fat margin; returns its boolean mask inside the full volume."""
+    def organ(self, blob: _Blob, hu: float, label: int, allowed: np.ndarray, margin_mm: float) -> np.ndarray:
+        """A labelled organ, kept where `allowed` (an occupancy) is above one half and away from the organs
+        painted before it (higher priority) by `margin_mm` of fat; returns its mask in the full volume."""
         box = blob.box(self.grid)
         rho = self.rho(blob, box)
-        free = ~self.reserved[box] & (cavity[box] > 0.5)
+        free = ~self.reserved[box] & (self.crop(allowed, box) > 0.5)
         inside = (rho < 1.0) & free
-        alpha = np.clip(0.5 - (rho - 1.0) * blob.scale_mm / self.edge_mm, 0.0, 1.0) * free
-        self.blend(box, alpha.astype(np.float32), hu)
+        self.blend(box, self._soft_edge(rho, blob) * free, hu)
         self.labels[box][inside] = label
         self.reserved[box] |= rho < 1.0 + margin_mm / blob.scale_mm
         mask = np.zeros(self.labels.shape, dtype=bool)
@@ -154,6 +162,7 @@ class _Painter:
 
 
 def _grid(shape: tuple[int, int, int], spacing: tuple[float, float, float]) -> _Grid:
+    """Voxel-centre coordinates, float32, shaped to broadcast over (z, y, x)."""
     nz, ny, nx = shape
     t = ((np.arange(nz, dtype=np.float32) + 0.5) / nz).reshape(-1, 1, 1)
     y = ((np.arange(ny, dtype=np.float32) - (ny - 1) / 2) * np.float32(spacing[1])).reshape(1, -1, 1)
@@ -164,9 +173,9 @@ def _grid(shape: tuple[int, int, int], spacing: tuple[float, float, float]) -> _
 def _check_geometry(shape: tuple[int, ...], spacing: tuple[float, ...]) -> tuple[tuple[int, int, int],
                                                                                tuple[float, float, float]]:
     if len(shape) != 3 or min(int(s) for s in shape) < 4:
-        raise SwinsegError(f"phantom shape (--shape) must be 3 sizes (z, y, x) of at least 4 voxels, got {tuple(shape)}")
+        raise SwinsegError(f"--shape must be 3 sizes (z, y, x) of at least 4 voxels, got {tuple(shape)}")
     if len(spacing) != 3 or min(float(s) for s in spacing) <= 0:
-        raise SwinsegError(f"phantom spacing (--spacing) must be 3 positive sizes (z, y, x) in mm, got {tuple(spacing)}")
+        raise SwinsegError(f"--spacing must be 3 positive sizes (z, y, x) in mm, got {tuple(spacing)}")
     return tuple(int(s) for s in shape), tuple(float(s) for s in spacing)  # type: ignore[return-value]
 
 
@@ -291,7 +300,7 @@ def _paint_thorax(painter: _Painter, case: _Case, cavity: np.ndarray) -> np.ndar
     box = heart.box(grid)
     lung[box] *= 1.0 - painter.alpha(heart, box)
     painter.blend(whole, cavity * lung, -850.0)
-    painter.blend(box, painter.alpha(heart, box) * cavity[:, box[1], box[2]], 40.0)
+    painter.blend(box, painter.alpha(heart, box) * painter.crop(cavity, box), 40.0)
     return lung
 
 
