@@ -18,11 +18,9 @@ def demo_data(
         (5.0, 2.2, 2.2), "--spacing", help="Voxel spacing Z Y X in mm (written to the NIfTI headers)."
     ),
 ) -> None:
-    """Generate synthetic abdominal CT phantoms with liver, spleen, kidney and aorta labels.
+    """Generate synthetic abdominal CT phantoms (liver, spleen, kidneys, aorta) in nnU-Net layout.
 
-    Writes imagesTr/phantom_XXX_0000.nii.gz, labelsTr/phantom_XXX.nii.gz and dataset.json (nnU-Net v2),
-    with CT-like Hounsfield units, noise, anatomical variation between cases and real NIfTI headers.
-    Deterministic: the same seed gives the same files.
+    imagesTr/phantom_XXX_0000.nii.gz, labelsTr/phantom_XXX.nii.gz and dataset.json; deterministic per seed.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 

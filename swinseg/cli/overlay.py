@@ -29,11 +29,10 @@ def overlay(
         "images and the 0.5-99.5 percentiles otherwise.",
     ),
 ) -> None:
-    """Draw label maps over evenly spaced axial slices of a scan and save a PNG grid with a legend.
+    """Draw label maps over evenly spaced axial slices of a scan: a PNG grid with a legend.
 
-    Slices are chosen among those that hold labels, shown in the radiological view (anterior up, the
-    patient's right on the left) with the physical aspect ratio. Class names come from --model, --labels,
-    or a dataset.json (nnU-Net) next to the mask or one folder up.
+    Radiological view (anterior up, patient's right on the left), physical aspect ratio, labelled slices only.
+    Class names: --model, --labels, or an nnU-Net dataset.json beside the mask (or one folder up).
     """
     from swinseg.config import load_card
     from swinseg.overlay import overlay_files, parse_label_names
