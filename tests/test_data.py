@@ -319,3 +319,8 @@ def test_preprocess_cli(tmp_path: Path) -> None:
     bad = CliRunner().invoke(app, ["preprocess", str(tmp_path / "ds"), "-o", str(tmp_path / "o2"),
                                    "--test-cases", "nope"])
     assert bad.exit_code == 1 and "unknown cases nope" in bad.output
+    both = CliRunner().invoke(app, ["preprocess", str(tmp_path / "ds"), "-o", str(tmp_path / "o2"),
+                                    "--test-cases", "abd_000", "--test-fraction", "0.5"])
+    assert both.exit_code == 1 and "exclude each other" in both.output
+    not_nnunet = CliRunner().invoke(app, ["preprocess", str(tmp_path / "out"), "-o", str(tmp_path / "o3")])
+    assert not_nnunet.exit_code == 1 and "no imagesTr" in not_nnunet.output

@@ -16,7 +16,8 @@ def preprocess(
     model: str = typer.Option("swin_unet_tiny", "--model", "-m",
                               help="Model card (name or YAML) giving the CT window/orientation; classes "
                                    "come from dataset.json when it names them."),
-    test_fraction: float = typer.Option(0.2, "--test-fraction", help="Share of cases held out as test volumes."),
+    test_fraction: float | None = typer.Option(None, "--test-fraction",
+                                               help="Share of cases held out as test volumes [default: 0.2]."),
     test_cases: str | None = typer.Option(None, "--test-cases",
                                           help="Comma-separated case names to hold out (instead of a random split)."),
     seed: int = typer.Option(1234, "--seed", help="Seed of the random train/test split."),
@@ -33,6 +34,8 @@ def preprocess(
     held_out = [name.strip() for name in test_cases.split(",") if name.strip()] if test_cases else None
     if test_cases is not None and not held_out:
         fail("--test-cases: give case names separated by commas")
+    if held_out is not None and test_fraction is not None:
+        fail("--test-fraction and --test-cases exclude each other: give one")
     card = load_card(model)
     columns = (TextColumn("[bold]preprocess[/bold] {task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeRemainingColumn())
@@ -42,8 +45,9 @@ def preprocess(
         def advance(done: int, total: int, name: str) -> None:
             bar.update(task, completed=done, total=total, description=name)
 
-        report = preprocess_dataset(in_dir, out_dir, card, test_fraction=test_fraction, test_cases=held_out,
-                                    seed=seed, progress=advance)
+        fraction = 0.2 if test_fraction is None else test_fraction
+        report = preprocess_dataset(in_dir, out_dir, card, test_fraction=fraction, test_cases=held_out, seed=seed,
+                                    progress=advance)
     if report.extra_channels:
         err.print(f"[yellow]warning:[/yellow] only channel _0000 used; ignored extra channels of "
                   f"{len(report.extra_channels)} cases", highlight=False)
