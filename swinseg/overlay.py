@@ -11,10 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from swinseg.errors import SwinsegError
+
+if TYPE_CHECKING:
+    from swinseg.io import Volume
 
 PANEL_PX = 256  # width of one slice panel in pixels
 TITLE_PX = 22  # title band above each panel
@@ -217,12 +221,17 @@ def dataset_label_names(mask_path: str | Path) -> dict[int, str] | None:
     return None
 
 
-def lps_spacing(volume) -> tuple[float, ...]:  # noqa: ANN001 - swinseg.io.Volume, imported lazily
-    """The volume's spacing in the array order of `to_orientation(volume, "LPS")` ((z, y, x) = S, P, L)."""
-    n = volume.ndim
-    physical = np.abs(volume.direction_matrix()).argmax(axis=0)  # physical axis of each index axis (x, y, z)
-    by_physical = {int(physical[k]): volume.spacing[n - 1 - k] for k in range(n)}
-    return tuple(float(by_physical.get(n - 1 - a, volume.spacing[a])) for a in range(n))
+def lps_spacing(volume: Volume) -> tuple[float, ...]:
+    """The volume's spacing in the array order of `to_orientation(volume, "LPS")` ((z, y, x) = S, P, L),
+    read off by reorienting a probe array of distinct axis sizes with the same direction."""
+    import dataclasses
+
+    from swinseg.io import to_orientation
+
+    probe_shape = (2, 3, 4)[: volume.ndim]
+    probe = dataclasses.replace(volume, array=np.zeros(probe_shape, dtype=np.uint8))
+    oriented, _ = to_orientation(probe, "LPS")
+    return tuple(float(volume.spacing[probe_shape.index(size)]) for size in oriented.shape)
 
 
 def overlay_files(
