@@ -104,7 +104,7 @@ class TrainConfig:
     @property
     def learning_rate(self) -> float:
         """`lr` if set, else the base learning rate scaled linearly with the batch size."""
-        return self.lr if self.lr is not None else self.base_lr * self.batch_size / self.base_batch
+        return self.lr if self.lr is not None else self.base_lr * (self.batch_size / self.base_batch)
 
     def to_dict(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
@@ -355,7 +355,7 @@ def validate(
     from swinseg.predict import Predictor
 
     was_training = model.training
-    predictor = Predictor(model, card, device=str(device), batch_size=config.val_batch_size, precision=config.precision)
+    predictor = Predictor(model, card, device=device, batch_size=config.val_batch_size, precision=config.precision)
     scores = []
     for index in range(dist.rank, len(cases), dist.world_size):
         case = cases[index]
@@ -471,8 +471,14 @@ class TrainResult:
     best_dice: float | None
 
 
-def train(config: TrainConfig, *, resume: bool = False, console: Console | None = None) -> TrainResult:
-    """Train (or finetune, when `config.checkpoint` is set) into `config.output`; see the module docstring."""
+def train(
+    config: TrainConfig, *, resume: bool = False, console: Console | None = None, stop_after: int | None = None
+) -> TrainResult:
+    """Train (or finetune, when `config.checkpoint` is set) into `config.output`; see the module docstring.
+
+    `stop_after`: end this call after that epoch, leaving a state that `resume=True` continues (for jobs
+    under a wall-time limit); the schedule stays the one of `config.epochs`.
+    """
     run_dir = Path(config.output)
     if not config.output:
         raise SwinsegError("no output run directory given (-o RUN_DIR)")
@@ -540,7 +546,7 @@ def train(config: TrainConfig, *, resume: bool = False, console: Console | None 
                 f"iterations on {where} ({_precision_name(dtype)}); validation: {val}"
             )
         progress = EpochProgress(console if dist.is_main else None)
-        for epoch in range(start_epoch, config.epochs):
+        for epoch in range(start_epoch, min(config.epochs, stop_after or config.epochs)):
             loader = epoch_loader(data, config, dist, epoch, device)
             row, iteration = _train_epoch(
                 trained, loader, loss_fn, optimizer, scheduler, scaler, device, dtype, dist, progress,
@@ -568,11 +574,15 @@ def train(config: TrainConfig, *, resume: bool = False, console: Console | None 
             progress.finish(_epoch_line(row, config.epochs, best))
             dist.barrier()
 
-        if dist.is_main:
+        if dist.is_main and len(history) < config.epochs:
+            log(f"stopped after epoch {len(history)} of {config.epochs}; continue with --resume {run_dir}")
+        elif dist.is_main:
             _save_model(run_dir / FINAL_FILE, model, card, config, config.epochs, None)
             if best["dice"] is None:
                 _save_model(run_dir / BEST_FILE, model, card, config, config.epochs, None)
-            log(f"done: {run_dir / BEST_FILE}" + (f" (validation Dice {best['dice']:.4f} at epoch {best['epoch']})" if best["dice"] is not None else ""))
+                log(f"done: {run_dir / BEST_FILE} (the last epoch: no validation ran)")
+            else:
+                log(f"done: {run_dir / BEST_FILE} (validation Dice {best['dice']:.4f} at epoch {best['epoch']})")
         dist.barrier()
         return TrainResult(model, card, history, run_dir, best["dice"])
     finally:

@@ -1,0 +1,167 @@
+"""Training: the published loss and schedule, configuration, resumable state, the train command."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+from swinseg.errors import SwinsegError
+from swinseg.losses import DiceCELoss, soft_dice_loss
+from swinseg.phantom import write_phantom_dataset
+from swinseg.train import TrainConfig, poly_schedule, resolve_config, train
+from swinseg.train_state import capture_rng_state, load_training_state, restore_rng_state, save_training_state
+
+TINY = dict(model="swin_unet_test", batch_size=4, val_fraction=0.34, num_workers=0, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory) -> Path:
+    """Three 4 x 64 x 64 phantom CTs in nnU-Net layout: two train cases (8 slices), one validation case."""
+    return write_phantom_dataset(tmp_path_factory.mktemp("data") / "ds", 3, seed=0, shape=(4, 64, 64),
+                                 spacing=(10.0, 5.5, 5.5))
+
+
+def reference_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1e-5) -> torch.Tensor:
+    """The reference DiceLoss, class by class as its code loops."""
+    probs = torch.softmax(logits, dim=1)
+    total = 0.0
+    for c in range(logits.shape[1]):
+        score, truth = probs[:, c], (target == c).float()
+        intersect = torch.sum(score * truth)
+        total = total + 1 - (2 * intersect + smooth) / (torch.sum(score * score) + torch.sum(truth * truth) + smooth)
+    return total / logits.shape[1]
+
+
+def test_loss_is_04_ce_plus_06_soft_dice_over_all_classes():
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 5, 16, 16, generator=generator)
+    target = torch.randint(0, 5, (3, 16, 16), generator=generator)
+    expected = 0.4 * F.cross_entropy(logits, target) + 0.6 * reference_dice_loss(logits, target)
+    assert torch.allclose(DiceCELoss()(logits, target), expected, atol=1e-6)
+    perfect = F.one_hot(target, 5).permute(0, 3, 1, 2).float() * 100
+    assert soft_dice_loss(perfect, target) < 1e-6
+    assert soft_dice_loss(logits.half(), target).dtype == torch.float32
+
+
+def test_poly_schedule_per_iteration_reaches_zero():
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.05)
+    scheduler = poly_schedule(optimizer, max_iterations=10, power=0.9)
+    lrs = []
+    for _ in range(10):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[0] == 0.05
+    assert np.allclose(lrs, [0.05 * (1 - i / 10) ** 0.9 for i in range(10)])
+    assert optimizer.param_groups[0]["lr"] == 0.0
+
+
+def test_defaults_are_the_published_recipe_and_lr_scales_with_batch():
+    config = TrainConfig()
+    assert (config.epochs, config.batch_size, config.learning_rate, config.seed) == (150, 24, 0.05, 1234)
+    assert (config.momentum, config.weight_decay, config.poly_power) == (0.9, 1e-4, 0.9)
+    assert (config.ce_weight, config.dice_weight, config.augment) == (0.4, 0.6, True)
+    assert TrainConfig(batch_size=12).learning_rate == pytest.approx(0.025)
+    assert TrainConfig(batch_size=12, lr=0.01).learning_rate == 0.01
+    finetune = resolve_config(finetune=True)
+    assert (finetune.epochs, finetune.learning_rate, finetune.model) == (50, 0.01, None)
+
+
+def test_config_file_then_flags(tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_text("epochs: 3\nweight_decay: 1e-4\nclasses: [background, liver]\nbatch_size: 6\n")
+    config = resolve_config(path, {"epochs": 5, "seed": None})
+    assert (config.epochs, config.weight_decay, config.classes, config.batch_size) == (5, 1e-4, ["background", "liver"], 6)
+    assert config.learning_rate == pytest.approx(0.0125)
+    path.write_text("epoch: 3\n")
+    with pytest.raises(SwinsegError, match=r"recipe.yaml: unknown keys \['epoch'\]"):
+        resolve_config(path)
+    with pytest.raises(SwinsegError, match="'epochs'"):
+        resolve_config(None, {"epochs": "many"})
+    with pytest.raises(SwinsegError, match="--batch-size must be at least 1"):
+        TrainConfig(batch_size=0)
+
+
+def test_rng_state_round_trips_through_a_weights_only_file(tmp_path):
+    import random
+
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    save_training_state(tmp_path / "state.pt", {"rng": [capture_rng_state()], "epoch": 1})
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+    restore_rng_state(load_training_state(tmp_path / "state.pt")["rng"][0])
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+def test_interrupted_save_keeps_the_previous_state(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_training_state(path, {"epoch": 1})
+
+    def crash(obj, file, *args, **kwargs):
+        Path(file).write_bytes(b"half a state")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_training_state(path, {"epoch": 2})
+    assert load_training_state(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+    path.write_bytes(b"garbage")
+    with pytest.raises(SwinsegError, match="last.pt: not a readable swinseg training state"):
+        load_training_state(path)
+
+
+def test_resume_gives_bit_identical_weights(phantoms, tmp_path):
+    """2 epochs straight (with 2 loader workers) == 1 epoch, stop, resume, 1 more (in-process loading)."""
+    straight = train(TrainConfig(data=str(phantoms), output=str(tmp_path / "a"), epochs=2, val_every=0,
+                                 **dict(TINY, num_workers=2)))
+    first = train(TrainConfig(data=str(phantoms), output=str(tmp_path / "b"), epochs=2, val_every=0, **TINY),
+                  stop_after=1)
+    assert len(first.history) == 1 and not (tmp_path / "b" / "final.safetensors").exists()
+    torch.manual_seed(999)  # whatever the process did meanwhile must not matter
+    resumed = train(resolve_config(tmp_path / "b" / "config.yaml"), resume=True)
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[key], b[key]) for key in a)
+    assert [row["loss"] for row in straight.history] == [row["loss"] for row in resumed.history]
+    assert straight.history[1]["iteration"] == 4
+    with pytest.raises(SwinsegError, match="already holds a training run; continue it with --resume"):
+        train(TrainConfig(data=str(phantoms), output=str(tmp_path / "b"), epochs=1, **TINY))
+
+
+def test_train_command_writes_a_predict_ready_run(phantoms, tmp_path):
+    from swinseg.predict import Predictor
+    from swinseg.weights import load_checkpoint
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(dict(TINY, epochs=5, val_every=1)))
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "swinseg", "train", "--data", str(phantoms), "--config", str(recipe),
+               "--epochs", "2", "-o", str(run)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, env=dict(os.environ, COLUMNS="200"))
+    assert result.returncode == 0, result.stderr
+    epoch_lines = [line for line in result.stdout.splitlines() if line.startswith("epoch ")]
+    assert len(epoch_lines) == 2 and "slices/s" in epoch_lines[0] and "val Dice" in epoch_lines[1]
+    assert "\x1b[" not in result.stdout  # no progress-bar escapes without a terminal
+
+    assert yaml.safe_load((run / "config.yaml").read_text())["epochs"] == 2  # flag beat the file
+    rows = (run / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("epoch,iteration,loss,lr") and "dice_aorta" in rows[0] and len(rows) == 3
+    assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    model, card = load_checkpoint(run / "best.safetensors")
+    assert card.classes == ("background", "liver", "spleen", "kidney_left", "kidney_right", "aorta")
+    labels = Predictor(model, card, device="cpu").predict_slices(np.zeros((2, 64, 64), np.float32))
+    assert labels.shape == (2, 64, 64)
+    state = load_training_state(run / "last.pt")
+    assert state["epoch"] == 2 and state["iteration"] == 4 and len(state["history"]) == 2
+
+    again = subprocess.run([sys.executable, "-m", "swinseg", "train", "--resume", str(run), "--epochs", "3",
+                            "--val-every", "0"], capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert "resuming" in again.stdout and "epoch 3/3" in again.stdout and "epoch 2/" not in again.stdout
+    assert len((run / "metrics.csv").read_text().splitlines()) == 4
