@@ -280,9 +280,10 @@ def _bounding_box(mask: np.ndarray) -> Box | None:
 
 def _label_boxes(labels: np.ndarray) -> dict[int, Box]:
     """Bounding box of every label present (one pass). Negative values are ignored."""
-    if labels.size == 0 or labels.max() <= 0:
+    if labels.size == 0:
         return {}
-    array = labels if labels.min() >= 0 else np.where(labels < 0, 0, labels)
+    signed = not np.issubdtype(labels.dtype, np.unsignedinteger)
+    array = np.where(labels < 0, 0, labels) if signed and labels.min() < 0 else labels
     return {i + 1: box for i, box in enumerate(ndimage.find_objects(array)) if box is not None}
 
 

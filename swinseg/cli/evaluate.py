@@ -46,11 +46,11 @@ def evaluate_command(
         None, "--dataset-json", help="nnU-Net dataset.json whose 'labels' name the ids."
     ),
     hd95: Optional[HD95Definition] = typer.Option(
-        None, "--hd95", help="HD95 definition: medpy (pooled 95th percentile, the papers') [default] or max "
+        None, "--hd95", help="HD95 definition: medpy (pooled 95th percentile, the papers') (default) or max "
         "(larger directed 95th percentile, as MONAI).",
     ),
     empty: Optional[EmptyPolicy] = typer.Option(
-        None, "--empty", help="Empty masks: worst (one empty: Dice 0, HD95 = image diagonal) [default], nan "
+        None, "--empty", help="Empty masks: worst (one empty: Dice 0, HD95 = image diagonal; default), nan "
         "(undefined -> NaN, left out of means) or paper (Swin-Unet/TransUNet rules).",
     ),
     protocol: Optional[Protocol] = typer.Option(
