@@ -241,15 +241,18 @@ def _paint_body(painter: _Painter, case: _Case) -> np.ndarray:
     whole = (slice(None),) * 3
     cavity = painter.alpha(_Blob((0.5, by - 0.03 * bd, 0.0), (PRISM, bd * 0.80, bw * 0.84),
                                  shape=(0, 0.06, 0, 0, 0, 0, 0, 0, 0)), whole)
-    # Bowel loops: level sets of a few random plane waves (a few cm long), evaluated as complex products.
+    # Bowel loops: level sets of a few random plane waves, evaluated as products of complex exponentials.
+    # Wavelengths scale with the body (40-80 mm in an adult); z spans about 1.6 body half-widths (240 mm).
     waves = np.zeros(painter.ct.shape, dtype=np.float32)
-    z_mm = grid.t * np.float32(painter.ct.shape[0] * grid.spacing[0])
+    z_body = grid.t * np.float32(1.6 * bw)
     for _ in range(5):
         direction = case.rng.normal(size=3)
-        k = case.rng.uniform(2 * np.pi / 90, 2 * np.pi / 45) * direction / np.linalg.norm(direction)
+        k = 2 * np.pi / (case.rng.uniform(0.27, 0.54) * bw) * direction / np.linalg.norm(direction)
         phase = case.rng.uniform(0, 2 * np.pi)
-        waves += (np.exp(1j * (k[0] * z_mm + phase)).astype(np.complex64) * np.exp(1j * k[1] * grid.y).astype(
-            np.complex64) * np.exp(1j * k[2] * grid.x).astype(np.complex64)).imag
+        along_z, along_y, along_x = (np.exp(1j * (k[0] * z_body + phase)).astype(np.complex64),
+                                     np.exp(1j * k[1] * grid.y).astype(np.complex64),
+                                     np.exp(1j * k[2] * grid.x).astype(np.complex64))
+        waves += (along_z * along_y * along_x).imag
     visceral = np.where(waves > 0.7, case.jitter(25.0, 10), case.jitter(-95.0, 10)).astype(np.float32)
     visceral[waves > 3.0] = -1000.0
     painter.blend(whole, cavity, visceral)
