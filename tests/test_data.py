@@ -15,7 +15,6 @@ from typer.testing import CliRunner
 from swinseg.cli import app
 from swinseg.config import Preprocessing, load_card
 from swinseg.data import (
-    SliceDataset,
     augment_slice,
     open_nnunet,
     open_training_data,
