@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 PANEL_PX = 256  # width of one slice panel in pixels
 TITLE_PX = 22  # title band above each panel
+HEADING_PX = 30  # optional heading band above the grid
 GAP_PX = 6  # space between panels
 LEGEND_ROW_PX = 24  # legend band at the bottom: one row per LEGEND_COLUMNS classes, plus a margin
 LEGEND_COLUMNS = 6
@@ -122,6 +123,7 @@ def render_overlay(
     n_slices: int = 8,
     spacing: Sequence[float] | None = None,
     titles: tuple[str, str] = ("prediction", "reference"),
+    title: str | None = None,
 ) -> Path:
     """Write a PNG grid of `n_slices` axial slices of `image` with `labels` overlaid; returns the path.
 
@@ -129,7 +131,8 @@ def render_overlay(
     mapping; unnamed labels show as "label N". `reference`: a second label map shown to the right of each
     slice (prediction vs reference, same colours). `window`: display range (HU for CT); None uses the
     image's 0.5-99.5 percentiles (MR). `spacing`: (z, y, x) or (y, x) mm, to keep the physical aspect
-    ratio. The file is written atomically. Picture size: panels of PANEL_PX pixels wide, 4 slices per row
+    ratio. `titles`: the two panels' names with a reference; `title`: a heading band on top (e.g. the case
+    name). The file is written atomically. Picture size: panels of PANEL_PX pixels wide, 4 slices per row
     (2 slice pairs with a reference), a title band per panel and a legend band at the bottom naming the labels shown.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -158,7 +161,8 @@ def render_overlay(
     n_rows = -(-len(slices) // cells_per_row)
     n_cols = min(len(slices), cells_per_row) * per_cell
     width = n_cols * PANEL_PX + (n_cols + 1) * GAP_PX
-    height = n_rows * (panel[0] + TITLE_PX + GAP_PX) + GAP_PX + legend_px
+    heading_px = HEADING_PX if title else 0
+    height = heading_px + n_rows * (panel[0] + TITLE_PX + GAP_PX) + GAP_PX + legend_px
 
     figure = Figure(figsize=(width / DPI, height / DPI), dpi=DPI, facecolor=BACKGROUND)
     FigureCanvasAgg(figure)
@@ -166,12 +170,15 @@ def render_overlay(
         row, cell = divmod(index, cells_per_row)
         for k, mask in enumerate(masks):
             left = GAP_PX + (cell * per_cell + k) * (PANEL_PX + GAP_PX)
-            top = GAP_PX + row * (panel[0] + TITLE_PX + GAP_PX) + TITLE_PX
+            top = heading_px + GAP_PX + row * (panel[0] + TITLE_PX + GAP_PX) + TITLE_PX
             axes = figure.add_axes((left / width, 1 - (top + panel[0]) / height, PANEL_PX / width, panel[0] / height))
             axes.imshow(_panel_rgb(image[z], mask[z], panel, display), interpolation="none", aspect="auto")
             axes.set_axis_off()
-            title = f"slice {z}" if len(masks) == 1 else f"slice {z} · {titles[k]}"
-            axes.set_title(title, color=TEXT, fontsize=9, pad=4)
+            name = f"slice {z}" if len(masks) == 1 else f"slice {z} · {titles[k]}"
+            axes.set_title(name, color=TEXT, fontsize=9, pad=4)
+    if title:
+        figure.text(0.5, 1 - (heading_px / 2 + GAP_PX / 2) / height, title, color=TEXT, ha="center", va="center",
+                    fontsize=11, fontweight="bold")
     handles = [Patch(facecolor=label_color(v), edgecolor=label_color(v), label=_class_name(v, class_names))
                for v in present]
     if handles:
@@ -243,6 +250,7 @@ def overlay_files(
     class_names: Sequence[str] | dict[int, str] | None = None,
     window: tuple[float, float] | None | str = "auto",
     n_slices: int = 8,
+    title: str | None = None,
 ) -> Path:
     """`render_overlay` for files: reads the scan and label map(s) (same grid, checked), turns 3-D volumes
     to LPS for the radiological view, and takes the spacing from the header. `class_names` default: an
@@ -271,5 +279,5 @@ def overlay_files(
     return render_overlay(
         arrays[0], arrays[1].astype(np.int64), out_png, class_names=class_names,
         reference=arrays[2].astype(np.int64) if reference_path is not None else None,
-        window=window, n_slices=n_slices, spacing=spacing,
+        window=window, n_slices=n_slices, spacing=spacing, title=title,
     )

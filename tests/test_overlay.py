@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from swinseg.cli import app
 from swinseg.io import Volume, read_volume, write_volume
-from swinseg.overlay import (FILL_ALPHA, GAP_PX, PANEL_PX, TITLE_PX, choose_slices, label_color, lps_spacing,
+from swinseg.overlay import (FILL_ALPHA, GAP_PX, HEADING_PX, PANEL_PX, TITLE_PX, choose_slices, label_color, lps_spacing,
                              overlay_files, parse_label_names, render_overlay)
 from swinseg.phantom import make_phantom, phantom_volume, write_phantom_dataset
 
@@ -59,6 +59,10 @@ def test_reference_doubles_the_panels_and_spacing_sets_the_aspect(tmp_path):
     assert tall.shape[0] - square.shape[0] == 2 * PANEL_PX - panel_height  # 3 mm rows: twice as tall as wide
     assert square.shape[1] == pair.shape[1] == 4 * PANEL_PX + 5 * GAP_PX  # 4 slices or 2 slice pairs a row
     assert pair.shape[0] - square.shape[0] == panel_height + TITLE_PX + GAP_PX  # a second row
+    titled = imread(render_overlay(ct, labels, tmp_path / "d.png", n_slices=4, spacing=(5, 1, 1), title="case 7"))
+    assert titled.shape[0] - square.shape[0] == HEADING_PX
+    _, text_columns = np.nonzero(titled[:HEADING_PX, :, :3].min(axis=2) > 0.6)
+    assert text_columns.size > 20 and abs(text_columns.mean() - titled.shape[1] / 2) < 40  # centred heading
 
 
 def test_two_dimensional_input_and_bad_input(tmp_path):

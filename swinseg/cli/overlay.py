@@ -43,8 +43,10 @@ def overlay(
     class_names = card.classes if card is not None else parse_label_names(labels) if labels else None
     if window is None:
         window = card.preprocessing.window if card is not None else "auto"
+    title = f"{image.name}: {mask.name}" + (f" vs {reference.name}" if reference is not None else "")
     path = overlay_files(
-        image, mask, output, reference_path=reference, class_names=class_names, window=window, n_slices=slices
+        image, mask, output, reference_path=reference, class_names=class_names, window=window, n_slices=slices,
+        title=title,
     )
     out.print(f"wrote {path}", highlight=False, soft_wrap=True)
 
