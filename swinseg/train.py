@@ -249,15 +249,12 @@ def adapt_classes(model: SwinUnet, old: tuple[str, ...], new: tuple[str, ...]) -
     kept = [name for name in new if name in old]
     rows_new = torch.tensor([new.index(name) for name in kept], dtype=torch.long)
     rows_old = torch.tensor([old.index(name) for name in kept], dtype=torch.long)
+    per_class = {f"output.{name}" for name, _ in model.output.named_parameters()}  # rows = classes
     for key, value in model.state_dict().items():
-        if key not in target:
-            continue
-        if value.shape == target[key].shape:
-            target[key] = value
-        elif value.shape[0] == len(old) and target[key].shape[0] == len(new) and value.shape[1:] == target[key].shape[1:]:
-            target[key][rows_new] = value[rows_old]  # class-indexed tensor (the output convolution)
+        if key in per_class:
+            target[key][rows_new] = value[rows_old]
         else:
-            raise SwinsegError(f"cannot adapt {key} from {tuple(value.shape)} to {tuple(target[key].shape)}")
+            target[key] = value
     adapted.load_state_dict(target)
     return adapted, kept
 
@@ -500,6 +497,9 @@ def train(
         model, card = starting_point(config)
         data = open_data(config, card)
         classes = tuple(config.classes) if config.classes else (data.classes or card.classes)
+        if data.classes and len(classes) != len(data.classes):
+            raise SwinsegError(f"--classes names {len(classes)} classes but {config.data} has {len(data.classes)} "
+                               f"({', '.join(data.classes)})")
         model, card = build_network(config, model, card, classes, log)
         if len(data.slices) < config.batch_size // dist.world_size:
             raise SwinsegError(f"{config.data}: {len(data.slices)} training slices, fewer than one batch")
@@ -600,7 +600,8 @@ def _train_epoch(
     started = time.perf_counter()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     seen = 0
-    for step, (images, labels) in enumerate(_batches(loader, device), start=1):
+    num_classes = _unwrap(model).config.num_classes
+    for step, (images, labels) in enumerate(_batches(loader, device, num_classes), start=1):
         with autocast(device, dtype):
             logits = model(images)
         loss = loss_fn(logits, labels)
@@ -625,13 +626,23 @@ def _train_epoch(
     return row, iteration
 
 
-def _batches(loader: torch.utils.data.DataLoader, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(images (B, 1, H, W) float, labels (B, H, W) long) on the device from the loader's batches."""
+def _batches(
+    loader: torch.utils.data.DataLoader, device: torch.device, num_classes: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(images (B, 1, H, W) float, labels (B, H, W) long) on the device; labels checked on the CPU first
+    (an out-of-range label would otherwise stop a CUDA run with a device-side assert)."""
     for batch in loader:
-        images, labels = (batch["image"], batch["label"]) if isinstance(batch, dict) else batch[:2]
-        if images.ndim == 3:
-            images = images.unsqueeze(1)
-        yield (images.to(device, non_blocking=True).float(), labels.to(device, non_blocking=True).long())
+        images, labels = batch["image"], batch["label"]
+        if int(labels.max()) >= num_classes:
+            raise SwinsegError(
+                f"label {int(labels.max())} in training slices {', '.join(batch['name'])} but the model has "
+                f"{num_classes} classes (0-{num_classes - 1}); name every label with --classes"
+            )
+        yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True).long()
+
+
+def _unwrap(model: nn.Module) -> SwinUnet:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model  # type: ignore[return-value]
 
 
 def _save_model(path: Path, model: SwinUnet, card: ModelCard, config: TrainConfig, epoch: int, dice: float | None) -> None:
