@@ -8,8 +8,8 @@ from typer.testing import CliRunner
 
 from swinseg.cli import app
 from swinseg.io import Volume, read_volume, write_volume
-from swinseg.overlay import (FILL_ALPHA, GAP_PX, HEADING_PX, PANEL_PX, TITLE_PX, choose_slices, label_color, lps_spacing,
-                             overlay_files, parse_label_names, render_overlay)
+from swinseg.overlay import (FILL_ALPHA, GAP_PX, HEADING_PX, PANEL_PX, TITLE_PX, choose_slices, label_color,
+                             lps_spacing, overlay_files, parse_label_names, render_overlay)
 from swinseg.phantom import make_phantom, phantom_volume, write_phantom_dataset
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct_abdomen_a"
