@@ -1,0 +1,41 @@
+"""Distributed training: `torchrun --nproc_per_node 2 swinseg train` on CPU (gloo), tiny model."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from swinseg.phantom import write_phantom_dataset
+from swinseg.train_state import load_training_state
+from swinseg.weights import load_checkpoint
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory) -> Path:
+    return write_phantom_dataset(tmp_path_factory.mktemp("data") / "ds", 3, seed=2, shape=(4, 64, 64),
+                                 spacing=(10.0, 5.5, 5.5))
+
+
+def test_two_cpu_processes_train_one_model_and_only_rank_0_writes(phantoms, tmp_path):
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "swinseg", "train", "--data", str(phantoms), "-o", str(run), "--model", "swin_unet_test",
+               "--epochs", "2", "--batch-size", "4", "--val-every", "1", "--val-fraction", "0.34",
+               "--num-workers", "0", "--device", "cpu"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert sum(line.startswith("training swin_unet_test") for line in lines) == 1
+    assert "on 2 processes" in result.stdout
+    assert [line.split()[1] for line in lines if line.startswith("epoch ")] == ["1/2", "2/2"]
+
+    state = load_training_state(run / "last.pt")
+    # 8 training slices, global batch 4 split over 2 processes: 2 iterations per epoch on each process
+    assert [row["iteration"] for row in state["history"]] == [2, 4]
+    assert len(state["rng"]) == 2 and all(row["val_dice"] is not None for row in state["history"])
+    assert sorted(p.name for p in run.iterdir()) == [
+        "best.safetensors", "config.yaml", "curves.png", "final.safetensors", "last.pt", "metrics.csv"]
+    model, card = load_checkpoint(run / "final.safetensors")
+    assert card.name == "swin_unet_test" and model.config.num_classes == 6
