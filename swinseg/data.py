@@ -404,7 +404,7 @@ def open_nnunet(root: str | Path) -> NnunetDataset:
 def load_case(case: CaseFiles, prep: Preprocessing, num_classes: int | None = None) -> LoadedCase:
     """Read an image/label pair, check that they agree (shape, geometry, label values) and orient both
     to `prep.orientation`. SwinsegError naming the files on any disagreement."""
-    from swinseg.io import check_same_geometry, read_volume, to_orientation
+    from swinseg.io import check_same_geometry, oriented_spacing, read_volume, to_orientation
 
     image = read_volume(case.image)
     label = read_volume(case.label)
@@ -434,17 +434,6 @@ def _compact(image: np.ndarray) -> np.ndarray:
         if image.size and -32768 <= image.min() and image.max() <= 32767:
             return image.astype(np.int16, order="C")
     return image.astype(np.float32, order="C")
-
-
-def oriented_spacing(volume: Any, code: str) -> tuple[float, ...]:
-    """The volume's spacing in array order (z, y, x) after reorienting it to `code`: each new index axis takes
-    the spacing of the old axis whose direction is closest to the code's physical axis."""
-    from swinseg.io import to_orientation
-
-    probe_shape = (2, 3, 4)  # distinct sizes: where each old axis went shows in the oriented shape
-    probe = dataclasses.replace(volume, array=np.zeros(probe_shape, dtype=np.uint8))
-    oriented, _ = to_orientation(probe, code)
-    return tuple(volume.spacing[probe_shape.index(size)] for size in oriented.shape)
 
 
 def load_cases(dataset: NnunetDataset, names: Sequence[str], prep: Preprocessing,

@@ -542,6 +542,24 @@ def _parse_code(code: str, ndim: int) -> tuple[list[int], list[int]]:
     return axes, signs
 
 
+def _orientation_plan(volume: Volume, code: str) -> tuple[list[int], tuple[int, ...]]:
+    """Array-axis permutation (target axis a <- source axis perm[a]) and flipped target axes for `code`."""
+    n = volume.ndim
+    source_axes, source_signs = _axis_assignment(volume.direction_matrix())
+    target_axes, target_signs = _parse_code(code, n)
+    # target index axis j takes source index axis k with the same physical axis; array axis = n - 1 - index
+    source_of = [source_axes.index(target_axes[j]) for j in range(n)]
+    perm = [n - 1 - source_of[n - 1 - a] for a in range(n)]
+    flips = tuple(a for a in range(n) if source_signs[source_of[n - 1 - a]] != target_signs[n - 1 - a])
+    return perm, flips
+
+
+def oriented_spacing(volume: Volume, code: str) -> tuple[float, ...]:
+    """The volume's spacing in the array order of `to_orientation(volume, code)`."""
+    perm, _ = _orientation_plan(volume, code)
+    return tuple(float(volume.spacing[p]) for p in perm)
+
+
 def to_orientation(volume: Volume, code: str) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
     """The volume's array permuted and flipped into orientation `code` (as SimpleITK's DICOMOrient(code)
     would give it), without resampling, and a function mapping an array in that orientation (with any
@@ -551,12 +569,7 @@ def to_orientation(volume: Volume, code: str) -> tuple[np.ndarray, Callable[[np.
     points to, in SimpleITK's convention: "LPS" is the identity direction.
     """
     n = volume.ndim
-    source_axes, source_signs = _axis_assignment(volume.direction_matrix())
-    target_axes, target_signs = _parse_code(code, n)
-    # target index axis j takes source index axis k with the same physical axis; array axis = n - 1 - index
-    source_of = [source_axes.index(target_axes[j]) for j in range(n)]
-    perm = [n - 1 - source_of[n - 1 - a] for a in range(n)]  # target array axis a <- source array axis
-    flips = tuple(a for a in range(n) if source_signs[source_of[n - 1 - a]] != target_signs[n - 1 - a])
+    perm, flips = _orientation_plan(volume, code)
     inverse_perm = list(np.argsort(perm))
 
     def forward(array: np.ndarray) -> np.ndarray:

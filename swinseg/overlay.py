@@ -228,19 +228,6 @@ def dataset_label_names(mask_path: str | Path) -> dict[int, str] | None:
     return None
 
 
-def lps_spacing(volume: Volume) -> tuple[float, ...]:
-    """The volume's spacing in the array order of `to_orientation(volume, "LPS")` ((z, y, x) = S, P, L),
-    read off by reorienting a probe array of distinct axis sizes with the same direction."""
-    import dataclasses
-
-    from swinseg.io import to_orientation
-
-    probe_shape = (2, 3, 4)[: volume.ndim]
-    probe = dataclasses.replace(volume, array=np.zeros(probe_shape, dtype=np.uint8))
-    oriented, _ = to_orientation(probe, "LPS")
-    return tuple(float(volume.spacing[probe_shape.index(size)]) for size in oriented.shape)
-
-
 def overlay_files(
     image_path: str | Path,
     mask_path: str | Path,
@@ -256,7 +243,7 @@ def overlay_files(
     to LPS for the radiological view, and takes the spacing from the header. `class_names` default: an
     nnU-Net dataset.json beside the mask. `window="auto"`: -125..275 HU for CT-like scans (minimum below
     -500), the image's percentiles otherwise."""
-    from swinseg.io import check_same_geometry, read_volume, to_orientation
+    from swinseg.io import check_same_geometry, oriented_spacing, read_volume, to_orientation
 
     image = read_volume(image_path)
     masks = [read_volume(mask_path)] + ([read_volume(reference_path)] if reference_path is not None else [])
@@ -264,7 +251,7 @@ def overlay_files(
         check_same_geometry(image, mask)
     if image.ndim == 3:
         arrays = [to_orientation(volume, "LPS")[0] for volume in (image, *masks)]
-        spacing = lps_spacing(image)
+        spacing = oriented_spacing(image, "LPS")
     else:
         arrays, spacing = [image.array] + [mask.array for mask in masks], image.spacing
     for volume, array in zip(masks, arrays[1:]):

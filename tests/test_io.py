@@ -435,3 +435,9 @@ def test_case_name_and_find_images(tmp_path: Path) -> None:
     assert [p.name for p in find_images(tmp_path)] == ["a.nii", "b.nii.gz", "c.mha", "d.png"]
     with pytest.raises(SwinsegError, match="notes.txt"):
         find_images(tmp_path / "notes.txt")
+
+
+def test_oriented_spacing_follows_the_axes():
+    swapped = io.Volume(np.zeros((4, 5, 6)), (1.0, 2.0, 3.0), (0.0, 0.0, 0.0), (0, 0, 1.0, 0, 1.0, 0, 1.0, 0, 0))
+    assert io.oriented_spacing(swapped, "LPS") == (3.0, 2.0, 1.0)  # index x runs along S: the slice axis
+    assert io.to_orientation(swapped, "LPS")[0].shape == (6, 5, 4)
