@@ -82,7 +82,7 @@ class CaseMatch:
 class CaseResult:
     case: Case
     scores: dict[int, metrics.Scores]
-    voxel_ml: float  # volume of one voxel in ml (from the reference's spacing)
+    voxel_ml: float  # volume of one voxel in ml (from the reference's spacing); NaN for 2-D images
 
 
 @dataclass
@@ -156,7 +156,7 @@ class Evaluation:
             "surface": "mask XOR binary erosion with connectivity 1 (as medpy)",
             "distance_unit": unit,
             "spacing": "unit spacing (--voxel-units)" if unit == "voxels" else "the reference volume's spacing",
-            "volumes": "ml, from the reference volume's spacing",
+            "volumes": "ml, from the reference volume's spacing (NaN for 2-D images)",
             "empty_policy": self.settings.empty,
             "empty_policy_definition": metrics.EMPTY_POLICIES[self.settings.empty],
             "std": "sample standard deviation (ddof=1) over cases; NaN values are left out and counted (n_nan)",
@@ -325,11 +325,9 @@ def evaluate_case(case: Case, labels: Sequence[int] | None, settings: Settings) 
     pred_labels = _label_array(pred.array, case.prediction)
     ref_labels = _label_array(ref.array, case.reference)
     spacing = None if settings.voxel_units else ref.spacing
-    scores = metrics.score_labels(
-        pred_labels, ref_labels, labels, spacing, hd95=settings.hd95, empty=settings.empty,
-        worst_distance=metrics.image_diagonal(ref_labels.shape, spacing),
-    )  # fmt: skip
-    return CaseResult(case, scores, metrics.volume_ml(1, ref.spacing))
+    scores = metrics.score_labels(pred_labels, ref_labels, labels, spacing, hd95=settings.hd95, empty=settings.empty)
+    voxel_ml = metrics.volume_ml(1, ref.spacing) if ref.ndim == 3 else math.nan  # a 2-D image has no volume
+    return CaseResult(case, scores, voxel_ml)
 
 
 def evaluate(
