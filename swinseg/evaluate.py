@@ -449,15 +449,16 @@ def _stats(values: list[float]) -> dict[str, float | int]:
 # ---------------------------------------------------------------------------------------------- reports
 
 
-def write_reports(evaluation: Evaluation, folder: str | Path) -> list[Path]:
-    """Write per_case.csv, summary.json, summary.md and dice_hd95.png into `folder` (each atomically)."""
+def write_reports(evaluation: Evaluation, folder: str | Path, summary: dict[str, Any] | None = None) -> list[Path]:
+    """Write per_case.csv, summary.json, summary.md and dice_hd95.png into `folder` (each atomically);
+    `summary`: the evaluation's summary if already computed."""
     from swinseg.io import atomic_output
 
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise SwinsegError(f"{folder}: report folder is a file")
     folder.mkdir(parents=True, exist_ok=True)
-    rows, summary = evaluation.rows(), evaluation.summary()
+    rows, summary = evaluation.rows(), summary or evaluation.summary()
     written = []
     with atomic_output(folder / "per_case.csv") as tmp:
         with open(tmp, "w", newline="") as handle:

@@ -91,7 +91,7 @@ def evaluate_command(
     result = _run_with_progress(ev, prediction, reference, label_names, settings, jobs, quiet=as_json)
     summary = result.summary(worst=worst)
     if output is not None:
-        written = ev.write_reports(result, output)
+        written = ev.write_reports(result, output, summary)
         err.print(f"reports written to {output}/ ({', '.join(p.name for p in written)})", highlight=False)
     if as_json:
         typer.echo(json.dumps(ev.json_safe(summary), indent=2, allow_nan=False))
