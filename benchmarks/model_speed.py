@@ -1,0 +1,114 @@
+"""Forward speed of Swin-Unet (swin_unet_tiny, 224x224) against the machine's own fp32 matmul speed.
+
+Measures, in one process: FLOPs per slice (torch.utils.flop_counter; the published model is 12.22 GFLOP),
+the best fp32 matmul GFLOP/s of a 2048^3 product, and the inference-mode forward time per slice at batch
+1, 8 and 32. Prints achieved GFLOP/s and the ratio achieved / matmul (target on a 2-core CPU: >= 0.6 at
+batch 8), plus the speed-up of fused attention (F.scaled_dot_product_attention) over timm's plain path.
+Timings are best-of-N because other processes may share the cores; the median is printed too.
+
+    python benchmarks/model_speed.py                      # CPU, fp32
+    python benchmarks/model_speed.py --device cuda --precision bf16 --batches 1 32 128
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from swinseg.device import autocast, resolve_device, resolve_precision
+from swinseg.model import SwinUnet, build_model
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device: torch.device, repeats: int) -> list[float]:
+    fn()  # warm-up (allocations, kernel selection)
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def matmul_gflops(device: torch.device, dtype: torch.dtype, size: int, repeats: int) -> float:
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    best = min(timed(lambda: a @ b, device, repeats))
+    return 2 * size**3 / best / 1e9
+
+
+def flops_per_slice(model: SwinUnet, size: int) -> float:
+    """FLOPs of one slice, counted on the plain attention path (the CPU fused-attention kernel is not
+    counted by FlopCounterMode, which would hide the attention matmuls)."""
+    model.set_fused_attention(False)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.inference_mode():
+        model(torch.rand(1, 1, size, size))
+    model.set_fused_attention(True)
+    return counter.get_total_flops()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="swin_unet_tiny", help="model card")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--repeats", type=int, default=3, help="timed forwards per batch size (best is used)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    parser.add_argument("--precision", default="fp32", help="fp32, bf16, fp16 or auto (autocast on CUDA)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    dtype = resolve_precision(args.precision, device)
+
+    model = build_model(args.model).eval()
+    size = model.config.img_size
+    flops = flops_per_slice(model, size)
+    model.to(device)
+    matmul_dtype = dtype or torch.float32
+    peak = matmul_gflops(device, matmul_dtype, 2048 if device.type == "cpu" else 8192, args.repeats)
+    print(f"{args.model}: {size}x{size}, {sum(p.numel() for p in model.parameters()):,} parameters, "
+          f"{flops / 1e9:.2f} GFLOP per slice; device {device}, threads {torch.get_num_threads()}, "
+          f"precision {args.precision}")
+    print(f"matmul {str(matmul_dtype).removeprefix('torch.')} 2048^3 (8192^3 on GPU): {peak:.1f} GFLOP/s")
+    print(f"{'batch':>5} {'ms/slice':>9} {'median':>9} {'slices/s':>9} {'GFLOP/s':>8} {'vs matmul':>9}")
+    for batch in args.batches:
+        x = torch.rand(batch, 1, size, size, device=device)
+
+        def forward() -> None:
+            with torch.inference_mode(), autocast(device, dtype):
+                model(x)
+
+        times = timed(forward, device, args.repeats)
+        best, median = min(times) / batch, statistics.median(times) / batch
+        achieved = flops / best / 1e9
+        print(f"{batch:>5} {best * 1e3:>9.1f} {median * 1e3:>9.1f} {1 / best:>9.2f} {achieved:>8.1f} "
+              f"{achieved / peak:>9.2f}")
+
+    batch = 8 if 8 in args.batches else args.batches[0]
+    x = torch.rand(batch, 1, size, size, device=device)
+    results = {}
+    for fused in (True, False):
+        model.set_fused_attention(fused)
+
+        def forward() -> None:
+            with torch.inference_mode(), autocast(device, dtype):
+                model(x)
+
+        results[fused] = min(timed(forward, device, args.repeats))
+    model.set_fused_attention(True)
+    print(f"fused attention vs timm's plain attention at batch {batch}: {results[False] / results[True]:.2f}x faster")
+
+
+if __name__ == "__main__":
+    main()
