@@ -136,7 +136,10 @@ class Evaluation:
             "definitions": self.definitions(),
             "labels": {str(label): name for label, name in self.labels.items()},
             "n_cases": len(self.results),
-            "cases": [result.case.name for result in self.results],
+            "cases": [
+                {"case": r.case.name, "prediction": str(r.case.prediction), "reference": str(r.case.reference)}
+                for r in self.results
+            ],
             "missing_predictions": self.missing,
             "extra_predictions": self.extra,
             "labels_only_in_predictions": self.labels_only_in_predictions,

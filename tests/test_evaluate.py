@@ -177,6 +177,7 @@ def test_reports_with_nan_policy(dataset: dict, tmp_path: Path) -> None:
     assert organ3["hd95"]["mean"] == case_a["hd95"]  # the NaN of case_b is left out of the mean
     assert summary["definitions"]["hd95"] == "medpy" and summary["definitions"]["empty_policy"] == "nan"
     assert summary["missing_predictions"] == ["case_c"] and summary["extra_predictions"] == ["case_z"]
+    assert Path(summary["cases"][0]["prediction"]).name == "case_a_0000.nii.gz"
     dice = [summary["per_class"][k]["dice"]["mean"] for k in ("1", "2", "3")]
     assert summary["mean_over_classes"]["dice"] == pytest.approx(np.mean(dice))
     markdown = (tmp_path / "report" / "summary.md").read_text()
