@@ -220,7 +220,7 @@ def load_card(name_or_path: str | os.PathLike[str]) -> ModelCard:
     if not path.is_file():
         raise SwinsegError(f"{path}: model card file not found")
     try:
-        values = yaml.safe_load(path.read_text())
+        values = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise SwinsegError(f"{path}: not a valid YAML model card ({type(err).__name__})") from None
     if not isinstance(values, dict):

@@ -265,7 +265,7 @@ def _find_lists(root: Path) -> Path | None:
 def _read_list(path: Path) -> list[str] | None:
     if not path.is_file():
         return None
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def open_synapse(root: str | Path, lists: str | Path | None = None) -> SynapseDataset:
@@ -335,7 +335,7 @@ class NnunetDataset:
 def read_dataset_json(path: Path) -> tuple[str, ...]:
     """Class names by label id from a dataset.json: nnU-Net v2 {"name": id} or MSD/v1 {"id": "name"}."""
     try:
-        labels = json.loads(path.read_text())["labels"]
+        labels = json.loads(path.read_text(encoding="utf-8"))["labels"]
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise SwinsegError(f"{path}: not a dataset.json with a 'labels' mapping ({type(error).__name__})") from None
     if not isinstance(labels, dict) or not labels:
@@ -619,7 +619,7 @@ def _case_outputs(out_dir: Path, name: str, slices: list[str], role: str) -> lis
 
 def _read_marker(path: Path) -> dict[str, Any] | None:
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
 
@@ -628,7 +628,7 @@ def _write_text(path: Path, text: str) -> None:
     from swinseg.io import atomic_output
 
     with atomic_output(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
 
 
 def _write_slices(folder: Path, case: LoadedCase) -> list[str]:

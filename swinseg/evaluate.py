@@ -267,7 +267,7 @@ def dataset_json_labels(path: str | Path) -> dict[int, str]:
     """Foreground labels {id: name} from an nnU-Net dataset.json (v2 name -> id, or v1/MSD id -> name)."""
     path = Path(path)
     try:
-        labels = json.loads(path.read_text())["labels"]
+        labels = json.loads(path.read_text(encoding="utf-8"))["labels"]
     except FileNotFoundError:
         raise SwinsegError(f"{path}: dataset.json not found") from None
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
@@ -318,7 +318,7 @@ def evaluate_case(case: Case, labels: Sequence[int] | None, settings: Settings) 
     label present in either map)."""
     from swinseg.io import check_same_geometry, read_volume, resample_like
 
-    pred, ref = read_volume(case.prediction), read_volume(case.reference)
+    pred, ref = read_volume(case.prediction), read_volume(case.reference, dataset="label")
     try:
         check_same_geometry(pred, ref)
     except SwinsegError as error:
@@ -464,16 +464,16 @@ def write_reports(evaluation: Evaluation, folder: str | Path, summary: dict[str,
     rows, summary = evaluation.rows(), summary or evaluation.summary()
     written = []
     with atomic_output(folder / "per_case.csv") as tmp:
-        with open(tmp, "w", newline="") as handle:
+        with open(tmp, "w", newline="", encoding="utf-8") as handle:
             writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
             writer.writeheader()
             writer.writerows({key: _csv_value(row[key]) for key in CSV_COLUMNS} for row in rows)
     written.append(folder / "per_case.csv")
     with atomic_output(folder / "summary.json") as tmp:
-        tmp.write_text(json.dumps(json_safe(summary), indent=2, allow_nan=False) + "\n")
+        tmp.write_text(json.dumps(json_safe(summary), indent=2, allow_nan=False) + "\n", encoding="utf-8")
     written.append(folder / "summary.json")
     with atomic_output(folder / "summary.md") as tmp:
-        tmp.write_text(summary_markdown(summary))
+        tmp.write_text(summary_markdown(summary), encoding="utf-8")
     written.append(folder / "summary.md")
     with atomic_output(folder / "dice_hd95.png") as tmp:
         box_plots(evaluation, tmp)

@@ -33,7 +33,9 @@ from swinseg.errors import SwinsegError
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
 IMAGE_2D_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+H5_SUFFIXES = (".npy.h5", ".h5")  # Synapse test volumes (TransUNet layout): datasets "image" and "label"
 SUPPORTED_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES + IMAGE_2D_SUFFIXES
+READABLE_SUFFIXES = SUPPORTED_SUFFIXES + H5_SUFFIXES
 _DETACHED_HEADER_SUFFIXES = (".mhd", ".nhdr")  # header + separate data file
 _LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])
 _LUMINANCE = (0.299, 0.587, 0.114)  # ITU-R BT.601, as PIL's "L" mode
@@ -46,7 +48,7 @@ class Volume:
 
     `array`: SimpleITK index order ((z, y, x) or (y, x)). `spacing`: mm, in array order. `origin`,
     `direction` (flattened row-major ndim x ndim matrix): ITK order (x, y, z), LPS. `path`: where it was read
-    from. The private fields keep the source header (NIfTI) and the kind of source, for `write_volume`.
+    from. `normalized`: intensities are already scaled for the network (Synapse h5 images, in [0, 1]). The private fields keep the source header (NIfTI) and the kind of source, for `write_volume`.
     """
 
     array: np.ndarray
@@ -54,8 +56,9 @@ class Volume:
     origin: tuple[float, ...]
     direction: tuple[float, ...]
     path: Path | None = None
+    normalized: bool = False
     _nifti_header: Any = field(default=None, repr=False, compare=False)
-    _kind: str = field(default="itk", repr=False, compare=False)  # nifti | itk | dicom | image2d
+    _kind: str = field(default="itk", repr=False, compare=False)  # nifti | itk | dicom | image2d | h5
 
     @property
     def ndim(self) -> int:
@@ -84,8 +87,9 @@ class Volume:
 def _suffix(path: Path) -> str:
     """The file's format suffix, lower case, with .nii.gz kept whole."""
     name = path.name.lower()
-    if name.endswith(".nii.gz"):
-        return ".nii.gz"
+    for double in (".nii.gz", ".npy.h5"):
+        if name.endswith(double):
+            return double
     return Path(name).suffix
 
 
@@ -114,11 +118,15 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
 # -------------------------------------------------------------------------------------------------- reading
 
 
-def read_volume(path: str | Path, *, series: str | None = None, channel: int | None = None) -> Volume:
-    """Read a NIfTI, NRRD, MHA/MHD file, a DICOM series folder or a 2-D PNG/JPEG/TIFF image.
+def read_volume(
+    path: str | Path, *, series: str | None = None, channel: int | None = None, dataset: str = "image"
+) -> Volume:
+    """Read a NIfTI, NRRD, MHA/MHD file, a DICOM series folder, a 2-D PNG/JPEG/TIFF image or a Synapse
+    `.npy.h5` volume.
 
     `series`: the SeriesInstanceUID to read from a folder holding several DICOM series. `channel`: the
-    volume/component to take from a 4-D or vector image. RGB(A) 2-D images are read as luminance.
+    volume/component to take from a 4-D or vector image. `dataset`: which array of an HDF5 file ("image" or
+    "label"; ignored for other formats). RGB(A) 2-D images are read as luminance.
     Raises SwinsegError (one line naming the file) for missing, empty, unreadable or ambiguous input.
     """
     path = Path(path)
@@ -131,6 +139,8 @@ def read_volume(path: str | Path, *, series: str | None = None, channel: int | N
     suffix = _suffix(path)
     if suffix in NIFTI_SUFFIXES:
         return _read_nifti(path, channel)
+    if suffix in H5_SUFFIXES:
+        return _read_h5(path, dataset)
     return _read_itk(path, channel, kind="image2d" if suffix in IMAGE_2D_SUFFIXES else "itk")
 
 
@@ -170,6 +180,35 @@ def _read_nifti(path: Path, channel: int | None) -> Volume:
         path=path,
         _nifti_header=header,
         _kind="nifti",
+    )
+
+
+def _read_h5(path: Path, dataset: str) -> Volume:
+    """A (D, H, W) Synapse volume: identity (LPS) direction, as the slices are stored; spacing from the
+    file's `spacing` attribute (written by `swinseg preprocess`) or 1 mm."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as h5:
+            if dataset not in h5:
+                raise SwinsegError(f"{path}: no dataset {dataset!r} (has {', '.join(sorted(h5.keys())) or 'none'})")
+            array = np.asarray(h5[dataset])
+            spacing = tuple(float(s) for s in h5.attrs.get("spacing", (1.0,) * array.ndim))
+    except SwinsegError:
+        raise
+    except Exception as error:  # h5py raises OSError/KeyError/ValueError for bad files
+        raise _unreadable(path, error) from None
+    if array.ndim not in (2, 3) or len(spacing) != array.ndim:
+        raise SwinsegError(f"{path}: dataset {dataset!r} has shape {array.shape}; expected a 2-D or 3-D array")
+    ndim = array.ndim
+    return Volume(
+        array=array,
+        spacing=spacing,
+        origin=(0.0,) * ndim,
+        direction=tuple(float(v) for v in np.eye(ndim).ravel()),
+        path=path,
+        normalized=dataset == "image" and array.dtype.kind == "f" and bool(array.min() >= 0 and array.max() <= 1),
+        _kind="h5",
     )
 
 
@@ -607,7 +646,7 @@ def case_name(path: str | Path, *, strip_channel: bool = False) -> str:
     path = Path(path)
     name = path.name
     suffix = _suffix(path)
-    if suffix in SUPPORTED_SUFFIXES or suffix == ".dcm":
+    if suffix in READABLE_SUFFIXES or suffix == ".dcm":
         name = name[: len(name) - len(suffix)]
     if strip_channel:
         name = re.sub(r"_\d{4}$", "", name)
@@ -624,7 +663,7 @@ def find_images(folder: str | Path) -> list[Path]:
     for entry in sorted(folder.iterdir()):
         if entry.name.startswith("."):
             continue
-        if entry.is_file() and _suffix(entry) in SUPPORTED_SUFFIXES:
+        if entry.is_file() and _suffix(entry) in READABLE_SUFFIXES:
             found.append(entry)
         elif entry.is_dir() and _has_dicom_series(entry):
             found.append(entry)
@@ -641,7 +680,7 @@ def _has_dicom_series(folder: Path) -> bool:
 
 def output_suffix(volume: Volume) -> str:
     """The natural output suffix for masks of `volume`: its own format, NIfTI for DICOM, PNG for 2-D images."""
-    if volume._kind == "dicom" or volume.path is None:
+    if volume._kind in ("dicom", "h5") or volume.path is None:
         return ".nii.gz"
     if volume._kind == "image2d":
         return ".png" if volume.ndim == 2 else ".tif"

@@ -221,7 +221,7 @@ def dataset_label_names(mask_path: str | Path) -> dict[int, str] | None:
         candidate = folder / "dataset.json"
         if candidate.is_file():
             try:
-                labels = json.loads(candidate.read_text()).get("labels", {})
+                labels = json.loads(candidate.read_text(encoding="utf-8")).get("labels", {})
                 return {int(v): str(k) for k, v in labels.items() if isinstance(v, int)}
             except (ValueError, AttributeError, UnicodeDecodeError):
                 return None

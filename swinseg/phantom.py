@@ -412,7 +412,7 @@ def write_phantom_dataset(
         "phantom": {"seed": int(seed), "shape": list(shape), "spacing": list(spacing)},
     }
     with atomic_output(out / "dataset.json") as tmp:
-        tmp.write_text(json.dumps(dataset, indent=2) + "\n")
+        tmp.write_text(json.dumps(dataset, indent=2) + "\n", encoding="utf-8")
     return out
 
 

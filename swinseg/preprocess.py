@@ -54,10 +54,13 @@ def normalize(array: np.ndarray, prep: Preprocessing) -> np.ndarray:
 
 def prepare_volume(volume: Volume, prep: Preprocessing) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
     """A volume as the network sees it: oriented to `prep.orientation` (axial slices along axis 0) and
-    normalised; plus the function mapping arrays in that orientation back to the volume's array order."""
+    normalised (unless it already is: Synapse h5 images); plus the function mapping arrays in that orientation
+    back to the volume's array order."""
     from swinseg.io import to_orientation
 
     oriented, restore = to_orientation(volume, prep.orientation)
+    if volume.normalized:
+        return np.ascontiguousarray(oriented, dtype=np.float32), restore
     return normalize(oriented, prep), restore
 
 

@@ -441,3 +441,25 @@ def test_oriented_spacing_follows_the_axes():
     swapped = io.Volume(np.zeros((4, 5, 6)), (1.0, 2.0, 3.0), (0.0, 0.0, 0.0), (0, 0, 1.0, 0, 1.0, 0, 1.0, 0, 0))
     assert io.oriented_spacing(swapped, "LPS") == (3.0, 2.0, 1.0)  # index x runs along S: the slice axis
     assert io.to_orientation(swapped, "LPS")[0].shape == (6, 5, 4)
+
+
+def test_synapse_h5_volume_reads_image_and_label(tmp_path):
+    import h5py
+
+    path = tmp_path / "case0001.npy.h5"
+    image = np.random.default_rng(0).random((3, 8, 10)).astype(np.float32)
+    label = (image > 0.5).astype(np.uint8)
+    with h5py.File(path, "w") as h5:
+        h5["image"], h5["label"] = image, label
+    volume = io.read_volume(path)
+    assert volume.normalized and volume.spacing == (1.0, 1.0, 1.0)
+    np.testing.assert_array_equal(volume.array, image)
+    reference = io.read_volume(path, dataset="label")
+    assert not reference.normalized
+    assert io.case_name(path) == "case0001" and io.output_suffix(volume) == ".nii.gz"
+    io.write_volume(tmp_path / "case0001.nii.gz", label, like=volume)
+    written = io.read_volume(tmp_path / "case0001.nii.gz")
+    io.check_same_geometry(written, reference)
+    np.testing.assert_array_equal(written.array, reference.array)
+    with pytest.raises(SwinsegError, match="no dataset 'mask'"):
+        io.read_volume(path, dataset="mask")
