@@ -170,7 +170,7 @@ def test_reports_with_nan_policy(dataset: dict, tmp_path: Path) -> None:
     with open(tmp_path / "report" / "per_case.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 2 * 3 and list(rows[0]) == list(ev.CSV_COLUMNS)
-    summary = json.loads((tmp_path / "report" / "summary.json").read_text())  # strict JSON: NaN -> null
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text(encoding="utf-8"))  # strict JSON: NaN -> null
     organ3 = summary["per_class"]["3"]
     assert organ3["hd95"]["n"] == 1 and organ3["hd95"]["n_nan"] == 1 and organ3["flags"]["pred_empty"] == 1
     case_a = next(r for r in result.rows() if r["case"] == "case_a" and r["label"] == 3)
@@ -180,7 +180,7 @@ def test_reports_with_nan_policy(dataset: dict, tmp_path: Path) -> None:
     assert Path(summary["cases"][0]["prediction"]).name == "case_a_0000.nii.gz"
     dice = [summary["per_class"][k]["dice"]["mean"] for k in ("1", "2", "3")]
     assert summary["mean_over_classes"]["dice"] == pytest.approx(np.mean(dice))
-    markdown = (tmp_path / "report" / "summary.md").read_text()
+    markdown = (tmp_path / "report" / "summary.md").read_text(encoding="utf-8")
     assert "pooled" in markdown and "case_c" in markdown
     assert (tmp_path / "report" / "dice_hd95.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list((tmp_path / "report").glob(".*tmp*"))  # no temporary files left behind
