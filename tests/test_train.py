@@ -158,7 +158,7 @@ def test_train_command_writes_a_predict_ready_run(phantoms, tmp_path):
     labels = Predictor(model, card, device="cpu").predict_slices(np.zeros((2, 64, 64), np.float32))
     assert labels.shape == (2, 64, 64)
     state = load_training_state(run / "last.pt")
-    assert state["epoch"] == 2 and state["iteration"] == 4 and len(state["history"]) == 2
+    assert state["epoch"] == 2 and state["scheduler"]["last_epoch"] == 4 and len(state["history"]) == 2
 
     again = subprocess.run([sys.executable, "-m", "swinseg", "train", "--resume", str(run), "--epochs", "3",
                             "--val-every", "0"], capture_output=True, text=True, timeout=120)

@@ -1,0 +1,129 @@
+"""Training speed of swin_unet_tiny (forward + backward + SGD step): real data pipeline vs synthetic batches.
+
+Writes Synapse-like training slices (512x512 float32 image in [0, 1] + uint8 organ labels, one .npz each, with
+lists_Synapse/train.txt) to a temporary folder, opens them with swinseg.data (reference augmentation, cubic
+512 -> 224 resize) behind a DataLoader with worker processes, and runs swinseg.train.train_epoch over them,
+and the same loop over a synthetic batch already in memory: one run, same model, same step code, timed
+synthetic / pipeline / synthetic so that a drift in the machine's load cancels. The ratio says how much the
+data pipeline slows training (target: within 10%). Also prints peak RSS.
+
+    python benchmarks/train_speed.py                      # CPU, batch 8, 6 steps per side
+    python benchmarks/train_speed.py --steps 2            # quick
+    python benchmarks/train_speed.py --device cuda --precision bf16 --batch-size 24 --workers 8
+"""
+from __future__ import annotations
+
+import argparse
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from swinseg.config import load_card
+from swinseg.data import open_training_data
+from swinseg.device import resolve_device, resolve_precision
+from swinseg.model import SwinUnet
+from swinseg.train import Distributed, Step, TrainConfig, train_epoch
+from swinseg.train_report import EpochProgress
+
+
+def write_synapse_slices(root: Path, count: int, size: int = 512, seed: int = 0) -> Path:
+    """`count` Synapse-style training slices: smooth CT-like intensities and elliptical organ labels 0-8."""
+    rng = np.random.default_rng(seed)
+    (root / "train_npz").mkdir(parents=True)
+    (root / "lists_Synapse").mkdir()
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    names = []
+    for i in range(count):
+        image = (0.3 + 0.2 * np.sin(6 * xx + i) * np.cos(5 * yy) + 0.05 * rng.standard_normal((size, size)))
+        label = np.zeros((size, size), np.uint8)
+        for organ in range(1, 9):
+            (cy, cx), (ry, rx) = rng.uniform(0.2, 0.8, 2), rng.uniform(0.03, 0.12, 2)
+            inside = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 < 1
+            label[inside] = organ
+            image[inside] += 0.05 * organ
+        name = f"case{i // 100:04d}_slice{i % 100:03d}"
+        np.savez(root / "train_npz" / f"{name}.npz", image=np.clip(image, 0, 1).astype(np.float32), label=label)
+        names.append(name)
+    (root / "lists_Synapse" / "train.txt").write_text("".join(f"{n}\n" for n in names))
+    return root
+
+
+def timed_epoch(model, batches, device, dtype) -> tuple[int, float]:
+    """(slices, seconds) of one swinseg.train.train_epoch over `batches` (the published recipe's step)."""
+    step = Step.for_model(model, TrainConfig(batch_size=8), max(len(batches), 1), device, dtype)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    row = train_epoch(model, batches, step, Distributed(), EpochProgress(None), 0, 1)
+    return round(row["slices_per_s"] * row["seconds"]), row["seconds"]
+
+
+def peak_rss_mib() -> tuple[float, float]:
+    """Peak resident memory of this process and of its largest finished child (DataLoader workers), MiB."""
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="swin_unet_tiny")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=6, help="optimiser steps per side (after 2 warm-up steps)")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="fp32")
+    args = parser.parse_args()
+
+    device = resolve_device(args.device)
+    dtype = resolve_precision(args.precision, device)
+    card = load_card(args.model)
+    torch.manual_seed(1234)
+    model = SwinUnet(card.network).to(device).train()
+    size, classes = card.network.img_size, card.network.num_classes
+    generator = torch.Generator().manual_seed(0)
+    batch = {"image": torch.rand(args.batch_size, 1, size, size, generator=generator),
+             "label": torch.randint(0, classes, (args.batch_size, size, size), generator=generator),
+             "name": ["synthetic"] * args.batch_size}
+    print(f"{args.model}: batch {args.batch_size}, {size}x{size}, {2 * max(args.steps // 2, 1)} steps per side, "
+          f"{device} ({args.precision}), {torch.get_num_threads()} threads, {args.workers} "
+          f"loader workers")
+    timed_epoch(model, [batch] * 2, device, dtype)  # warm-up (allocator, kernels)
+
+    half = max(args.steps // 2, 1)
+    totals = {"synthetic": [0, 0.0], "pipeline": [0, 0.0]}
+    with tempfile.TemporaryDirectory() as tmp:
+        count = 2 * half * args.batch_size
+        started = time.perf_counter()
+        root = write_synapse_slices(Path(tmp) / "synapse", count)
+        print(f"wrote {count} Synapse-like 512x512 slices in {time.perf_counter() - started:.1f} s")
+        data = open_training_data(root, img_size=size, preprocessing=card.preprocessing, augment=True)
+        loader = torch.utils.data.DataLoader(data.slices, batch_size=args.batch_size, shuffle=True,
+                                             num_workers=args.workers, pin_memory=device.type == "cuda")
+        started = time.perf_counter()
+        for _ in loader:  # the pipeline alone, model idle: what the workers can deliver
+            pass
+        alone = count / (time.perf_counter() - started)
+        # synthetic, pipeline (one whole epoch, workers started inside), synthetic: drift in the machine's
+        # load cancels, and no worker runs while the synthetic side is timed
+        for side, batches in (("synthetic", [batch] * half), ("pipeline", loader), ("synthetic", [batch] * half)):
+            slices, seconds = timed_epoch(model, batches, device, dtype)
+            totals[side][0] += slices
+            totals[side][1] += seconds
+            print(f"  {side:9s} {slices / seconds:7.2f} slices/s ({seconds:.1f} s)", flush=True)
+
+    synthetic_rate = totals["synthetic"][0] / totals["synthetic"][1]
+    pipeline_rate = totals["pipeline"][0] / totals["pipeline"][1]
+    self_mib, child_mib = peak_rss_mib()
+    print(f"data pipeline alone      : {alone:8.1f} slices/s (npz loading, augmentation, 512->224 resize)")
+    print(f"synthetic batches        : {synthetic_rate:8.2f} slices/s (training, batches in memory)")
+    print(f"real data pipeline       : {pipeline_rate:8.2f} slices/s (training, DataLoader)")
+    print(f"pipeline / synthetic     : {pipeline_rate / synthetic_rate:8.3f}  (target >= 0.90)")
+    print(f"peak RSS                 : {self_mib:8.0f} MiB main process; largest worker {child_mib:.0f} MiB "
+          f"(forked: counts pages shared with the main process)")
+
+
+if __name__ == "__main__":
+    main()

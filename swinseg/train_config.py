@@ -1,0 +1,145 @@
+"""Training options: the published recipe as defaults, a YAML file over them, command-line flags over both.
+
+Every field of TrainConfig is a `swinseg train` / `swinseg finetune` flag (dashes for underscores) and a key
+of the YAML `--config FILE`; the run directory gets the resolved configuration as config.yaml.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from swinseg.errors import SwinsegError
+from swinseg.io import atomic_output
+
+# Finetuning starts from a trained network: a fifth of the published learning rate, a third of the epochs.
+# The network, classes and preprocessing come from the checkpoint unless --model / --classes say otherwise.
+FINETUNE_DEFAULTS: dict[str, Any] = {"model": None, "base_lr": 0.01, "epochs": 50, "val_every": 5}
+
+
+@dataclass
+class TrainConfig:
+    """Every training option; each is a `swinseg train` flag (dashes for underscores) and a YAML key."""
+
+    data: str = ""
+    output: str = ""
+    model: str | None = "swin_unet_tiny"  # card: network, preprocessing, classes (finetune: the checkpoint's)
+    pretrained: str | None = None  # ImageNet Swin-T weights (official or timm layout)
+    checkpoint: str | None = None  # finetune: a trained swinseg model or a reference checkpoint
+    classes: list[str] | None = None  # label names, index = label value; default: the dataset's, else the card's
+    freeze_encoder: bool = False
+    epochs: int = 150
+    batch_size: int = 24  # global: split across torchrun processes
+    base_lr: float = 0.05
+    base_batch: int = 24
+    lr: float | None = None  # default base_lr * batch_size / base_batch
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    poly_power: float = 0.9
+    ce_weight: float = 0.4
+    dice_weight: float = 0.6
+    augment: bool = True
+    seed: int = 1234
+    val_every: int = 10  # epochs; 0 disables validation
+    val_fraction: float = 0.2  # nnU-Net layout: share of the cases held out (Synapse: the test_vol volumes)
+    val_cases: list[str] | None = None  # held-out cases by name instead
+    val_batch_size: int = 16
+    num_workers: int = 4
+    device: str = "auto"
+    precision: str = "auto"
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(TrainConfig)
+        for field in dataclasses.fields(self):
+            setattr(self, field.name, _coerce(field.name, getattr(self, field.name), hints[field.name]))
+        positive = ("epochs", "batch_size", "base_batch", "val_batch_size")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise SwinsegError(f"--{_flag(name)} must be at least 1, got {getattr(self, name)}")
+        for name in ("val_every", "val_fraction", "num_workers", "weight_decay", "momentum"):
+            if getattr(self, name) < 0:
+                raise SwinsegError(f"--{_flag(name)} must not be negative, got {getattr(self, name)}")
+        if self.learning_rate <= 0:
+            raise SwinsegError(f"learning rate must be positive, got {self.learning_rate}")
+
+    @property
+    def learning_rate(self) -> float:
+        """`lr` if set, else the base learning rate scaled linearly with the batch size."""
+        return self.lr if self.lr is not None else self.base_lr * (self.batch_size / self.base_batch)
+
+    def to_dict(self) -> dict[str, Any]:
+        values = dataclasses.asdict(self)
+        values["lr"] = self.learning_rate
+        return values
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    """A YAML / CLI value converted to the field's type (YAML reads 1e-4 as a string, for instance)."""
+    args = typing.get_args(hint)
+    if value is None:
+        if type(None) in args:
+            return None
+        raise SwinsegError(f"config key {name!r} must not be empty")
+    base = next((a for a in args if a is not type(None)), hint)
+    try:
+        if typing.get_origin(base) is list:
+            items = value.split(",") if isinstance(value, str) else list(value)
+            return [str(item).strip() for item in items if str(item).strip()]
+        if base is bool:
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "yes", "no", "1", "0"):
+                    raise ValueError(value)
+                return value.lower() in ("true", "yes", "1")
+            return bool(value)
+        if base is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if base is float:
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise SwinsegError(f"config key {name!r}: {value!r} is not a valid {getattr(base, '__name__', base)}") from None
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The keys of a YAML training config (unknown keys are an error naming the file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SwinsegError(f"{path}: config file not found")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise SwinsegError(f"{path}: not a valid YAML file ({type(error).__name__})") from None
+    if not isinstance(values, dict):
+        raise SwinsegError(f"{path}: a training config must be a YAML mapping of option: value")
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise SwinsegError(f"{path}: unknown keys {unknown}; known: {sorted(known)}")
+    return values
+
+
+def resolve_config(
+    config_file: str | Path | None = None, overrides: dict[str, Any] | None = None, *, finetune: bool = False
+) -> TrainConfig:
+    """Defaults (the published recipe, or FINETUNE_DEFAULTS), then the YAML file, then `overrides` (the
+    flags given on the command line; None values are ignored)."""
+    values: dict[str, Any] = dict(FINETUNE_DEFAULTS) if finetune else {}
+    if config_file is not None:
+        values.update(read_config_file(config_file))
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return TrainConfig(**values)
+
+
+def write_config(config: TrainConfig, path: Path) -> None:
+    with atomic_output(path) as tmp:
+        tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
