@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from timm.layers import PatchEmbed, calculate_drop_path_rates, trunc_normal_
-from timm.models.swin_transformer import SwinTransformerStage, WindowAttention
+from timm.models.swin_transformer import SwinTransformerBlock, SwinTransformerStage, WindowAttention
 from torch import nn
 
 from swinseg.config import SwinUnetConfig, load_card
@@ -61,6 +61,59 @@ class DecoderStage(SwinTransformerStage):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.blocks(x)
         return self.upsample(x) if self.upsample is not None else x
+
+
+class GatherWindowBlock(SwinTransformerBlock):
+    """timm's SwinTransformerBlock with its data movement done by two gathers.
+
+    timm rolls the map (cyclic shift), pads it, partitions it into windows, and undoes all three after the
+    attention: up to seven copies of the activations per block. A (shifted) window partition is a fixed
+    permutation of the tokens, so one ``index_select`` gives the windows and one with the inverse
+    permutation puts them back. Attention, mask and weights are timm's; the output is identical.
+    Requires the map to be divisible by the window, which SwinUnetConfig guarantees.
+    """
+
+    def init_window_index(self) -> None:
+        h, w = self.input_resolution
+        wh, ww = self.window_size
+        sh, sw = self.shift_size
+        rows = (torch.arange(h).view(h // wh, 1, wh, 1) + sh) % h  # window row, -, row in window, -
+        cols = (torch.arange(w).view(1, w // ww, 1, ww) + sw) % w
+        order = (rows * w + cols).flatten()  # token of the unshifted map at each windowed position
+        self.register_buffer("window_order", order, persistent=False)
+        self.register_buffer("window_inverse", torch.argsort(order), persistent=False)
+
+    def _attn(self, x: torch.Tensor) -> torch.Tensor:
+        b, h, w, c = x.shape
+        order, inverse = self.window_order, self.window_inverse
+        windows = _PermuteTokens.apply(x.reshape(b, h * w, c), order, inverse).view(-1, self.window_area, c)
+        out = self.attn(windows, mask=self.attn_mask).view(b, h * w, c)
+        return _PermuteTokens.apply(out, inverse, order).view(b, h, w, c)
+
+
+class _PermuteTokens(torch.autograd.Function):
+    """x[:, order] whose gradient is again a gather (by the inverse permutation), not a scatter-add."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, order: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(inverse)
+        return x.index_select(1, order)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (inverse,) = ctx.saved_tensors
+        return grad.index_select(1, inverse), None, None
+
+
+def use_gather_windows(module: nn.Module, enabled: bool = True) -> None:
+    """Switch every Swin block under `module` between GatherWindowBlock (fast) and timm's original."""
+    for block in module.modules():
+        if isinstance(block, SwinTransformerBlock):
+            if enabled:
+                block.__class__ = GatherWindowBlock
+                block.init_window_index()
+            else:
+                block.__class__ = SwinTransformerBlock
 
 
 def _concat_up(up_blocks: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
@@ -121,6 +174,7 @@ class SwinUnet(nn.Module):
 
         self.apply(_init_weights)
         self.set_fused_attention(fused_attention)
+        use_gather_windows(self)
 
     def set_fused_attention(self, enabled: bool) -> None:
         """Use F.scaled_dot_product_attention inside timm's window attention (same maths, faster)."""

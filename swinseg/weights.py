@@ -290,9 +290,11 @@ def load_checkpoint(path: str | Path, card: ModelCard | str | None = None) -> tu
 def _card_from_metadata(weights: WeightFile) -> ModelCard:
     try:
         values = json.loads(weights.metadata["card"])
-    except (KeyError, json.JSONDecodeError):
+        return ModelCard.from_dict(values)
+    except (KeyError, TypeError, AttributeError, json.JSONDecodeError):
         raise SwinsegError(f"{weights.path}: swinseg file without a valid model card in its metadata") from None
-    return ModelCard.from_dict(values)
+    except SwinsegError as err:
+        raise SwinsegError(f"{weights.path}: invalid model card in the metadata ({err})") from None
 
 
 def _merge_card(card: ModelCard | None, config: SwinUnetConfig, path: Path) -> ModelCard:

@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from timm.models.swin_transformer import SwinTransformerBlock
 
 from swinseg.config import SwinUnetConfig, load_card
 from swinseg.errors import SwinsegError
-from swinseg.model import PatchExpand, SwinUnet, build_model
+from swinseg.model import PatchExpand, SwinUnet, build_model, use_gather_windows
 
 GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "reference" / "golden"
 TEST_CONFIG = load_card("swin_unet_test").network
@@ -27,6 +28,7 @@ def test_published_tiny_has_the_reference_parameter_count():
     assert sum(p.numel() for p in model.encoder_parameters()) == 20_413_386
 
 
+@pytest.mark.skipif(not GOLDEN.is_dir(), reason=f"reference files not found at {GOLDEN.parent}")
 def test_reference_key_names_for_the_decoder():
     keys = set(build_model(TEST_CONFIG).state_dict())
     reference = {
@@ -131,3 +133,20 @@ def test_encoder_parameters_cover_exactly_the_encoder():
     encoder = {id(p) for p in model.encoder_parameters()}
     names = {n for n, p in model.named_parameters() if id(p) in encoder}
     assert names == {n for n, _ in model.named_parameters() if n.startswith(("patch_embed.", "layers.", "norm."))}
+
+
+@pytest.mark.parametrize("window", [2, 4])
+def test_gathered_windows_equal_timm_roll_and_partition(window):
+    torch.manual_seed(0)
+    model = SwinUnet(dataclasses.replace(TEST_CONFIG, window_size=window))
+    x = torch.rand(2, 1, 64, 64)
+    fast = model(x)
+    fast.square().mean().backward()
+    fast_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    use_gather_windows(model, False)
+    assert type(model.layers[0].blocks[1]) is SwinTransformerBlock
+    slow = model(x)
+    slow.square().mean().backward()
+    assert torch.allclose(fast, slow, atol=1e-6)
+    assert all(torch.allclose(a, p.grad, atol=1e-6) for a, p in zip(fast_grads, model.parameters()))
