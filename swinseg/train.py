@@ -397,10 +397,10 @@ class Trainer:
         config, dist = self.config, self.dist
         where = f"{dist.world_size} processes" if dist.enabled else str(self.device)
         precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
-        validation = (f"{len(self.data.volumes)} volumes every {config.val_every} epochs" if self.validating
-                      else "off")
+        validation = (f"{_count(len(self.data.volumes), 'volume')} every {_count(config.val_every, 'epoch')}"
+                      if self.validating else "off")
         return (f"training {self.card.name}: {len(self.data.slices)} slices, {len(self.card.classes)} classes, "
-                f"batch {config.batch_size}, lr {config.learning_rate:g}, {config.epochs} epochs = "
+                f"batch {config.batch_size}, lr {config.learning_rate:g}, {_count(config.epochs, 'epoch')} = "
                 f"{config.epochs * self.batches_per_epoch} iterations on {where} ({precision}); "
                 f"validation: {validation}")
 
@@ -410,6 +410,7 @@ class Trainer:
             loader = epoch_loader(self.data, config, self.dist, epoch, self.device)
             row = train_epoch(self.trained, loader, self.step, self.dist, self.progress, epoch, config.epochs)
             if self.validating and ((epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs):
+                self.progress.note(f"validating on {len(self.data.volumes)} volumes")
                 self.validate(row)
             self.history.append(row)
             self.save()
@@ -509,6 +510,10 @@ def _printer(console: Console | None) -> Callable[[str], None]:
     if console is None:
         return lambda text: None
     return lambda text: console.print(text, highlight=False, markup=False, soft_wrap=True)
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
 
 
 def _unwrap(model: nn.Module) -> SwinUnet:

@@ -92,6 +92,11 @@ class EpochProgress:
             info = f"loss {loss:.4f}  lr {lr:.2e}  {slices_per_s:.1f} slices/s"
             self._progress.update(self._task, completed=done, info=info)
 
+    def note(self, text: str) -> None:
+        """Replace the bar's numbers by `text` (e.g. while validating)."""
+        if self._progress is not None:
+            self._progress.update(self._task, info=text)
+
     def finish(self, line: str) -> None:
         if self._progress is not None:
             self._progress.stop()

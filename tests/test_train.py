@@ -1,9 +1,6 @@
 """Training: the published loss and schedule, configuration, resumable state, the train command."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,13 +8,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from typer.testing import CliRunner
 
+from swinseg.cli import app
 from swinseg.errors import SwinsegError
 from swinseg.losses import DiceCELoss, soft_dice_loss
 from swinseg.phantom import write_phantom_dataset
-from swinseg.train import TrainConfig, poly_schedule, resolve_config, train
+from swinseg.train import TrainConfig, build_network, poly_schedule, resolve_config, starting_point, train
 from swinseg.train_state import capture_rng_state, load_training_state, restore_rng_state, save_training_state
 
+CLASSIFIER = Path(__file__).resolve().parents[2] / "shared" / "reference" / "golden" / "swin_classifier_small_official.pth"
 TINY = dict(model="swin_unet_test", batch_size=4, val_fraction=0.34, num_workers=0, device="cpu")
 
 
@@ -141,10 +141,9 @@ def test_train_command_writes_a_predict_ready_run(phantoms, tmp_path):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump(dict(TINY, epochs=5, val_every=1)))
     run = tmp_path / "run"
-    command = [sys.executable, "-m", "swinseg", "train", "--data", str(phantoms), "--config", str(recipe),
-               "--epochs", "2", "-o", str(run)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120, env=dict(os.environ, COLUMNS="200"))
-    assert result.returncode == 0, result.stderr
+    result = CliRunner().invoke(app, ["train", "--data", str(phantoms), "--config", str(recipe), "--epochs", "2",
+                                      "-o", str(run)])
+    assert result.exit_code == 0, result.output
     epoch_lines = [line for line in result.stdout.splitlines() if line.startswith("epoch ")]
     assert len(epoch_lines) == 2 and "slices/s" in epoch_lines[0] and "val Dice" in epoch_lines[1]
     assert "\x1b[" not in result.stdout  # no progress-bar escapes without a terminal
@@ -160,8 +159,23 @@ def test_train_command_writes_a_predict_ready_run(phantoms, tmp_path):
     state = load_training_state(run / "last.pt")
     assert state["epoch"] == 2 and state["scheduler"]["last_epoch"] == 4 and len(state["history"]) == 2
 
-    again = subprocess.run([sys.executable, "-m", "swinseg", "train", "--resume", str(run), "--epochs", "3",
-                            "--val-every", "0"], capture_output=True, text=True, timeout=120)
-    assert again.returncode == 0, again.stderr
+    again = CliRunner().invoke(app, ["train", "--resume", str(run), "--epochs", "3", "--val-every", "0"])
+    assert again.exit_code == 0, again.output
     assert "resuming" in again.stdout and "epoch 3/3" in again.stdout and "epoch 2/" not in again.stdout
     assert len((run / "metrics.csv").read_text().splitlines()) == 4
+    refused = CliRunner().invoke(app, ["train", "--data", str(phantoms), "-o", str(run)])
+    assert refused.exit_code == 1 and "already holds a training run" in refused.output
+
+
+@pytest.mark.skipif(not CLASSIFIER.is_file(), reason=f"reference classifier {CLASSIFIER} not present")
+def test_pretrained_initialises_encoder_and_decoder(tmp_path):
+    card = tmp_path / "small.yaml"
+    card.write_text(yaml.safe_dump({"name": "small", "classes": ["background", "liver"], "network": {
+        "img_size": 224, "embed_dim": 24, "depths": [2, 2, 2, 2], "num_heads": [1, 2, 4, 8], "window_size": 7}}))
+    config = TrainConfig(model=str(card), pretrained=str(CLASSIFIER))
+    lines: list[str] = []
+    model, _ = build_network(config, *starting_point(config), ("background", "liver"), lines.append)
+    classifier = torch.load(CLASSIFIER, map_location="cpu", weights_only=True)["model"]
+    assert torch.equal(model.patch_embed.proj.weight, classifier["patch_embed.proj.weight"])
+    assert torch.equal(model.layers_up[3].blocks[0].mlp.fc1.weight, classifier["layers.0.blocks.0.mlp.fc1.weight"])
+    assert "92.4% of parameter values" in lines[0]
