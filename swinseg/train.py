@@ -86,6 +86,14 @@ class Distributed:
         torch_dist.all_gather_object(gathered, value)
         return gathered
 
+    def broadcast(self, value: Any) -> Any:
+        """Rank 0's `value` on every process (pickled)."""
+        if not self.enabled:
+            return value
+        holder = [value]
+        torch_dist.broadcast_object_list(holder, src=0)
+        return holder[0]
+
     def sum(self, values: list[float], device: torch.device) -> list[float]:
         if not self.enabled:
             return values
@@ -305,14 +313,15 @@ def train_epoch(
     progress.start(epoch + 1, epochs, len(loader))
     started = time.perf_counter()
     loss_sum = torch.zeros((), dtype=torch.float64, device=step.device)
-    seen = 0
+    seen, shown = 0, started
     num_classes = _unwrap(model).config.num_classes
     for done, (images, labels) in enumerate(_batches(loader, step.device, num_classes), start=1):
         loss_sum += step(model, images, labels) * images.shape[0]
         seen += images.shape[0]
-        if progress.live:
-            rate = seen * dist.world_size / (time.perf_counter() - started)
-            progress.update(done, loss_sum.item() / seen, step.lr, rate)
+        now = time.perf_counter()
+        if progress.live and (now - shown > 0.5 or done == len(loader)):  # .item() waits for the GPU
+            progress.update(done, loss_sum.item() / seen, step.lr, seen * dist.world_size / (now - started))
+            shown = now
     total_loss, total_seen = dist.sum([loss_sum.item(), float(seen)], step.device)
     seconds = time.perf_counter() - started
     return {"epoch": epoch + 1, "iteration": step.iteration, "loss": total_loss / max(total_seen, 1.0),
@@ -346,22 +355,30 @@ class TrainResult:
 
 
 class Trainer:
-    """A training run in one process of a (possibly one-process) job: set up from the config, or from the
-    run directory's last.pt when resuming; `run()` trains the remaining epochs."""
+    """A training run in one process of a (possibly one-process) job, set up from the config; `restore()`
+    continues a last.pt state, `run()` trains the remaining epochs."""
 
     def __init__(self, config: TrainConfig, dist: Distributed, device: torch.device, log: Callable[[str], None],
-                 progress: EpochProgress) -> None:
+                 progress: EpochProgress, resumed_card: ModelCard | None = None) -> None:
+        """`resumed_card`: the card of the run being resumed; its network is built as is (the weights come
+        from the state), without reading --checkpoint or --pretrained again."""
+        from swinseg.model import SwinUnet
+
         self.config, self.dist, self.device, self.log, self.progress = config, dist, device, log, progress
         self.run_dir = Path(config.output)
         self.dtype = resolve_precision(config.precision, device)
         _seed_process(_mix_seed(config.seed, dist.rank))
-        model, card = starting_point(config)
-        self.data = open_data(config, card)
-        classes = tuple(config.classes) if config.classes else (self.data.classes or card.classes)
-        if self.data.classes and len(classes) != len(self.data.classes):
-            raise SwinsegError(f"--classes names {len(classes)} classes but {config.data} has "
-                               f"{len(self.data.classes)} ({', '.join(self.data.classes)})")
-        self.model, self.card = build_network(config, model, card, classes, log)
+        if resumed_card is not None:
+            self.model, self.card = SwinUnet(resumed_card.network), resumed_card
+            self.data = open_data(config, resumed_card)
+        else:
+            model, card = starting_point(config)
+            self.data = open_data(config, card)
+            classes = tuple(config.classes) if config.classes else (self.data.classes or card.classes)
+            if self.data.classes and len(classes) != len(self.data.classes):
+                raise SwinsegError(f"--classes names {len(classes)} classes but {config.data} has "
+                                   f"{len(self.data.classes)} ({', '.join(self.data.classes)})")
+            self.model, self.card = build_network(config, model, card, classes, log)
         if len(self.data.slices) < config.batch_size // dist.world_size:
             raise SwinsegError(f"{config.data}: {len(self.data.slices)} training slices, fewer than one batch")
         if config.freeze_encoder:
@@ -486,19 +503,21 @@ def train(
     if not resume and (run_dir / STATE_FILE).exists():
         raise SwinsegError(f"{run_dir}: already holds a training run; continue it with --resume {run_dir} "
                            "or pick another -o")
-    state = load_training_state(run_dir / STATE_FILE) if resume else None
     dist, device = init_distributed(config.device)
     try:
         if config.batch_size % dist.world_size:
             raise SwinsegError(f"--batch-size {config.batch_size} is not divisible by the {dist.world_size} "
                                "processes")
+        # rank 0 reads the state and hands it on: other machines of the job need not see the run directory
+        state = dist.broadcast(load_training_state(run_dir / STATE_FILE) if resume and dist.is_main else None)
         shown = console if dist.is_main else None
-        trainer = Trainer(config, dist, device, _printer(shown), EpochProgress(shown))
+        card = ModelCard.from_dict(state["card"]) if state is not None else None
+        trainer = Trainer(config, dist, device, _printer(shown), EpochProgress(shown), resumed_card=card)
         if state is not None:
             trainer.restore(state)
-        elif dist.is_main:
+        if dist.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
-            write_config(config, run_dir / CONFIG_FILE)
+            write_config(config, run_dir / CONFIG_FILE)  # when resuming: with the flags that changed it
         trainer.log(trainer.describe())
         return trainer.run(stop_after)
     finally:

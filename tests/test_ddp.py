@@ -18,19 +18,26 @@ def phantoms(tmp_path_factory) -> Path:
                                  spacing=(10.0, 5.5, 5.5))
 
 
-def test_two_cpu_processes_train_one_model_and_only_rank_0_writes(phantoms, tmp_path):
-    run = tmp_path / "run"
+def torchrun(*args: str) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "swinseg", "train", "--data", str(phantoms), "-o", str(run), "--model", "swin_unet_test",
-               "--epochs", "2", "--batch-size", "4", "--val-every", "1", "--val-fraction", "0.34",
-               "--num-workers", "0", "--device", "cpu"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=180)
-    assert result.returncode == 0, result.stderr[-3000:]
-    lines = result.stdout.splitlines()
-    assert sum(line.startswith("training swin_unet_test") for line in lines) == 1
-    assert "on 2 processes" in result.stdout
-    assert [line.split()[1] for line in lines if line.startswith("epoch ")] == ["1/2", "2/2"]
+               "-m", "swinseg", "train", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=180)
 
+
+def test_two_cpu_processes_train_resume_and_only_rank_0_writes(phantoms, tmp_path):
+    run = tmp_path / "run"
+    first = torchrun("--data", str(phantoms), "-o", str(run), "--model", "swin_unet_test", "--epochs", "1",
+                     "--batch-size", "4", "--val-every", "1", "--val-fraction", "0.34", "--num-workers", "0",
+                     "--device", "cpu")
+    assert first.returncode == 0, first.stderr[-3000:]
+    lines = first.stdout.splitlines()
+    assert sum(line.startswith("training swin_unet_test") for line in lines) == 1
+    assert "on 2 processes" in first.stdout
+    assert [line.split()[1] for line in lines if line.startswith("epoch ")] == ["1/1"]
+
+    resumed = torchrun("--resume", str(run), "--epochs", "2")  # the state travels from rank 0 to rank 1
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert [line.split()[1] for line in resumed.stdout.splitlines() if line.startswith("epoch ")] == ["2/2"]
     state = load_training_state(run / "last.pt")
     # 8 training slices, global batch 4 split over 2 processes: 2 iterations per epoch on each process
     assert [row["iteration"] for row in state["history"]] == [2, 4]
