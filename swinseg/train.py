@@ -519,7 +519,13 @@ def train(
             run_dir.mkdir(parents=True, exist_ok=True)
             write_config(config, run_dir / CONFIG_FILE)  # when resuming: with the flags that changed it
         trainer.log(trainer.describe())
-        return trainer.run(stop_after)
+        try:
+            return trainer.run(stop_after)
+        except KeyboardInterrupt:
+            if trainer.history:
+                trainer.log(f"interrupted during epoch {len(trainer.history) + 1}; {run_dir / STATE_FILE} holds "
+                            f"epoch {len(trainer.history)}: continue with --resume {run_dir}")
+            raise
     finally:
         if dist.enabled and torch_dist.is_initialized():
             torch_dist.destroy_process_group()

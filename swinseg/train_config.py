@@ -6,6 +6,7 @@ of the YAML `--config FILE`; the run directory gets the resolved configuration a
 from __future__ import annotations
 
 import dataclasses
+import os
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +49,7 @@ class TrainConfig:
     val_fraction: float = 0.2  # nnU-Net layout: share of the cases held out (Synapse: the test_vol volumes)
     val_cases: list[str] | None = None  # held-out cases by name instead
     val_batch_size: int = 16
-    num_workers: int = 4
+    num_workers: int = dataclasses.field(default_factory=lambda: min(8, os.cpu_count() or 1))  # per process
     device: str = "auto"
     precision: str = "auto"
 

@@ -44,12 +44,13 @@ OPTIONS: dict[str, tuple[Any, str]] = {
                             "volumes). (default: 0.2)"),
     "val_cases": (str, "Comma-separated case names to validate on instead."),
     "val_batch_size": (int, "Slices per forward pass in validation. (default: 16)"),
-    "num_workers": (int, "DataLoader worker processes per training process. (default: 4)"),
+    "num_workers": (int, "DataLoader worker processes per training process; results do not depend on it. "
+                         "(default: the CPU cores, at most 8)"),
     "device": (str, "auto, cpu, cuda or cuda:N (torchrun: the local rank's GPU). (default: auto)"),
     "precision": (str, "auto, bf16, fp16 or fp32 (auto: bf16/fp16 on CUDA, fp32 on CPU). (default: auto)"),
 }
-FLAGS = {"output": ["-o", "--output"], "freeze_encoder": ["--freeze-encoder/--no-freeze-encoder"],
-         "augment": ["--augment/--no-augment"]}
+FLAGS = {"output": ["-o", "--output"], "model": ["-m", "--model"], "checkpoint": ["-c", "--checkpoint"],
+         "freeze_encoder": ["--freeze-encoder/--no-freeze-encoder"], "augment": ["--augment/--no-augment"]}
 FINETUNE_ONLY = {"checkpoint": (Path, "Trained model to start from: swinseg .safetensors or a reference "
                                       "Swin-Unet checkpoint (with --model CARD).")}
 TRAIN_ONLY = {"pretrained": (Path, "ImageNet Swin-T weights (official swin_tiny_patch4_window7_224.pth or timm) "
