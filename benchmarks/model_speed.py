@@ -19,7 +19,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from swinseg.device import autocast, resolve_device, resolve_precision
-from swinseg.model import SwinUnet, build_model
+from swinseg.model import SwinUnet, build_model, use_fast_linear
 
 
 def sync(device: torch.device) -> None:
@@ -47,13 +47,15 @@ def matmul_gflops(device: torch.device, dtype: torch.dtype, size: int, repeats: 
 
 
 def flops_per_slice(model: SwinUnet, size: int) -> float:
-    """FLOPs of one slice, counted on the plain attention path (the CPU fused-attention kernel is not
-    counted by FlopCounterMode, which would hide the attention matmuls)."""
+    """FLOPs of one slice, counted on the plain PyTorch path: FlopCounterMode does not see the oneDNN
+    linear or the CPU fused-attention kernel."""
     model.set_fused_attention(False)
+    use_fast_linear(model, False)
     counter = FlopCounterMode(display=False)
     with counter, torch.inference_mode():
         model(torch.rand(1, 1, size, size))
     model.set_fused_attention(True)
+    use_fast_linear(model, True)
     return counter.get_total_flops()
 
 
