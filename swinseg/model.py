@@ -267,7 +267,8 @@ class SwinUnet(nn.Module):
         s = self.up.scale
         blocks = self.up.forward_blocks(x)  # B, H, W, s, s, C
         weight = self.output.weight.view(self.output.out_channels, -1)
-        logits = fast_linear(blocks, weight, None)  # B, H, W, s, s, K
+        linear = fast_linear if isinstance(self.up.expand, FastLinear) else F.linear  # follows use_fast_linear
+        logits = linear(blocks, weight, None)  # B, H, W, s, s, K
         return logits.permute(0, 5, 1, 3, 2, 4).reshape(b, -1, h * s, w * s)
 
 
