@@ -1,11 +1,12 @@
 """Batched slice inference: scans in, label maps out, in each scan's own geometry.
 
-A volume is oriented to the model card's orientation and normalised (`preprocess.prepare_volume`), cut into
-slices along the chosen plane (axial by default), and predicted in batches on the device: slices resized to
-the model size (scipy-exact cubic, as in training), forward pass (autocast on CUDA), logits resized back to
-the slice size (bilinear) and argmax there, optionally averaged over flips in softmax space (TTA). Labels are
-streamed into a preallocated uint8 array, so memory does not grow with the number of slices beyond the
-volume itself. The result is mapped back to the scan's array order and written with the scan's geometry.
+A volume is oriented to the model card's orientation (a view, no copy), cut into slices along the chosen
+plane (axial by default), and predicted in batches on the device: each batch normalised (CT window or the
+volume's MR percentiles), resized to the model size (scipy-exact cubic, as in training), forward pass
+(autocast on CUDA), logits resized back to the slice size (bilinear) and argmax there, optionally averaged
+over flips in softmax space (TTA). Labels are streamed into a preallocated uint8 array: beyond the scan and its
+label map, memory does not grow with the number of slices. The result is mapped back to the scan's array
+order and written with the scan's geometry.
 
 `protocol="reference"` is the published evaluation path instead: one slice per pass, cubic resize in, softmax
 + argmax at the model size, nearest resize of the labels back (scipy.ndimage.zoom order 0), float32.
@@ -31,7 +32,7 @@ from swinseg import io, postprocess
 from swinseg.config import ModelCard, load_card
 from swinseg.device import autocast, resolve_device, resolve_precision
 from swinseg.errors import SwinsegError
-from swinseg.preprocess import prepare_volume, resize_slices, scale_intensities
+from swinseg.preprocess import intensity_bounds, resize_slices, scale_intensities
 
 PROTOCOLS = ("fast", "reference")
 PLANES = ("axial", "coronal", "sagittal")
@@ -47,11 +48,17 @@ def label_dtype(num_classes: int) -> type[np.unsignedinteger]:
 
 @dataclass
 class PreparedVolume:
-    """Network-ready slices (D, H, W) float32 and the map from that layout back to the scan's array order
-    (extra leading axes, e.g. classes, allowed)."""
+    """A scan laid out for the network: `slices` (D, H, W) in the scan's own dtype (usually a view of its
+    array), the intensity range `bounds` mapped to [0, 1] batch by batch, and `restore`, the map from that
+    layout back to the scan's array order (extra leading axes, e.g. classes, allowed)."""
 
     slices: np.ndarray
+    bounds: tuple[float, float]
     restore: Callable[[np.ndarray], np.ndarray]
+
+    def normalized(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Slices start:stop as network input: float32 in [0, 1]."""
+        return scale_intensities(self.slices[start:stop], *self.bounds)
 
 
 class Predictor:
@@ -101,27 +108,40 @@ class Predictor:
 
     def predict_slices(self, slices: np.ndarray, progress: SliceProgress | None = None) -> np.ndarray:
         """Labels (D, H, W) (uint8, uint16 beyond 256 classes) for normalised slices (D, H, W) float32."""
-        return self._run(slices, None, progress)
+        return self._run(slices, None, None, progress)
 
     def predict_slices_with_probabilities(
         self, slices: np.ndarray, progress: SliceProgress | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Labels (D, H, W) and softmax probabilities (C, D, H, W) float16 (fast protocol only)."""
+        return self._run_with_probabilities(slices, None, progress)
+
+    def _run_with_probabilities(
+        self, slices: np.ndarray, bounds: tuple[float, float] | None, progress: SliceProgress | None
+    ) -> tuple[np.ndarray, np.ndarray]:
         if self.protocol == "reference":
             raise SwinsegError("--save-probabilities is not available with --protocol reference (labels only)")
-        depth, height, width = slices.shape
-        probabilities = np.empty((self.num_classes, depth, height, width), dtype=np.float16)
-        return self._run(slices, probabilities, progress), probabilities
+        probabilities = np.empty((self.num_classes, *slices.shape), dtype=np.float16)
+        return self._run(slices, bounds, probabilities, progress), probabilities
 
     @torch.inference_mode()
-    def _run(self, slices: np.ndarray, probabilities: np.ndarray | None, progress: SliceProgress | None) -> np.ndarray:
+    def _run(
+        self,
+        slices: np.ndarray,
+        bounds: tuple[float, float] | None,
+        probabilities: np.ndarray | None,
+        progress: SliceProgress | None,
+    ) -> np.ndarray:
+        """Labels for `slices`, batch by batch; `bounds`: scale each batch from that range to [0, 1] first
+        (None: the slices are normalised already)."""
         if slices.ndim != 3:
             raise ValueError(f"expected slices (D, H, W), got shape {slices.shape}")
         depth, height, width = slices.shape
         labels = np.empty((depth, height, width), dtype=label_dtype(self.num_classes))
         for start in range(0, depth, self.batch_size):
             stop = min(start + self.batch_size, depth)
-            batch = self._to_device(slices[start:stop])
+            chunk = slices[start:stop] if bounds is None else scale_intensities(slices[start:stop], *bounds)
+            batch = torch.from_numpy(np.ascontiguousarray(chunk, dtype=np.float32)).to(self.device)
             try:
                 if self.protocol == "reference":
                     labels[start:stop] = self._reference_labels(batch).cpu().numpy()
@@ -138,12 +158,6 @@ class Predictor:
             if progress is not None:
                 progress(stop - start)
         return labels
-
-    def _to_device(self, slices: np.ndarray) -> torch.Tensor:
-        tensor = torch.from_numpy(np.ascontiguousarray(slices, dtype=np.float32))
-        if self.device.type == "cuda":
-            return tensor.pin_memory().to(self.device, non_blocking=True)
-        return tensor.to(self.device)
 
     def _forward(self, images: torch.Tensor) -> torch.Tensor:
         with autocast(self.device, self.dtype):
@@ -178,25 +192,34 @@ class Predictor:
     # ----------------------------------------------------------------------------------------- volumes
 
     def prepare(self, volume: io.Volume, plane: str | None = None) -> PreparedVolume:
-        """The volume oriented as the card says, normalised, with slices of `plane` (default axial) first.
+        """The volume oriented as the card says (a view), `plane` slices (default axial) first, and the
+        intensity range of the card's preprocessing (CT window, or this volume's MR percentiles).
 
-        2-D 8-bit images (PNG/JPEG) are display images: scaled from [0, 255] instead of the card's window.
+        2-D 8-bit images (PNG/JPEG) are display images: scaled from [0, 255] instead.
         """
         plane = (plane or "axial").lower()
         if plane not in PLANES:
             raise SwinsegError(f"--axis {plane!r}: expected one of {', '.join(PLANES)}")
         prep = self.card.preprocessing
-        if volume.ndim == 2 and volume.array.dtype == np.uint8:
-            oriented, back = io.to_orientation(volume, prep.orientation)
-            normalized = scale_intensities(oriented, 0.0, 255.0)
-        else:
-            normalized, back = prepare_volume(volume, prep)
+        oriented, back = io.to_orientation(volume, prep.orientation)
         if volume.ndim == 2:
-            return PreparedVolume(normalized[np.newaxis], lambda a: back(a[..., 0, :, :]))
+            bounds = (0.0, 255.0) if oriented.dtype == np.uint8 else intensity_bounds(oriented, prep)
+            return PreparedVolume(oriented[np.newaxis], bounds, lambda a: back(a[..., 0, :, :]))
+        bounds = intensity_bounds(oriented, prep)
         axis = _plane_axis(prep.orientation, plane)
         if axis == 0:
-            return PreparedVolume(normalized, back)
-        return PreparedVolume(np.moveaxis(normalized, axis, 0), lambda a: back(np.moveaxis(a, -3, a.ndim - 3 + axis)))
+            return PreparedVolume(oriented, bounds, back)
+        return PreparedVolume(
+            np.moveaxis(oriented, axis, 0), bounds, lambda a: back(np.moveaxis(a, -3, a.ndim - 3 + axis))
+        )
+
+    def predict_prepared(
+        self, prepared: PreparedVolume, *, probabilities: bool = False, progress: SliceProgress | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Labels (and probabilities (C, D, H, W) float16 if asked) in the prepared layout."""
+        if probabilities:
+            return self._run_with_probabilities(prepared.slices, prepared.bounds, progress)
+        return self._run(prepared.slices, prepared.bounds, None, progress), None
 
     def predict_volume(
         self,
@@ -209,7 +232,7 @@ class Predictor:
     ) -> np.ndarray:
         """Labels in the volume's own array order (write them with `io.write_volume(path, labels, volume)`)."""
         prepared = self.prepare(volume, plane)
-        labels = self.predict_slices(prepared.slices, progress)
+        labels, _ = self.predict_prepared(prepared, progress=progress)
         return np.ascontiguousarray(prepared.restore(self.postprocess(labels, classes, keep_largest)))
 
     def predict_volume_with_probabilities(
@@ -224,7 +247,8 @@ class Predictor:
         """Labels and softmax probabilities (C, ...) float16, both in the volume's own array order.
         Post-processing (classes, keep_largest) applies to the labels only."""
         prepared = self.prepare(volume, plane)
-        labels, probabilities = self.predict_slices_with_probabilities(prepared.slices, progress)
+        labels, probabilities = self.predict_prepared(prepared, probabilities=True, progress=progress)
+        assert probabilities is not None
         labels = self.postprocess(labels, classes, keep_largest)
         return np.ascontiguousarray(prepared.restore(labels)), np.ascontiguousarray(prepared.restore(probabilities))
 
@@ -388,6 +412,12 @@ def plan_cases(inputs: Sequence[str | Path], output: str | Path, *, probabilitie
         raise SwinsegError(f"-o {output}: is a file, but {len(sources)} case(s) need an output folder")
     if to_folder and output_text.lower().endswith(io.SUPPORTED_SUFFIXES) and not output.is_dir():
         raise SwinsegError(f"-o {output}: give a folder when predicting {len(sources)} cases")
+    if not to_folder and not output_text.lower().endswith(io.SUPPORTED_SUFFIXES):
+        raise SwinsegError(
+            f"-o {output}: not an image file name ({', '.join(io.SUPPORTED_SUFFIXES)}); end a folder with /"
+        )
+    if not to_folder and output_text.lower().endswith((".jpg", ".jpeg")):
+        raise SwinsegError(f"-o {output}: JPEG is lossy and cannot hold labels; use .png")
     cases: list[Case] = []
     seen: dict[Path, Path] = {}
     for source in sources:
@@ -520,13 +550,11 @@ def _predict_loaded(
     on_slices: SliceProgress | None,
 ) -> tuple[CaseResult, np.ndarray, np.ndarray | None]:
     began = time.perf_counter()
-    slices = loaded.prepared.slices
     if on_start is not None:
-        on_start(case, slices.shape[0])
-    if case.probabilities is not None:
-        labels, probabilities = predictor.predict_slices_with_probabilities(slices, on_slices)
-    else:
-        labels, probabilities = predictor.predict_slices(slices, on_slices), None
+        on_start(case, loaded.prepared.slices.shape[0])
+    labels, probabilities = predictor.predict_prepared(
+        loaded.prepared, probabilities=case.probabilities is not None, progress=on_slices
+    )
     labels = predictor.postprocess(labels, options.classes, options.keep_largest)
     counts = np.bincount(labels.ravel(), minlength=predictor.num_classes)
     names = predictor.card.classes

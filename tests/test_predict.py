@@ -250,6 +250,10 @@ def test_plan_refuses_unsafe_or_ambiguous_outputs(tmp_path):
         plan_cases([tmp_path / "in"], tmp_path / "in")
     with pytest.raises(SwinsegError, match="would both write"):
         plan_cases([tmp_path / "in", tmp_path / "other"], tmp_path / "out")
+    with pytest.raises(SwinsegError, match="not an image file name"):
+        plan_cases([scan], tmp_path / "mask")
+    with pytest.raises(SwinsegError, match="JPEG"):
+        plan_cases([scan], tmp_path / "mask.jpg")
     with pytest.raises(SwinsegError, match="give a folder"):
         plan_cases([scan, tmp_path / "other" / "a_0000.nii.gz"], tmp_path / "mask.nii.gz")
     (tmp_path / "empty").mkdir()
@@ -310,3 +314,22 @@ def test_predict_cases_skips_finished_and_isolates_failures(predictor, tmp_path)
     redo = list(predict_cases(predictor, cases[1:2], RunOptions(overwrite=True)))  # sorted: broken, case0, ...
     assert [r.status for r in redo] == ["done"]
     assert (tmp_path / "out" / "case0.nii.gz").stat().st_mtime_ns != before
+
+
+@pytest.mark.parametrize("modality", ["CT", "MR"])
+def test_batchwise_normalisation_equals_the_training_preprocessing(predictor, card, modality):
+    """Predict normalises batch by batch with whole-volume bounds: the same values as preprocess gives."""
+    import dataclasses
+
+    from swinseg.config import Preprocessing
+    from swinseg.preprocess import prepare_volume
+
+    prep = Preprocessing(modality=modality)
+    volume = transform_volume(
+        io.Volume(ct_like((6, 24, 16)), (2.5, 0.8, 0.7), (0.0, 0.0, 0.0), tuple(np.eye(3).ravel())), (1,), (1, 0, 2)
+    )
+    mr_predictor = Predictor(predictor.model, dataclasses.replace(card, preprocessing=prep), device="cpu")
+    prepared = mr_predictor.prepare(volume)
+    np.testing.assert_array_equal(prepared.normalized(), prepare_volume(volume, prep)[0])
+    image = io.Volume(np.array([[0, 51], [255, 102]], dtype=np.uint8), (1.0, 1.0), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0))
+    np.testing.assert_allclose(mr_predictor.prepare(image).normalized()[0], [[0, 0.2], [1, 0.4]], rtol=1e-6)
