@@ -39,6 +39,7 @@ PLANES = ("axial", "coronal", "sagittal")
 _PLANE_LETTERS = {"axial": "SI", "coronal": "AP", "sagittal": "LR"}
 TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))  # none, left-right, up-down, both
 SliceProgress = Callable[[int], None]
+_MASK_SUFFIXES = tuple(s for s in io.SUPPORTED_SUFFIXES if s not in (".jpg", ".jpeg"))  # JPEG is lossy
 
 
 def label_dtype(num_classes: int) -> type[np.unsignedinteger]:
@@ -414,7 +415,7 @@ def plan_cases(inputs: Sequence[str | Path], output: str | Path, *, probabilitie
         raise SwinsegError(f"-o {output}: give a folder when predicting {len(sources)} cases")
     if not to_folder and not output_text.lower().endswith(io.SUPPORTED_SUFFIXES):
         raise SwinsegError(
-            f"-o {output}: not an image file name ({', '.join(io.SUPPORTED_SUFFIXES)}); end a folder with /"
+            f"-o {output}: not an image file name ({', '.join(_MASK_SUFFIXES)}); end a folder with /"
         )
     if not to_folder and output_text.lower().endswith((".jpg", ".jpeg")):
         raise SwinsegError(f"-o {output}: JPEG is lossy and cannot hold labels; use .png")

@@ -175,19 +175,22 @@ class _Reporter:
         self.prefix = f"[rank {rank}] " if rank is not None else ""
         self.show_bar = not quiet and err.is_terminal and not rank
         self.counts = {"done": 0, "skipped": 0, "failed": 0}
+        self.lines = out  # per-case lines; above the bar when stdout and the bar share the terminal
 
     def progress(self, total_cases: int) -> _Progress:
         if not self.show_bar:
             return _Progress(None, total_cases)
         bar = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TimeRemainingColumn(), console=err, transient=True,
+            TimeRemainingColumn(), console=err, transient=True, redirect_stdout=False, redirect_stderr=False,
         )
+        if out.is_terminal:
+            self.lines = err
         return _Progress(bar, total_cases)
 
     def note(self, text: str) -> None:
         if not self.quiet and not self.as_json:
-            err.print(escape(self.prefix + text), highlight=False)
+            err.print(escape(self.prefix + text), highlight=False, soft_wrap=True)
 
     def result(self, result: Any) -> None:
         self.counts[result.status] += 1
@@ -203,12 +206,12 @@ class _Reporter:
             return
         name = escape(self.prefix + result.case.input.name)
         if result.status == "skipped":
-            out.print(f"[dim]{name}: skipped, {escape(str(result.case.output))} exists[/dim]", highlight=False)
+            self.lines.print(f"[dim]{name}: skipped, {escape(str(result.case.output))} exists[/dim]", highlight=False)
             return
         shape = "x".join(str(n) for n in result.shape[::-1])
         spacing = "x".join(f"{s:.3g}" for s in result.spacing[::-1])
         found = ", ".join(result.voxels) or "no foreground"
-        out.print(
+        self.lines.print(
             f"[green]{name}[/green]  {shape}  {spacing} mm  {result.seconds:.1f} s  {escape(found)}"
             f"  -> {escape(str(result.case.output))}",
             highlight=False, soft_wrap=True,
@@ -219,4 +222,4 @@ class _Reporter:
         if self.quiet or self.as_json or total <= 1 and not self.counts["skipped"]:
             return
         parts = [f"{n} {what}" for what, n in self.counts.items() if n]
-        err.print(escape(self.prefix + f"{total} case(s): " + ", ".join(parts)), highlight=False)
+        err.print(escape(self.prefix + f"{total} case(s): " + ", ".join(parts)), highlight=False, soft_wrap=True)
