@@ -21,6 +21,15 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 EXAMPLE_CT = SHARED / "data" / "ct_abdomen_a" / "example_ct.nii.gz"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny networks run fastest on one thread, and do not stall when other jobs load the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """A random-init swin_unet_test network saved in swinseg's format."""
@@ -60,11 +69,17 @@ def one_error_line(result, *fragments: str) -> str:
 
 @pytest.mark.skipif(not EXAMPLE_CT.exists(), reason=f"real CT example absent: {EXAMPLE_CT}")
 def test_mask_has_the_geometry_of_a_real_ct(checkpoint, tmp_path):
+    """The real header (RAS affine with an offset origin, qform 0 / sform 2), cropped to 10 axial slices."""
+    real = nib.load(EXAMPLE_CT)
+    source = tmp_path / "ct.nii.gz"
+    nib.save(real.slicer[:, :, 50:60], source)
     output = tmp_path / "mask.nii.gz"
-    result = run(EXAMPLE_CT, "-c", checkpoint, "-o", output, "--json")
+    result = run(source, "-c", checkpoint, "-o", output, "--json")
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout.strip())
-    scan_image, mask = nib.load(EXAMPLE_CT), nib.load(output)
+    scan_image, mask = nib.load(source), nib.load(output)
+    assert scan_image.header.get_sform(coded=True)[1] == real.header.get_sform(coded=True)[1]
+    assert not np.allclose(scan_image.affine, np.eye(4))
     assert mask.shape == scan_image.shape and mask.get_data_dtype() == np.uint8
     np.testing.assert_allclose(mask.affine, scan_image.affine, atol=1e-6)
     for form in ("qform", "sform"):
