@@ -13,8 +13,6 @@ alone and has no fusion Linear (``concat_back_dim.i`` is an Identity, as for the
 """
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
 from timm.layers import PatchEmbed, calculate_drop_path_rates, trunc_normal_
@@ -63,37 +61,6 @@ class DecoderStage(SwinTransformerStage):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.blocks(x)
         return self.upsample(x) if self.upsample is not None else x
-
-
-@functools.cache
-def _onednn_linear() -> bool:
-    """Whether oneDNN's fused linear (a private PyTorch op, used by torch.compile on CPU) is usable here."""
-    try:
-        x, w = torch.ones(2, 3), torch.ones(4, 3)
-        return bool(torch.ops.mkldnn._linear_pointwise(x, w, torch.zeros(4), "none", [], "").eq(3).all())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def fast_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """F.linear; for float32 CPU inference through oneDNN with the bias fused into the GEMM (PyTorch's
-    addmm first copies the bias into the whole output). Same result to float32 rounding."""
-    if (
-        x.device.type == "cpu"
-        and x.dtype == weight.dtype == torch.float32
-        and not torch.is_grad_enabled()
-        and not torch.is_autocast_enabled("cpu")
-        and _onednn_linear()
-    ):
-        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
-    return F.linear(x, weight, bias)
-
-
-class FastLinear(nn.Linear):
-    """nn.Linear computed by `fast_linear` (same parameters and state dict)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return fast_linear(x, self.weight, self.bias)
 
 
 class GatherWindowBlock(SwinTransformerBlock):
@@ -147,13 +114,6 @@ def use_gather_windows(module: nn.Module, enabled: bool = True) -> None:
                 block.init_window_index()
             else:
                 block.__class__ = SwinTransformerBlock
-
-
-def use_fast_linear(module: nn.Module, enabled: bool = True) -> None:
-    """Switch every nn.Linear under `module` (timm's included) between FastLinear and nn.Linear."""
-    for layer in module.modules():
-        if isinstance(layer, nn.Linear):
-            layer.__class__ = FastLinear if enabled else nn.Linear
 
 
 def _concat_up(up_blocks: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
@@ -215,7 +175,6 @@ class SwinUnet(nn.Module):
         self.apply(_init_weights)
         self.set_fused_attention(fused_attention)
         use_gather_windows(self)
-        use_fast_linear(self)
 
     def set_fused_attention(self, enabled: bool) -> None:
         """Use F.scaled_dot_product_attention inside timm's window attention (same maths, faster)."""
@@ -267,8 +226,7 @@ class SwinUnet(nn.Module):
         s = self.up.scale
         blocks = self.up.forward_blocks(x)  # B, H, W, s, s, C
         weight = self.output.weight.view(self.output.out_channels, -1)
-        linear = fast_linear if isinstance(self.up.expand, FastLinear) else F.linear  # follows use_fast_linear
-        logits = linear(blocks, weight, None)  # B, H, W, s, s, K
+        logits = F.linear(blocks, weight)  # B, H, W, s, s, K
         return logits.permute(0, 5, 1, 3, 2, 4).reshape(b, -1, h * s, w * s)
 
 

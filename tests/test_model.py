@@ -11,7 +11,7 @@ from timm.models.swin_transformer import SwinTransformerBlock
 
 from swinseg.config import SwinUnetConfig, load_card
 from swinseg.errors import SwinsegError
-from swinseg.model import FastLinear, PatchExpand, SwinUnet, build_model, use_fast_linear, use_gather_windows
+from swinseg.model import PatchExpand, SwinUnet, build_model, use_gather_windows
 
 GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "reference" / "golden"
 TEST_CONFIG = load_card("swin_unet_test").network
@@ -151,13 +151,3 @@ def test_gathered_windows_equal_timm_roll_and_partition(window):
     assert torch.allclose(fast, slow, atol=1e-6)
     assert all(torch.allclose(a, p.grad, atol=1e-6) for a, p in zip(fast_grads, model.parameters()))
 
-
-def test_fast_linear_matches_nn_linear_in_inference():
-    model = SwinUnet(TEST_CONFIG).eval()
-    assert all(type(m) is FastLinear for m in model.modules() if isinstance(m, torch.nn.Linear))
-    x = torch.rand(2, 1, 64, 64)
-    with torch.inference_mode():
-        fast = model(x)
-        use_fast_linear(model, False)
-        plain = model(x)
-    assert torch.allclose(fast, plain, atol=1e-5)
