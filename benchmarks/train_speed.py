@@ -52,13 +52,34 @@ def write_synapse_slices(root: Path, count: int, size: int = 512, seed: int = 0)
     return root
 
 
-def timed_epoch(model, batches, device, dtype) -> tuple[int, float]:
-    """(slices, seconds) of one swinseg.train.train_epoch over `batches` (the published recipe's step)."""
+class StepClock:
+    """Wraps the batches of an epoch and records when each is asked for: the gaps are whole steps (waiting
+    for the batch + forward, backward, SGD step), whatever the loop around them does."""
+
+    def __init__(self, batches) -> None:
+        self.batches, self.times = batches, []
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        for batch in self.batches:
+            self.times.append(time.perf_counter())
+            yield batch
+        self.times.append(time.perf_counter())
+
+    @property
+    def steps(self) -> list[float]:
+        return list(np.diff(self.times))
+
+
+def timed_epoch(model, batches, device, dtype) -> list[float]:
+    """Seconds per step of one swinseg.train.train_epoch over `batches` (the published recipe's step)."""
     step = Step.for_model(model, TrainConfig(batch_size=8), max(len(batches), 1), device, dtype)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    row = train_epoch(model, batches, step, Distributed(), EpochProgress(None), 0, 1)
-    return round(row["slices_per_s"] * row["seconds"]), row["seconds"]
+    clock = StepClock(batches)
+    train_epoch(model, clock, step, Distributed(), EpochProgress(None), 0, 1)
+    clock.times[-1] = time.perf_counter()  # after the epoch's final loss sync (the GPU has caught up)
+    return clock.steps
 
 
 def peak_rss_mib() -> tuple[float, float]:
@@ -93,7 +114,7 @@ def main() -> None:
     timed_epoch(model, [batch] * 2, device, dtype)  # warm-up (allocator, kernels)
 
     half = max(args.steps // 2, 1)
-    totals = {"synthetic": [0, 0.0], "pipeline": [0, 0.0]}
+    steps: dict[str, list[float]] = {"synthetic": [], "pipeline": []}
     with tempfile.TemporaryDirectory() as tmp:
         count = 2 * half * args.batch_size
         started = time.perf_counter()
@@ -106,21 +127,21 @@ def main() -> None:
         for _ in loader:  # the pipeline alone, model idle: what the workers can deliver
             pass
         alone = count / (time.perf_counter() - started)
-        # synthetic, pipeline (one whole epoch, workers started inside), synthetic: drift in the machine's
-        # load cancels, and no worker runs while the synthetic side is timed
+        # synthetic, pipeline (one whole epoch, workers started inside, first batch wait included),
+        # synthetic: a drift in the machine's load cancels, and no worker runs while synthetic is timed
         for side, batches in (("synthetic", [batch] * half), ("pipeline", loader), ("synthetic", [batch] * half)):
-            slices, seconds = timed_epoch(model, batches, device, dtype)
-            totals[side][0] += slices
-            totals[side][1] += seconds
-            print(f"  {side:9s} {slices / seconds:7.2f} slices/s ({seconds:.1f} s)", flush=True)
+            seconds = timed_epoch(model, batches, device, dtype)
+            steps[side] += seconds
+            print(f"  {side:9s} steps (s): {' '.join(f'{t:.2f}' for t in seconds)}", flush=True)
 
-    synthetic_rate = totals["synthetic"][0] / totals["synthetic"][1]
-    pipeline_rate = totals["pipeline"][0] / totals["pipeline"][1]
+    rate = {side: {"total": args.batch_size * len(times) / sum(times),
+                   "median": args.batch_size / float(np.median(times))} for side, times in steps.items()}
     self_mib, child_mib = peak_rss_mib()
     print(f"data pipeline alone      : {alone:8.1f} slices/s (npz loading, augmentation, 512->224 resize)")
-    print(f"synthetic batches        : {synthetic_rate:8.2f} slices/s (training, batches in memory)")
-    print(f"real data pipeline       : {pipeline_rate:8.2f} slices/s (training, DataLoader)")
-    print(f"pipeline / synthetic     : {pipeline_rate / synthetic_rate:8.3f}  (target >= 0.90)")
+    for kind, what in (("total", "all steps"), ("median", "median step, robust to other load")):
+        synthetic, pipeline = rate["synthetic"][kind], rate["pipeline"][kind]
+        print(f"{what:35s}: synthetic {synthetic:7.2f}, pipeline {pipeline:7.2f} slices/s, "
+              f"ratio {pipeline / synthetic:.3f} (target >= 0.90)")
     print(f"peak RSS                 : {self_mib:8.0f} MiB main process; largest worker {child_mib:.0f} MiB "
           f"(forked: counts pages shared with the main process)")
 

@@ -53,6 +53,7 @@ BEST_FILE = "best.safetensors"
 FINAL_FILE = "final.safetensors"
 METRICS_FILE = "metrics.csv"
 CURVES_FILE = "curves.png"
+PATH_OPTIONS = ("data", "output", "pretrained", "checkpoint")
 
 
 # ------------------------------------------------------------------------------------------- distributed
@@ -186,13 +187,16 @@ def poly_schedule(optimizer: torch.optim.Optimizer, max_iterations: int, power: 
 # -------------------------------------------------------------------------------------------------- data
 
 
-def open_data(config: TrainConfig, card: ModelCard) -> TrainingData:
+def open_data(
+    config: TrainConfig, card: ModelCard, progress: Callable[[int, int, str], None] | None = None
+) -> TrainingData:
     """The dataset folder (Synapse or nnU-Net layout) opened through swinseg.data for this card."""
     from swinseg.data import open_training_data
 
     return open_training_data(
         config.data, img_size=card.network.img_size, preprocessing=card.preprocessing, augment=config.augment,
         seed=config.seed, validation_fraction=config.val_fraction, validation_cases=config.val_cases,
+        progress=progress,
     )
 
 
@@ -370,10 +374,10 @@ class Trainer:
         _seed_process(_mix_seed(config.seed, dist.rank))
         if resumed_card is not None:
             self.model, self.card = SwinUnet(resumed_card.network), resumed_card
-            self.data = open_data(config, resumed_card)
+            self.data = open_data(config, resumed_card, progress.loading)
         else:
             model, card = starting_point(config)
-            self.data = open_data(config, card)
+            self.data = open_data(config, card, progress.loading)
             classes = tuple(config.classes) if config.classes else (self.data.classes or card.classes)
             if self.data.classes and len(classes) != len(self.data.classes):
                 raise SwinsegError(f"--classes names {len(classes)} classes but {config.data} has "
@@ -427,7 +431,7 @@ class Trainer:
             loader = epoch_loader(self.data, config, self.dist, epoch, self.device)
             row = train_epoch(self.trained, loader, self.step, self.dist, self.progress, epoch, config.epochs)
             if self.validating and ((epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs):
-                self.progress.note(f"validating on {len(self.data.volumes)} volumes")
+                self.progress.note(f"validating on {_count(len(self.data.volumes), 'volume')}")
                 self.validate(row)
             self.history.append(row)
             self.save()
@@ -495,11 +499,14 @@ def train(
     call after that epoch, leaving a state that `resume` continues (jobs under a wall-time limit); the
     schedule stays the one of `config.epochs`.
     """
-    run_dir = Path(config.output)
     if not config.output:
         raise SwinsegError("no output run directory given (-o RUN_DIR)")
     if not config.data:
         raise SwinsegError("no dataset given (--data DIR)")
+    # absolute paths in config.yaml, so that --resume works from any directory
+    config = dataclasses.replace(config, **{name: str(Path(value).resolve()) for name in PATH_OPTIONS
+                                            if (value := getattr(config, name))})
+    run_dir = Path(config.output)
     if not resume and (run_dir / STATE_FILE).exists():
         raise SwinsegError(f"{run_dir}: already holds a training run; continue it with --resume {run_dir} "
                            "or pick another -o")

@@ -74,18 +74,30 @@ class EpochProgress:
         self._progress: Any = None
         self._task: Any = None
 
-    def start(self, epoch: int, epochs: int, batches: int) -> None:
-        if not self.live:
-            return
+    def _bar(self, title: str, total: int) -> None:
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                    TimeRemainingColumn)
 
         self._progress = Progress(
-            TextColumn(f"epoch {epoch}/{epochs}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+            TextColumn(title), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=self.console, transient=True,
         )
         self._progress.start()
-        self._task = self._progress.add_task("train", total=batches, info="")
+        self._task = self._progress.add_task(title, total=total, info="")
+
+    def loading(self, done: int, total: int, name: str) -> None:
+        """Progress callback of swinseg.data while the dataset's cases are read and checked."""
+        if not self.live:
+            return
+        if self._progress is None:
+            self._bar("reading cases", total)
+        self._progress.update(self._task, completed=done, info=name)
+        if done >= total:
+            self.finish(None)
+
+    def start(self, epoch: int, epochs: int, batches: int) -> None:
+        if self.live:
+            self._bar(f"epoch {epoch}/{epochs}", batches)
 
     def update(self, done: int, loss: float, lr: float, slices_per_s: float) -> None:
         if self._progress is not None:
@@ -97,11 +109,12 @@ class EpochProgress:
         if self._progress is not None:
             self._progress.update(self._task, info=text)
 
-    def finish(self, line: str) -> None:
+    def finish(self, line: str | None) -> None:
+        """Remove the bar and print `line` (if any)."""
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
-        if self.console is not None:
+        if self.console is not None and line is not None:
             self.console.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
