@@ -524,6 +524,7 @@ def train(
             trainer.restore(state)
         if dist.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
+            _remove_stale_temporaries(run_dir)
             write_config(config, run_dir / CONFIG_FILE)  # when resuming: with the flags that changed it
         trainer.log(trainer.describe())
         try:
@@ -536,6 +537,14 @@ def train(
     finally:
         if dist.enabled and torch_dist.is_initialized():
             torch_dist.destroy_process_group()
+
+
+def _remove_stale_temporaries(run_dir: Path) -> None:
+    """Delete the half-written temporary files (io.atomic_output's hidden `.NAME.tmp-*`) of our outputs
+    that a killed run left behind; the outputs themselves are always complete."""
+    for name in (STATE_FILE, CONFIG_FILE, BEST_FILE, FINAL_FILE, METRICS_FILE, CURVES_FILE):
+        for stale in run_dir.glob(f".{name.split('.')[0]}.tmp-*"):
+            stale.unlink(missing_ok=True)
 
 
 def _printer(console: Console | None) -> Callable[[str], None]:

@@ -1,6 +1,11 @@
 """Training: the published loss and schedule, configuration, resumable state, the train command."""
 from __future__ import annotations
 
+import multiprocessing
+import os
+import random
+import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -188,3 +193,24 @@ def test_pretrained_initialises_encoder_and_decoder(tmp_path):
     assert torch.equal(model.patch_embed.proj.weight, classifier["patch_embed.proj.weight"])
     assert torch.equal(model.layers_up[3].blocks[0].mlp.fc1.weight, classifier["layers.0.blocks.0.mlp.fc1.weight"])
     assert "92.4% of parameter values" in lines[0]
+
+
+def test_a_run_killed_at_any_moment_resumes(phantoms, tmp_path):
+    """SIGKILL a training process at a random moment after its first epoch: last.pt loads, resume finishes."""
+    run = tmp_path / "run"
+    config = TrainConfig(data=str(phantoms), output=str(run), epochs=40, val_every=0, **TINY)
+    context = multiprocessing.get_context("fork")  # the child inherits the imports: starts at once
+    child = context.Process(target=train, args=(config,), daemon=True)
+    child.start()
+    deadline = time.monotonic() + 60
+    while not (run / "last.pt").exists() and child.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(random.Random().uniform(0.0, 1.0))  # anywhere in an epoch or inside a save
+    os.kill(child.pid, signal.SIGKILL)
+    child.join()
+    assert child.exitcode == -signal.SIGKILL, "the run ended before it was killed"
+    done = load_training_state(run / "last.pt")["epoch"]
+    assert 1 <= done < 40
+    resumed = train(resolve_config(run / "config.yaml", {"epochs": done + 1}), resume=True)
+    assert len(resumed.history) == done + 1 and (run / "final.safetensors").is_file()
+    assert not [p.name for p in run.iterdir() if ".tmp-" in p.name]  # half-written files were cleared
