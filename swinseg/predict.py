@@ -328,6 +328,10 @@ class CaseResult:
     seconds: float = 0.0
     voxels: dict[str, int] = field(default_factory=dict)  # foreground class name -> voxel count
 
+    @classmethod
+    def skipped(cls, case: Case) -> CaseResult:
+        return cls(case, "skipped", "output exists (use --overwrite to replace it)")
+
     def volumes_ml(self) -> dict[str, float]:
         voxel_ml = float(np.prod(self.spacing)) / 1000.0 if self.spacing else 0.0
         return {name: round(count * voxel_ml, 3) for name, count in self.voxels.items()}
@@ -497,7 +501,7 @@ def predict_cases(
     todo: list[Case] = []
     for case in cases:
         if not options.overwrite and is_finished(case):
-            yield CaseResult(case, "skipped", "output exists (use --overwrite to replace it)")
+            yield CaseResult.skipped(case)
         else:
             todo.append(case)
     if not todo:

@@ -123,7 +123,7 @@ def predict(
             run = lib.predict_cases(predictor, cases, options, on_start=progress.start_case,
                                     on_slices=progress.slices_done)
         else:
-            run = (lib.CaseResult(case, "skipped", "output exists (use --overwrite to replace it)") for case in cases)
+            run = (lib.CaseResult.skipped(case) for case in cases)
         for result in run:
             progress.case_done()
             show.result(result)
