@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 from swinseg.cli import app
 from swinseg.config import load_card
 from swinseg.model import build_model
-from swinseg.weights import save_checkpoint
+from swinseg.predict import Predictor
+from swinseg.weights import load_checkpoint, save_checkpoint
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 EXAMPLE_CT = SHARED / "data" / "ct_abdomen_a" / "example_ct.nii.gz"
@@ -88,6 +89,16 @@ def test_mask_has_the_geometry_of_a_real_ct(checkpoint, tmp_path):
     assert summary["spacing"] == [3.0, 3.0, 3.0] and set(summary["voxels"]) <= set(load_card("swin_unet_test").classes)
     labels = np.asarray(mask.dataobj)
     assert len(np.unique(labels)) >= 3
+    # independent route: SimpleITK orients the scan to LPS, the network predicts, SimpleITK orients back
+    image = sitk.ReadImage(str(source))
+    own_code = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(image.GetDirection())
+    assert own_code != "LPS"  # the RAS header needs flips
+    oriented = sitk.DICOMOrient(image, "LPS")
+    slices = np.clip((sitk.GetArrayFromImage(oriented).astype(np.float32) + 125) / 400, 0, 1)
+    model, card = load_checkpoint(checkpoint)
+    predicted = sitk.GetImageFromArray(Predictor(model, card, device="cpu").predict_slices(slices))
+    predicted.CopyInformation(oriented)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.DICOMOrient(predicted, own_code)), labels.T)
 
 
 def test_folder_run_skips_isolates_failures_and_overwrites(checkpoint, tmp_path):
