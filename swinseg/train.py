@@ -527,6 +527,10 @@ def train(
             _remove_stale_temporaries(run_dir)
             write_config(config, run_dir / CONFIG_FILE)  # when resuming: with the flags that changed it
         trainer.log(trainer.describe())
+        if trainer.validating and trainer.data.layout == "synapse" and config.val_cases is None:
+            trainer.log("note: validating on the test_vol list, so best.safetensors is chosen on the test set; "
+                        "report final.safetensors (as the paper does), or name other test_vol_h5 volumes with "
+                        "--val-cases")
         try:
             return trainer.run(stop_after)
         except KeyboardInterrupt:
