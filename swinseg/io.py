@@ -676,12 +676,3 @@ def _has_dicom_series(folder: Path) -> bool:
     import SimpleITK as sitk
 
     return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
-
-
-def output_suffix(volume: Volume) -> str:
-    """The natural output suffix for masks of `volume`: its own format, NIfTI for DICOM, PNG for 2-D images."""
-    if volume._kind in ("dicom", "h5") or volume.path is None:
-        return ".nii.gz"
-    if volume._kind == "image2d":
-        return ".png" if volume.ndim == 2 else ".tif"
-    return _suffix(volume.path)

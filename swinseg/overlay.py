@@ -11,14 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from swinseg.errors import SwinsegError
-
-if TYPE_CHECKING:
-    from swinseg.io import Volume
 
 PANEL_PX = 256  # width of one slice panel in pixels
 TITLE_PX = 22  # title band above each panel

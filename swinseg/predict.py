@@ -206,7 +206,7 @@ class Predictor:
         if volume.ndim == 2:
             bounds = (0.0, 255.0) if oriented.dtype == np.uint8 else intensity_bounds(oriented, prep)
             return PreparedVolume(oriented[np.newaxis], bounds, lambda a: back(a[..., 0, :, :]))
-        bounds = intensity_bounds(oriented, prep)
+        bounds = (0.0, 1.0) if volume.normalized else intensity_bounds(oriented, prep)
         axis = _plane_axis(prep.orientation, plane)
         if axis == 0:
             return PreparedVolume(oriented, bounds, back)

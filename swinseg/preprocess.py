@@ -13,7 +13,7 @@ output row maps a hair beyond the input's last sample, and mode "constant" fills
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.ndimage
@@ -23,8 +23,6 @@ from swinseg.config import Preprocessing
 
 if TYPE_CHECKING:
     import torch
-
-    from swinseg.io import Volume
 
 
 def intensity_bounds(array: np.ndarray, prep: Preprocessing) -> tuple[float, float]:
@@ -50,18 +48,6 @@ def scale_intensities(array: np.ndarray, low: float, high: float) -> np.ndarray:
 def normalize(array: np.ndarray, prep: Preprocessing) -> np.ndarray:
     """Network input intensities in [0, 1] (float32): CT clipped to the HU window, MR to its percentiles."""
     return scale_intensities(array, *intensity_bounds(array, prep))
-
-
-def prepare_volume(volume: Volume, prep: Preprocessing) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
-    """A volume as the network sees it: oriented to `prep.orientation` (axial slices along axis 0) and
-    normalised (unless it already is: Synapse h5 images); plus the function mapping arrays in that orientation
-    back to the volume's array order."""
-    from swinseg.io import to_orientation
-
-    oriented, restore = to_orientation(volume, prep.orientation)
-    if volume.normalized:
-        return np.ascontiguousarray(oriented, dtype=np.float32), restore
-    return normalize(oriented, prep), restore
 
 
 @functools.lru_cache(maxsize=64)

@@ -307,7 +307,7 @@ def _merge_card(card: ModelCard | None, config: SwinUnetConfig, path: Path) -> M
     if len(card.classes) != config.num_classes:
         raise SwinsegError(
             f"{path}: the weights have {config.num_classes} output classes but card {card.name!r} names "
-            f"{len(card.classes)}; pass matching class names (--classes)"
+            f"{len(card.classes)}; use a card with matching class names (or `swinseg weights convert --classes`)"
         )
     return dataclasses.replace(card, network=config)
 

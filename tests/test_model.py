@@ -9,7 +9,7 @@ import pytest
 import torch
 from timm.models.swin_transformer import SwinTransformerBlock
 
-from swinseg.config import SwinUnetConfig, load_card
+from swinseg.config import load_card
 from swinseg.errors import SwinsegError
 from swinseg.model import PatchExpand, SwinUnet, build_model, use_gather_windows
 

@@ -331,7 +331,7 @@ def test_batchwise_normalisation_equals_the_training_preprocessing(predictor, ca
     import dataclasses
 
     from swinseg.config import Preprocessing
-    from swinseg.preprocess import prepare_volume
+    from swinseg.preprocess import normalize
 
     prep = Preprocessing(modality=modality)
     volume = transform_volume(
@@ -339,6 +339,16 @@ def test_batchwise_normalisation_equals_the_training_preprocessing(predictor, ca
     )
     mr_predictor = Predictor(predictor.model, dataclasses.replace(card, preprocessing=prep), device="cpu")
     prepared = mr_predictor.prepare(volume)
-    np.testing.assert_array_equal(prepared.normalized(), prepare_volume(volume, prep)[0])
+    np.testing.assert_array_equal(prepared.normalized(), normalize(io.to_orientation(volume, prep.orientation)[0], prep))
     image = io.Volume(np.array([[0, 51], [255, 102]], dtype=np.uint8), (1.0, 1.0), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0))
     np.testing.assert_allclose(mr_predictor.prepare(image).normalized()[0], [[0, 0.2], [1, 0.4]], rtol=1e-6)
+
+
+def test_synapse_h5_images_are_taken_as_already_normalised(predictor, tmp_path):
+    import h5py
+
+    image = np.random.default_rng(1).random((3, 24, 16)).astype(np.float32)
+    with h5py.File(tmp_path / "case0001.npy.h5", "w") as h5:
+        h5["image"], h5["label"] = image, (image > 0.5).astype(np.uint8)
+    prepared = predictor.prepare(io.read_volume(tmp_path / "case0001.npy.h5"))
+    np.testing.assert_allclose(prepared.normalized(), image, rtol=0, atol=1e-7)  # no second CT window
