@@ -66,7 +66,7 @@ def demo(
     out_dir: Path = typer.Option(Path("demo_output"), "--out", "-o", help="Folder for data, model and results."),
     train_cases: int = typer.Option(16, "--train-cases", min=2, help="Phantom cases to train on."),
     test_cases: int = typer.Option(4, "--test-cases", min=1, help="Held-out phantom cases to predict."),
-    epochs: int = typer.Option(6, "--epochs", min=1, help="Training epochs."),
+    epochs: int = typer.Option(15, "--epochs", min=1, help="Training epochs."),
     shape: tuple[int, int, int] = typer.Option((48, 160, 160), "--shape", help="Phantom size Z Y X in voxels."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
 ) -> None:
@@ -84,7 +84,7 @@ def demo(
         ["demo-data", str(data / "train"), "--cases", str(train_cases), "--seed", "0", "--shape", *map(str, shape)],
         ["demo-data", str(data / "heldout"), "--cases", str(test_cases), "--seed", "1", "--shape", *map(str, shape)],
         ["train", "--data", str(data / "train"), "--model", DEMO_MODEL, "-o", str(run), "--epochs", str(epochs),
-         "--batch-size", "16", "--val-every", "2", "--device", device],
+         "--batch-size", "16", "--val-every", "3", "--device", device],
         ["predict", str(data / "heldout" / "imagesTr") + "/", "-o", str(predictions) + "/", "--checkpoint",
          str(run / "best.safetensors"), "--device", device, "--overwrite"],
         ["evaluate", str(predictions), str(data / "heldout" / "labelsTr"), "--dataset-json",
@@ -96,7 +96,8 @@ def demo(
         case = f"phantom_{index:03d}"
         _run_step(app, ["overlay", str(data / "heldout" / "imagesTr" / f"{case}_0000.nii.gz"),
                         str(predictions / f"{case}.nii.gz"), "--reference",
-                        str(data / "heldout" / "labelsTr" / f"{case}.nii.gz"), "-o", str(overlays / f"{case}.png")])
+                        str(data / "heldout" / "labelsTr" / f"{case}.nii.gz"), "--model", DEMO_MODEL,
+                        "-o", str(overlays / f"{case}.png")])
     summary = json.loads((report / "summary.json").read_text(encoding="utf-8"))
     dice = summary["mean_over_classes"]["dice"]
     minutes = (time.perf_counter() - started) / 60
