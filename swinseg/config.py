@@ -16,6 +16,7 @@ import yaml
 from swinseg.errors import SwinsegError
 
 SKIP_SCALES = (4, 8, 16)
+_ORIENTATION_AXIS = {"L": 0, "R": 0, "A": 1, "P": 1, "S": 2, "I": 2}
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,13 @@ class Preprocessing:
             object.__setattr__(self, "percentiles", (0.5, 99.5))
         if modality not in ("CT", "MR"):
             raise SwinsegError(f"preprocessing modality must be CT or MR, got {self.modality!r}")
+        code = str(self.orientation).upper()
+        if len(code) != 3 or sorted(_ORIENTATION_AXIS[c] for c in code if c in _ORIENTATION_AXIS) != [0, 1, 2]:
+            raise SwinsegError(
+                f"preprocessing orientation {self.orientation!r} is not an orientation code: one letter of "
+                "L/R, A/P and S/I each, e.g. LPS or RAS"
+            )
+        object.__setattr__(self, "orientation", code)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}

@@ -423,7 +423,8 @@ def _write_nifti(tmp: Path, array: np.ndarray, like: Volume) -> None:
         image_class = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
     else:
         header, image_class = _nifti_header_from_geometry(like), nib.Nifti1Image
-    zooms = header.get_zooms()[:3]
+    zooms = tuple(header.get_zooms()[:3])
+    zooms += (1.0,) * (3 - len(zooms))  # a 2-D NIfTI source has two zooms
     header.set_data_dtype(data.dtype)
     header.set_data_shape(data.shape)
     header.set_zooms(zooms + (1.0,) * (data.ndim - 3))
@@ -545,12 +546,6 @@ def resample_like(moving: Volume, reference: Volume) -> Volume:
 # ---------------------------------------------------------------------------------------------- orientation
 
 
-def orientation_code(volume: Volume) -> str:
-    """The volume's orientation code, one letter per index axis (x, y, z): the direction it points to."""
-    permutation, signs = _axis_assignment(volume.direction_matrix())
-    return "".join(_AXIS_LETTERS[p][0 if s > 0 else 1] for p, s in zip(permutation, signs))
-
-
 def _axis_assignment(direction: np.ndarray) -> tuple[list[int], list[int]]:
     """For each index axis, the nearest physical axis and its sign (greedy on the largest cosine)."""
     n = direction.shape[0]
@@ -626,30 +621,19 @@ def to_orientation(volume: Volume, code: str) -> tuple[np.ndarray, Callable[[np.
     return forward(volume.array), back
 
 
-def slice_axis(volume: Volume, plane: str = "axial") -> int:
-    """The array axis to cut `plane` slices along (axial: closest to the patient's S/I axis; coronal: A/P;
-    sagittal: L/R), chosen from the direction matrix, not from the array order."""
-    physical = {"sagittal": 0, "coronal": 1, "axial": 2}.get(plane.lower())
-    if physical is None:
-        raise SwinsegError(f"unknown slice plane {plane!r}; use axial, coronal or sagittal")
-    if volume.ndim != 3:
-        raise SwinsegError(f"{volume.name}: a {volume.ndim}-D image has no {plane} slice axis")
-    axes, _ = _axis_assignment(volume.direction_matrix())
-    return volume.ndim - 1 - axes.index(physical)
-
-
 # ---------------------------------------------------------------------------------------- names and folders
 
 
 def case_name(path: str | Path, *, strip_channel: bool = False) -> str:
-    """The file (or DICOM folder) name without its image suffix; `strip_channel` drops nnU-Net's `_0000`."""
+    """The file (or DICOM folder) name without its image suffix; `strip_channel` drops nnU-Net's channel-0
+    suffix `_0000` (only that one: `case_0001` is a case name, not a channel)."""
     path = Path(path)
     name = path.name
     suffix = _suffix(path)
     if suffix in READABLE_SUFFIXES or suffix == ".dcm":
         name = name[: len(name) - len(suffix)]
     if strip_channel:
-        name = re.sub(r"_\d{4}$", "", name)
+        name = re.sub(r"_0000$", "", name)
     return name
 
 

@@ -241,6 +241,11 @@ def overlay_files(
     -500), the image's percentiles otherwise."""
     from swinseg.io import check_same_geometry, oriented_spacing, read_volume, to_orientation
 
+    if Path(out_png).suffix.lower() != ".png":
+        raise SwinsegError(f"-o {out_png}: the overlay is a PNG picture; name it *.png")
+    inputs = [p for p in (image_path, mask_path, reference_path) if p is not None]
+    if Path(out_png).exists() and any(Path(out_png).resolve() == Path(p).resolve() for p in inputs):
+        raise SwinsegError(f"-o {out_png}: is one of the inputs; refusing to overwrite it")
     image = read_volume(image_path)
     masks = [read_volume(mask_path)] + ([read_volume(reference_path)] if reference_path is not None else [])
     for mask in masks:

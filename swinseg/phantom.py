@@ -390,6 +390,8 @@ def write_phantom_dataset(
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise SwinsegError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not _is_phantom_dataset(out):
+        raise SwinsegError(f"{out}: a non-empty folder that is not a phantom dataset; choose a new or empty folder")
     images, labels = out / "imagesTr", out / "labelsTr"
     width = max(3, len(str(n_cases - 1)))
     names = [f"phantom_{i:0{width}d}" for i in range(n_cases)]
@@ -414,6 +416,14 @@ def write_phantom_dataset(
     with atomic_output(out / "dataset.json") as tmp:
         tmp.write_text(json.dumps(dataset, indent=2) + "\n", encoding="utf-8")
     return out
+
+
+def _is_phantom_dataset(folder: Path) -> bool:
+    """True when `folder` holds a dataset written by write_phantom_dataset (safe to rewrite)."""
+    try:
+        return json.loads((folder / "dataset.json").read_text(encoding="utf-8")).get("name") == "swinseg_phantoms"
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _remove_stale_cases(out: Path, keep: set[str]) -> None:

@@ -117,7 +117,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise SwinsegError(f"{path}: config file not found")
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as error:
         raise SwinsegError(f"{path}: not a valid YAML file ({type(error).__name__})") from None
     if not isinstance(values, dict):
@@ -143,4 +143,4 @@ def resolve_config(
 
 def write_config(config: TrainConfig, path: Path) -> None:
     with atomic_output(path) as tmp:
-        tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")

@@ -23,7 +23,7 @@ def write_metrics(path: Path, history: list[dict[str, Any]], classes: tuple[str,
     for row in history:
         lines.append(",".join(_csv_value(row.get(column)) for column in columns))
     with atomic_output(path) as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
+        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def _csv_value(value: Any) -> str:

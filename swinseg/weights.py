@@ -278,6 +278,11 @@ def load_checkpoint(path: str | Path, card: ModelCard | str | None = None) -> tu
         )
     if weights.layout == FORMAT_NAME:
         stored = _card_from_metadata(weights)
+        if card is not None and card.preprocessing != stored.preprocessing:
+            raise SwinsegError(
+                f"{weights.path}: carries its own preprocessing ({stored.preprocessing.to_dict()}), which card "
+                f"{card.name!r} would change; drop the card (it is for reference checkpoints)"
+            )
         card = stored if card is None else _merge_card(card, stored.network, weights.path)
     else:
         config = infer_unet_config(weights, card.network if card else None)

@@ -47,3 +47,12 @@ def test_help_does_not_import_torch():
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "swinseg", "--help"], capture_output=True, check=True)
     assert time.perf_counter() - start < 2.0  # 0.2 s measured; generous for loaded CI machines
+
+
+def test_orientation_codes_are_checked_when_the_card_is_read(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("network: {img_size: 64, embed_dim: 12, num_heads: [1, 2, 4, 8], window_size: 2}\n"
+                    "classes: [background, tumour]\npreprocessing: {orientation: LPX}\n", encoding="utf-8")
+    with pytest.raises(SwinsegError, match=r"bad.yaml.*'LPX' is not an orientation code"):
+        load_card(path)
+    assert load_card("swin_unet_tiny").preprocessing.orientation == "LPS"

@@ -112,6 +112,9 @@ def test_overlay_command_on_a_phantom_dataset(tmp_path):
                                "--model", "swin_unet_demo", "--labels", "a"])
     assert both.exit_code == 1 and "not both" in both.output
     assert not (tmp_path / "x.png").exists()
+    before = mask.read_bytes()
+    onto_input = runner.invoke(app, ["overlay", str(image), str(mask), "-o", str(mask)])
+    assert onto_input.exit_code == 1 and mask.read_bytes() == before  # an input is never overwritten
 
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason=f"real CT example not found at {SHARED}")

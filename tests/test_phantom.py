@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 from swinseg.cli import app
 from swinseg.config import load_card
+from swinseg.errors import SwinsegError
 from swinseg.io import read_volume
 from swinseg.phantom import (AORTA, CLASSES, KIDNEY_LEFT, KIDNEY_RIGHT, LIVER, SPLEEN, case_seed, make_phantom,
                              write_phantom_dataset)
@@ -122,3 +123,11 @@ def test_demo_data_command(tmp_path):
     (tmp_path / "file").write_text("x")
     clash = CliRunner().invoke(app, ["demo-data", str(tmp_path / "file"), "--cases", "1"])
     assert clash.exit_code == 1 and "not a folder" in clash.output
+
+
+def test_a_foreign_dataset_folder_is_never_overwritten(tmp_path):
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "dataset.json").write_text('{"name": "my_study", "labels": {"background": 0}}')
+    with pytest.raises(SwinsegError, match="not a phantom dataset"):
+        write_phantom_dataset(tmp_path / "ds", 1, seed=0, shape=SMALL)
+    assert "my_study" in (tmp_path / "ds" / "dataset.json").read_text()

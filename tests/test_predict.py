@@ -352,3 +352,12 @@ def test_synapse_h5_images_are_taken_as_already_normalised(predictor, tmp_path):
         h5["image"], h5["label"] = image, (image > 0.5).astype(np.uint8)
     prepared = predictor.prepare(io.read_volume(tmp_path / "case0001.npy.h5"))
     np.testing.assert_allclose(prepared.normalized(), image, rtol=0, atol=1e-7)  # no second CT window
+
+
+def test_volume_probabilities_agree_with_the_labels(predictor):
+    volume = io.Volume(ct_like((4, 24, 16)), (2.5, 0.8, 0.7), (0.0, 0.0, 0.0), tuple(np.eye(3).ravel()))
+    labels, probabilities = predictor.predict_volume_with_probabilities(volume)
+    assert probabilities.shape == (predictor.num_classes, *volume.array.shape)
+    np.testing.assert_allclose(probabilities.astype(np.float32).sum(axis=0), 1.0, atol=5e-3)
+    np.testing.assert_array_equal(labels, predictor.predict_volume(volume))
+    assert np.mean(probabilities.argmax(axis=0) == labels) > 0.99  # float16 ties may differ

@@ -135,6 +135,8 @@ def test_shards_and_torchrun_split_the_work(checkpoint, tmp_path, monkeypatch):
     assert run(tmp_path / "in", "-c", checkpoint, "-o", tmp_path / "s1", "--device", "cpu").exit_code == 0
     assert sorted(p.name for p in (tmp_path / "s0").iterdir()) == ["case0.nii.gz", "case2.nii.gz"]
     assert sorted(p.name for p in (tmp_path / "s1").iterdir()) == ["case1.nii.gz"]
+    both = run(tmp_path / "in", "-c", checkpoint, "-o", tmp_path / "s2", "--shard", "0/2")
+    assert both.exit_code == 1 and "drop --shard" in both.output  # ranks would all do the same shard
 
 
 def test_png_in_png_out(checkpoint, tmp_path):

@@ -205,3 +205,16 @@ def test_bad_files_give_one_line_errors(tmp_path, kind):
 def test_classifier_is_not_a_segmentation_checkpoint():
     with pytest.raises(SwinsegError, match="classifier"):
         load_checkpoint(CLASSIFIER)
+
+
+def test_a_card_cannot_silently_change_a_checkpoints_preprocessing(tmp_path):
+    from swinseg.config import Preprocessing
+
+    card = load_card("swin_unet_test")
+    path = tmp_path / "model.safetensors"
+    save_checkpoint(path, build_model(card.network), card)
+    mr_card = dataclasses.replace(card, preprocessing=Preprocessing(modality="MR"))
+    with pytest.raises(SwinsegError, match="carries its own preprocessing"):
+        load_checkpoint(path, mr_card)
+    renamed = card.with_classes([f"organ_{i}" for i in range(len(card.classes))])
+    assert load_checkpoint(path, renamed)[1].classes == renamed.classes  # class names may be renamed

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import functools
-import sys
 from typing import Any, Callable, TypeVar
 
 import typer
@@ -43,8 +42,9 @@ def cli_errors(command: F) -> F:
         except Exception as error:  # noqa: BLE001 - last line of defence for the user
             if state.debug:
                 raise
+            first_line = (str(error).strip().splitlines() or [""])[0][:300]
             err.print(
-                f"[red]error:[/red] {type(error).__name__}: {error} (run with --debug for the traceback)",
+                f"[red]error:[/red] {type(error).__name__}: {first_line} (run with --debug for the traceback)",
                 highlight=False,
                 soft_wrap=True,
             )
@@ -56,7 +56,3 @@ def cli_errors(command: F) -> F:
 def fail(message: str) -> None:
     """Raise a user-facing error from option checks."""
     raise SwinsegError(message)
-
-
-def stdout_is_tty() -> bool:
-    return sys.stdout.isatty()

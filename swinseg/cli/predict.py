@@ -93,7 +93,9 @@ def predict(
     shard_of = lib.parse_shard(shard) if shard else None
     rank = lib.torchrun_rank()
     if rank is not None:
-        shard_of = shard_of or (rank[0], rank[1])
+        if shard_of is not None:
+            raise SwinsegError("--shard is set by torchrun (RANK/WORLD_SIZE) already; drop --shard")
+        shard_of = (rank[0], rank[1])
         device = lib.rank_device(device, rank[2])
     cases = lib.plan_cases(inputs, output, probabilities=save_probabilities)
     if shard_of is not None:
