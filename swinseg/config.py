@@ -5,6 +5,7 @@ Pure Python (no torch), so the CLI can read cards without paying torch's import 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from dataclasses import dataclass, field
 from importlib import resources
@@ -234,3 +235,31 @@ def load_card(name_or_path: str | os.PathLike[str]) -> ModelCard:
     if not isinstance(values, dict):
         raise SwinsegError(f"{path}: a model card must be a YAML mapping")
     return ModelCard.from_dict(values, source=path.resolve())
+
+
+def read_dataset_labels(path: str | os.PathLike[str]) -> dict[int, str]:
+    """Label names {id: name}, background included, from an nnU-Net dataset.json (v2 {"liver": 1}) or an
+    MSD / nnU-Net v1 one ({"1": "liver"}). Region-based labels (lists of ids) are refused."""
+    path = Path(path)
+    try:
+        labels = json.loads(path.read_text(encoding="utf-8"))["labels"]
+    except FileNotFoundError:
+        raise SwinsegError(f"{path}: dataset.json not found") from None
+    except (OSError, ValueError, KeyError, TypeError):
+        raise SwinsegError(f"{path}: not an nnU-Net dataset.json with a 'labels' mapping") from None
+    if not isinstance(labels, dict) or not labels:
+        raise SwinsegError(f"{path}: 'labels' must be a non-empty mapping")
+    found: dict[int, str] = {}
+    for key, value in labels.items():
+        if str(key).strip().isdigit():  # v1 / MSD: {"0": "background", "1": "liver"}
+            label, name = int(key), str(value)
+        elif isinstance(value, int) and not isinstance(value, bool):  # v2: {"background": 0, "liver": 1}
+            label, name = value, str(key)
+        else:
+            raise SwinsegError(
+                f"{path}: label {key!r} -> {value!r} is not a plain id (region-based labels are not supported)"
+            )
+        if label in found:
+            raise SwinsegError(f"{path}: label id {label} is given twice")
+        found[label] = name
+    return dict(sorted(found.items()))

@@ -333,26 +333,13 @@ class NnunetDataset:
 
 
 def read_dataset_json(path: Path) -> tuple[str, ...]:
-    """Class names by label id from a dataset.json: nnU-Net v2 {"name": id} or MSD/v1 {"id": "name"}."""
-    try:
-        labels = json.loads(path.read_text(encoding="utf-8"))["labels"]
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise SwinsegError(f"{path}: not a dataset.json with a 'labels' mapping ({type(error).__name__})") from None
-    if not isinstance(labels, dict) or not labels:
-        raise SwinsegError(f"{path}: 'labels' must be a non-empty mapping")
-    try:
-        if all(re.fullmatch(r"\d+", str(key)) for key in labels):  # MSD / nnU-Net v1: {"0": "background"}
-            by_id = {int(key): str(value) for key, value in labels.items()}
-        else:  # nnU-Net v2: {"background": 0}
-            if any(isinstance(value, (list, tuple)) for value in labels.values()):
-                raise SwinsegError(f"{path}: region-based labels (lists of ids) are not supported")
-            by_id = {int(value): str(key) for key, value in labels.items()}
-    except (TypeError, ValueError):
-        raise SwinsegError(f"{path}: label ids must be integers") from None
-    if sorted(by_id) != list(range(len(by_id))) or len(by_id) != len(labels):
-        raise SwinsegError(f"{path}: label ids must be 0..{len(labels) - 1} without gaps or repeats, "
-                           f"got {sorted(by_id)}")
-    return tuple(by_id[i] for i in range(len(by_id)))
+    """Class names by label id from a dataset.json (nnU-Net v2 or MSD/v1); ids must be 0..n-1."""
+    from swinseg.config import read_dataset_labels
+
+    by_id = read_dataset_labels(path)
+    if sorted(by_id) != list(range(len(by_id))):
+        raise SwinsegError(f"{path}: label ids must be 0..{len(by_id) - 1} without gaps, got {sorted(by_id)}")
+    return tuple(by_id.values())
 
 
 def _case_key(path: Path, label_names: set[str]) -> tuple[str, int]:

@@ -265,28 +265,9 @@ def parse_labels(values: Sequence[str]) -> dict[int, str | None]:
 
 def dataset_json_labels(path: str | Path) -> dict[int, str]:
     """Foreground labels {id: name} from an nnU-Net dataset.json (v2 name -> id, or v1/MSD id -> name)."""
-    path = Path(path)
-    try:
-        labels = json.loads(path.read_text(encoding="utf-8"))["labels"]
-    except FileNotFoundError:
-        raise SwinsegError(f"{path}: dataset.json not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
-        raise SwinsegError(f"{path}: not an nnU-Net dataset.json with a 'labels' mapping") from None
-    if not isinstance(labels, dict) or not labels:
-        raise SwinsegError(f"{path}: 'labels' must be a non-empty mapping")
-    found: dict[int, str] = {}
-    for key, value in labels.items():
-        if str(key).strip().isdigit():  # v1 / MSD: {"0": "background", "1": "liver"}
-            label, name = int(key), str(value)
-        elif isinstance(value, int) and not isinstance(value, bool):  # v2: {"background": 0, "liver": 1}
-            label, name = value, str(key)
-        else:
-            raise SwinsegError(
-                f"{path}: label {key!r} -> {value!r} is not a plain id (region-based labels are not supported)"
-            )
-        if label > 0:
-            found[label] = name
-    return dict(sorted(found.items()))
+    from swinseg.config import read_dataset_labels
+
+    return {label: name for label, name in read_dataset_labels(path).items() if label > 0}
 
 
 def card_labels(card: str) -> dict[int, str]:
@@ -478,6 +459,35 @@ def write_reports(evaluation: Evaluation, folder: str | Path, summary: dict[str,
     with atomic_output(folder / "dice_hd95.png") as tmp:
         box_plots(evaluation, tmp)
     written.append(folder / "dice_hd95.png")
+    return written
+
+
+def write_worst_overlays(evaluation: Evaluation, images: str | Path, folder: str | Path, count: int = 3) -> list[Path]:
+    """Overlay pictures (prediction | reference) of the `count` cases with the lowest mean Dice into
+    `folder`/overlays/, the scans taken from `images` (a scan file, or a folder matched by case name)."""
+    from swinseg.io import case_name, find_images
+    from swinseg.overlay import overlay_files
+
+    images = Path(images)
+    scan_files = [images] if images.is_file() else find_images(images)
+    scans = {case_name(path, strip_channel=True): path for path in scan_files}
+    if len(scan_files) == 1 and len(evaluation.results) == 1:  # one scan for one case, whatever its name
+        scans = {evaluation.results[0].case.name: scan_files[0]}
+
+    def mean_dice(result: CaseResult) -> float:
+        values = [s.dice for s in result.scores.values() if not math.isnan(s.dice)]
+        return sum(values) / len(values) if values else math.inf
+
+    written = []
+    for result in sorted(evaluation.results, key=mean_dice)[:count]:
+        scan = scans.get(result.case.name)
+        if scan is None:
+            raise SwinsegError(f"--images {images}: no scan for case {result.case.name!r}")
+        out_png = Path(folder) / "overlays" / f"{result.case.name}.png"
+        overlay_files(scan, result.case.prediction, out_png, reference_path=result.case.reference,
+                      class_names=evaluation.labels,
+                      title=f"{result.case.name}: mean Dice {mean_dice(result):.3f} (prediction | reference)")
+        written.append(out_png)
     return written
 
 

@@ -210,16 +210,14 @@ def parse_label_names(text: str) -> dict[int, str]:
 
 def dataset_label_names(mask_path: str | Path) -> dict[int, str] | None:
     """Class names from an nnU-Net dataset.json next to the mask or one folder up (labelsTr/..), if any."""
-    import json
+    from swinseg.config import read_dataset_labels
 
     mask_path = Path(mask_path).resolve()
     for folder in (mask_path.parent, mask_path.parent.parent):
-        candidate = folder / "dataset.json"
-        if candidate.is_file():
+        if (folder / "dataset.json").is_file():
             try:
-                labels = json.loads(candidate.read_text(encoding="utf-8")).get("labels", {})
-                return {int(v): str(k) for k, v in labels.items() if isinstance(v, int)}
-            except (ValueError, AttributeError, UnicodeDecodeError):
+                return read_dataset_labels(folder / "dataset.json")
+            except SwinsegError:
                 return None
     return None
 

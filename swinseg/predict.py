@@ -39,7 +39,6 @@ PLANES = ("axial", "coronal", "sagittal")
 _PLANE_LETTERS = {"axial": "SI", "coronal": "AP", "sagittal": "LR"}
 TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))  # none, left-right, up-down, both
 SliceProgress = Callable[[int], None]
-_MASK_SUFFIXES = tuple(s for s in io.SUPPORTED_SUFFIXES if s not in (".jpg", ".jpeg"))  # JPEG is lossy
 
 
 def label_dtype(num_classes: int) -> type[np.unsignedinteger]:
@@ -412,15 +411,12 @@ def plan_cases(inputs: Sequence[str | Path], output: str | Path, *, probabilitie
             sources.extend(found)
         else:
             sources.append(item)
-    to_folder = folder_mode or output.is_dir() or output_text.endswith(("/", os.sep))
+    has_image_suffix = output_text.lower().endswith(io.SUPPORTED_SUFFIXES)
+    to_folder = folder_mode or output.is_dir() or output_text.endswith(("/", os.sep)) or not has_image_suffix
     if to_folder and output.exists() and not output.is_dir():
         raise SwinsegError(f"-o {output}: is a file, but {len(sources)} case(s) need an output folder")
-    if to_folder and output_text.lower().endswith(io.SUPPORTED_SUFFIXES) and not output.is_dir():
+    if to_folder and has_image_suffix and not output.is_dir():
         raise SwinsegError(f"-o {output}: give a folder when predicting {len(sources)} cases")
-    if not to_folder and not output_text.lower().endswith(io.SUPPORTED_SUFFIXES):
-        raise SwinsegError(
-            f"-o {output}: not an image file name ({', '.join(_MASK_SUFFIXES)}); end a folder with /"
-        )
     if not to_folder and output_text.lower().endswith((".jpg", ".jpeg")):
         raise SwinsegError(f"-o {output}: JPEG is lossy and cannot hold labels; use .png")
     cases: list[Case] = []

@@ -205,6 +205,13 @@ def test_cli_json_table_and_errors(dataset: dict, tmp_path: Path) -> None:
     clash = runner.invoke(app, [*args, "--protocol", "synapse-paper", "--empty", "nan"])
     assert clash.exit_code == 1 and "contradicts" in clash.stderr
 
+    pictures = runner.invoke(app, [*args, "--images", str(dataset["refs"]), "-o", str(tmp_path / "p")])
+    assert pictures.exit_code == 0, pictures.output
+    drawn = sorted(p.stem for p in (tmp_path / "p" / "overlays").glob("*.png"))
+    assert 1 <= len(drawn) <= 3 and set(drawn) <= {"case_a", "case_b", "case_c", "case_d"}
+    no_folder = runner.invoke(app, [*args, "--images", str(dataset["refs"])])
+    assert no_folder.exit_code == 1 and "give -o" in no_folder.stderr
+
     missing = runner.invoke(app, ["evaluate", str(tmp_path / "nope"), str(dataset["refs"])])
     assert missing.exit_code == 1 and "not found" in missing.stderr and "Traceback" not in missing.output
 

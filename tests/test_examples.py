@@ -88,11 +88,13 @@ def test_own_dataset_finetune(tmp_path):
     (new / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "liver": 1, "kidney": 2},
                                                   "channel_names": {"0": "CT"}, "file_ending": ".nii.gz",
                                                   "numTraining": 3}), encoding="utf-8")
-    run_example("own_dataset_finetune", tmp_path, DATA=str(data), NEW_DATA=str(new), RUN=str(tmp_path / "run"),
+    run_example("own_dataset_finetune", tmp_path, DATA=str(data), NEW_DATA=str(new), HELDOUT="phantom_002",
+                RUN=str(tmp_path / "run"),
                 MODEL="swin_unet_test", EPOCHS="1", FINETUNE_EPOCHS="1",
                 TRAIN_ARGS="--num-workers 0 --batch-size 4 --val-every 1 --device cpu")
     summary = json.loads((tmp_path / "run" / "report" / "summary.json").read_text(encoding="utf-8"))
     assert "kidney" in json.dumps(summary) and "spleen" not in json.dumps(summary)
+    assert summary["n_cases"] == 1 and not summary["missing_predictions"]  # only the held-out case
 
 
 def test_multi_gpu_on_two_cpu_processes(tmp_path):

@@ -259,8 +259,8 @@ def test_plan_refuses_unsafe_or_ambiguous_outputs(tmp_path):
         plan_cases([tmp_path / "in"], tmp_path / "in")
     with pytest.raises(SwinsegError, match="would both write"):
         plan_cases([tmp_path / "in", tmp_path / "other"], tmp_path / "out")
-    with pytest.raises(SwinsegError, match="not an image file name"):
-        plan_cases([scan], tmp_path / "mask")
+    assert plan_cases([scan], tmp_path / "masks")[0].output == tmp_path / "masks" / "a.nii.gz"  # no suffix: a folder
+    assert plan_cases([scan], str(tmp_path / "m") + "/")[0].output.parent == tmp_path / "m"
     with pytest.raises(SwinsegError, match="JPEG"):
         plan_cases([scan], tmp_path / "mask.jpg")
     with pytest.raises(SwinsegError, match="give a folder"):

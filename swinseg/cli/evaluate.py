@@ -65,6 +65,9 @@ def evaluate_command(
     jobs: int = typer.Option(1, "--jobs", "-j", help="Cases scored in parallel processes (0 = all cores)."),
     as_json: bool = typer.Option(False, "--json", help="Print summary.json to stdout instead of tables."),
     worst: int = typer.Option(5, "--worst", help="How many worst case/class rows to list.", min=0),
+    images: Optional[Path] = typer.Option(
+        None, "--images", help="Scans (file or folder): overlay pictures of the 3 worst cases in REPORT_DIR/overlays/."
+    ),
 ) -> None:
     """Dice, IoU, HD95, ASSD and volumes per case and class, equal to medpy, with reports."""
     from swinseg import evaluate as ev
@@ -87,12 +90,16 @@ def evaluate_command(
         label_names = ev.resolve_labels(labels, model, dataset_json)
     if jobs < 0:
         fail(f"--jobs must be >= 0, got {jobs}")
+    if images is not None and output is None:
+        fail("--images draws pictures into the report folder: give -o REPORT_DIR too")
 
     result = _run_with_progress(ev, prediction, reference, label_names, settings, jobs, quiet=as_json)
     summary = result.summary(worst=worst)
     if output is not None:
         written = ev.write_reports(result, output, summary)
-        err.print(f"reports written to {output}/ ({', '.join(p.name for p in written)})", highlight=False)
+        if images is not None:
+            written += ev.write_worst_overlays(result, images, output)
+        err.print(f"reports written to {output}/ ({', '.join(str(p.relative_to(output)) for p in written)})", highlight=False)
     if as_json:
         typer.echo(json.dumps(ev.json_safe(summary), indent=2, allow_nan=False))
     else:

@@ -43,9 +43,10 @@ def predict(
         ..., help="Scans (NIfTI, NRRD, MHA/MHD, PNG/JPEG/TIFF), DICOM series folders, or folders of scans.",
         show_default=False,
     ),
-    output: Path = typer.Option(
+    output: str = typer.Option(
         ..., "--output", "-o", show_default=False,
-        help="Mask file for one scan, or a folder (named after the cases: .nii.gz, .png for 2-D images).",
+        help="Mask file for one scan (.nii.gz, .nrrd, .mha, .png, ...), or a folder: masks named after the cases "
+        "(.nii.gz; .png for 2-D images).",
     ),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model card name or YAML file."),
     weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="Weight file for --model."),
