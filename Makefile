@@ -20,7 +20,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP)
-	$(BIN)/swinseg demo --out demo_output
+	$(BIN)/swinseg demo -o demo_output
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/model_speed.py

@@ -20,10 +20,28 @@ SKIP_SCALES = (4, 8, 16)
 _ORIENTATION_AXIS = {"L": 0, "R": 0, "A": 1, "P": 1, "S": 2, "I": 2}
 
 
+class _YamlSection:
+    """to_dict/from_dict for a frozen dataclass that is one section of a model card (`_section` names it)."""
+
+    _section = "card"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Any:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise SwinsegError(f"unknown {cls._section} keys {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**values)
+
+
 @dataclass(frozen=True)
-class SwinUnetConfig:
+class SwinUnetConfig(_YamlSection):
     """Hyper-parameters of a Swin-Unet. Defaults are the published "tiny" configuration."""
 
+    _section = "network"
     img_size: int = 224
     in_chans: int = 3
     num_classes: int = 9
@@ -65,16 +83,6 @@ class SwinUnetConfig:
                 f"windows that work: {legal}"
             )
 
-    def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> SwinUnetConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise SwinsegError(f"unknown network keys {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**values)
 
 
 def window_fits(img_size: int, window: int) -> bool:
@@ -90,7 +98,7 @@ def legal_windows(img_size: int, up_to: int = 32) -> list[int]:
 
 
 @dataclass(frozen=True)
-class Preprocessing:
+class Preprocessing(_YamlSection):
     """How a volume's intensities and orientation are prepared for the network.
 
     CT: intensities clipped to `window` (HU) and scaled to [0, 1]. MR: clipped to the volume's
@@ -99,6 +107,7 @@ class Preprocessing:
     patient's right on the left, as in Synapse).
     """
 
+    _section = "preprocessing"
     modality: str = "CT"
     window: tuple[float, float] | None = (-125.0, 275.0)
     percentiles: tuple[float, float] | None = None
@@ -127,16 +136,6 @@ class Preprocessing:
             )
         object.__setattr__(self, "orientation", code)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> Preprocessing:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise SwinsegError(f"unknown preprocessing keys {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**values)
 
 
 @dataclass(frozen=True)

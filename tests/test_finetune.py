@@ -19,15 +19,6 @@ GOLDEN_UNET = Path(__file__).resolve().parents[2] / "shared" / "reference" / "go
 PHANTOM_CLASSES = ("background", "liver", "spleen", "kidney_left", "kidney_right", "aorta")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny model's steps are per-op overhead: one thread is as fast, and immune to a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def phantoms(tmp_path_factory) -> Path:
     return write_phantom_dataset(tmp_path_factory.mktemp("data") / "ds", 3, seed=1, shape=(4, 64, 64),

@@ -22,15 +22,6 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 EXAMPLE_CT = SHARED / "data" / "ct_abdomen_a" / "example_ct.nii.gz"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny networks run fastest on one thread, and do not stall when other jobs load the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """A random-init swin_unet_test network saved in swinseg's format."""

@@ -27,15 +27,6 @@ CLASSIFIER = GOLDEN / "swin_classifier_small_official.pth"
 TINY = dict(model="swin_unet_test", batch_size=4, val_fraction=0.34, num_workers=0, device="cpu")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny model's steps are per-op overhead: one thread is as fast, and immune to a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def phantoms(tmp_path_factory) -> Path:
     """Three 4 x 64 x 64 phantom CTs in nnU-Net layout: two train cases (8 slices), one validation case."""

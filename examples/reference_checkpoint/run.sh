@@ -8,7 +8,7 @@ OUT=${OUT:-masks}
 
 swinseg weights info "$CHECKPOINT"
 # One conversion makes a self-describing checkpoint: config, class names and preprocessing travel with it.
-swinseg weights convert "$CHECKPOINT" --model "$MODEL" -o "$OUT/model.safetensors" --force
+swinseg weights convert "$CHECKPOINT" --model "$MODEL" -o "$OUT/model.safetensors" --overwrite
 swinseg predict "$SCANS" -o "$OUT/" --checkpoint "$OUT/model.safetensors" ${PREDICT_ARGS:-}
 
 first_scan=$(find "$SCANS" -maxdepth 1 -name '*.nii*' | sort | head -n 1)

@@ -63,7 +63,7 @@ def _run_step(app: click.Command, args: list[str]) -> None:
 @cli_errors
 def demo(
     ctx: typer.Context,
-    out_dir: Path = typer.Option(Path("demo_output"), "--out", "-o", help="Folder for data, model and results."),
+    out_dir: Path = typer.Option(Path("demo_output"), "--output", "--out", "-o", help="Folder for data, model and results."),
     train_cases: int = typer.Option(16, "--train-cases", min=2, help="Phantom cases to train on."),
     test_cases: int = typer.Option(4, "--test-cases", min=1, help="Held-out phantom cases to predict."),
     epochs: int = typer.Option(15, "--epochs", min=1, help="Training epochs."),

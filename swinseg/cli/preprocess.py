@@ -12,7 +12,7 @@ from swinseg.cli._common import cli_errors, err, fail, out
 @cli_errors
 def preprocess(
     in_dir: Path = typer.Argument(..., help="nnU-Net/MSD dataset folder (imagesTr/, labelsTr/, dataset.json)."),
-    out_dir: Path = typer.Option(..., "--out", "-o", help="Output folder in the Synapse layout."),
+    out_dir: Path = typer.Option(..., "--output", "--out", "-o", help="Output folder in the Synapse layout."),
     model: str = typer.Option("swin_unet_tiny", "--model", "-m",
                               help="Model card (name or YAML) giving the CT window/orientation; classes "
                                    "come from dataset.json when it names them."),

@@ -55,7 +55,7 @@ def convert(
     classes: list[str] = typer.Option(
         [], "--classes", help="Class names, index = label id (repeat the option or separate with commas)."
     ),
-    force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
+    overwrite: bool = typer.Option(False, "--overwrite", "--force", help="Replace an existing output file."),
 ) -> None:
     """Convert a trained Swin-Unet checkpoint to swinseg's format (safetensors with the model card).
 
@@ -71,8 +71,8 @@ def convert(
         fail(f"{output}: the output must be a .safetensors file")
     if output.exists() and output.resolve() == file.resolve():
         fail(f"{output}: refusing to overwrite the input file")
-    if output.exists() and not force:
-        fail(f"{output}: already exists (use --force to overwrite)")
+    if output.exists() and not overwrite:
+        fail(f"{output}: already exists (use --overwrite to replace it)")
     names = _class_names(classes)
     card = load_card(model) if model else None
     if card is not None and names:
