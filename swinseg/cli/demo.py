@@ -86,7 +86,7 @@ def demo(
         ["train", "--data", str(data / "train"), "--model", DEMO_MODEL, "-o", str(run), "--epochs", str(epochs),
          "--batch-size", "16", "--val-every", "3", "--device", device],
         ["predict", str(data / "heldout" / "imagesTr") + "/", "-o", str(predictions) + "/", "--checkpoint",
-         str(run / "best.safetensors"), "--device", device, "--overwrite"],
+         str(run / "best.safetensors"), "--keep-largest", "--device", device, "--overwrite"],
         ["evaluate", str(predictions), str(data / "heldout" / "labelsTr"), "--dataset-json",
          str(data / "heldout" / "dataset.json"), "-o", str(report)],
     ]
