@@ -445,6 +445,42 @@ def load_cases(dataset: NnunetDataset, names: Sequence[str], prep: Preprocessing
     return loaded
 
 
+def check_fits_in_memory(dataset: NnunetDataset, names: Sequence[str], share: float = 0.8) -> None:
+    """Refuse, before reading any voxel, to load cases whose arrays (int16 image + uint8 label, at least 3 bytes
+    a voxel) would take more than `share` of the memory available now; the Synapse layout streams instead."""
+    import SimpleITK as sitk
+
+    by_name = {case.name: case for case in dataset.cases}
+    voxels = 0
+    for name in names:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(by_name[name].image))
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError:
+            continue  # unreadable files are reported by load_cases, by name
+        voxels += int(np.prod(reader.GetSize()))
+    needed, available = 3 * voxels, _available_memory()
+    if available and needed > share * available:
+        raise SwinsegError(
+            f"{dataset.root}: {len(names)} cases need at least {needed / 2**30:.1f} GiB in memory but "
+            f"{available / 2**30:.1f} GiB are available; convert the dataset with `swinseg preprocess` "
+            "and train on the result (its slices are read from disk)"
+        )
+
+
+def _available_memory() -> int | None:
+    """MemAvailable in bytes (Linux), or None where it cannot be read."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def split_cases(names: Sequence[str], *, test_fraction: float = 0.2, test_cases: Sequence[str] | None = None,
                 seed: int = 1234) -> tuple[list[str], list[str]]:
     """(train, test) case names: `test_cases` as given (all must exist), else a seeded random
@@ -516,6 +552,7 @@ def open_training_data(path: str | Path, *, img_size: int, preprocessing: Prepro
         dataset = open_nnunet(root)
         train, validation = split_cases(dataset.names, test_fraction=validation_fraction,
                                         test_cases=validation_cases, seed=seed)
+        check_fits_in_memory(dataset, train + validation)
         loaded = load_cases(dataset, train + validation, preprocessing, progress)
         by_name = {case.name: case for case in loaded}
         slices = SliceDataset(MemorySlices([by_name[n] for n in train]), img_size, augment=augment, seed=seed)

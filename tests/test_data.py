@@ -323,3 +323,16 @@ def test_preprocess_cli(tmp_path: Path) -> None:
     assert both.exit_code == 1 and "exclude each other" in both.output
     not_nnunet = CliRunner().invoke(app, ["preprocess", str(tmp_path / "out"), "-o", str(tmp_path / "o3")])
     assert not_nnunet.exit_code == 1 and "no imagesTr" in not_nnunet.output
+
+
+def test_datasets_larger_than_memory_are_refused_before_loading(tmp_path, monkeypatch):
+    import swinseg.data as data_module
+    from swinseg.phantom import write_phantom_dataset
+
+    root = write_phantom_dataset(tmp_path / "ds", 2, seed=0, shape=(4, 32, 32))
+    dataset = data_module.open_nnunet(root)
+    names = [case.name for case in dataset.cases]
+    data_module.check_fits_in_memory(dataset, names)  # 2 x 4096 voxels fit
+    monkeypatch.setattr(data_module, "_available_memory", lambda: 10_000)
+    with pytest.raises(SwinsegError, match="swinseg preprocess"):
+        data_module.check_fits_in_memory(dataset, names)
