@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Iterator
 
 import torch
@@ -51,3 +52,23 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]:
         return
     with torch.autocast(device_type=device.type, dtype=dtype):
         yield
+
+
+def torchrun_rank(env: dict[str, str] | None = None) -> tuple[int, int, int] | None:
+    """(RANK, WORLD_SIZE, LOCAL_RANK) when launched by torchrun with more than one process, else None."""
+    env = dict(os.environ) if env is None else env
+    try:
+        world = int(env.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return None
+        return int(env["RANK"]), world, int(env.get("LOCAL_RANK", env["RANK"]))
+    except (KeyError, ValueError):
+        raise SwinsegError("torchrun environment is incomplete: RANK/WORLD_SIZE/LOCAL_RANK must be integers") from None
+
+
+def rank_device(spec: str, local_rank: int) -> str:
+    """One device per torchrun rank: auto/cuda become cuda:LOCAL_RANK when CUDA is available."""
+    spec = spec.strip().lower()
+    if spec == "cuda" or (spec == "auto" and torch.cuda.is_available()):
+        return f"cuda:{local_rank}"
+    return spec

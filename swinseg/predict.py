@@ -443,26 +443,6 @@ def parse_shard(text: str) -> tuple[int, int]:
     return index, count
 
 
-def torchrun_rank(env: dict[str, str] | None = None) -> tuple[int, int, int] | None:
-    """(RANK, WORLD_SIZE, LOCAL_RANK) when launched by torchrun with more than one process, else None."""
-    env = dict(os.environ) if env is None else env
-    try:
-        world = int(env.get("WORLD_SIZE", "1"))
-        if world <= 1:
-            return None
-        return int(env["RANK"]), world, int(env.get("LOCAL_RANK", env["RANK"]))
-    except (KeyError, ValueError):
-        raise SwinsegError("torchrun environment is incomplete: RANK/WORLD_SIZE/LOCAL_RANK must be integers") from None
-
-
-def rank_device(spec: str, local_rank: int) -> str:
-    """One device per torchrun rank: auto/cuda become cuda:LOCAL_RANK when CUDA is available."""
-    spec = spec.strip().lower()
-    if spec == "cuda" or (spec == "auto" and torch.cuda.is_available()):
-        return f"cuda:{local_rank}"
-    return spec
-
-
 def shard_cases(cases: Sequence[Case], index: int, count: int) -> list[Case]:
     """Every `count`-th case starting at `index` (stable over reruns: skipping happens after sharding)."""
     return list(cases[index::count])

@@ -19,7 +19,6 @@ processes, validation cases are split too, and only rank 0 writes or prints.
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from swinseg.config import ModelCard, load_card
-from swinseg.device import autocast, resolve_device, resolve_precision
+from swinseg.device import autocast, rank_device, resolve_device, resolve_precision, torchrun_rank
 from swinseg.errors import SwinsegError
 from swinseg.losses import DiceCELoss
 from swinseg.train_config import FINETUNE_DEFAULTS, TrainConfig, resolve_config, write_config
@@ -105,13 +104,12 @@ class Distributed:
 
 def init_distributed(device_spec: str) -> tuple[Distributed, torch.device]:
     """Join the torchrun job described by the environment (if any) and pick this process's device."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
+    launched = torchrun_rank()
+    if launched is None:
         return Distributed(), resolve_device(device_spec)
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(device_spec)
+    rank, world_size, local_rank = launched
+    device = resolve_device(rank_device(device_spec, local_rank))
     if device.type == "cuda":
-        device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     if not torch_dist.is_initialized():
         torch_dist.init_process_group("nccl" if device.type == "cuda" else "gloo")

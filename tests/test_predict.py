@@ -16,6 +16,7 @@ from swinseg.config import load_card
 from swinseg.errors import SwinsegError
 from swinseg.model import build_model
 from swinseg.postprocess import keep_classes, keep_largest_component, parse_classes
+from swinseg.device import rank_device, torchrun_rank
 from swinseg.predict import (
     Case,
     Predictor,
@@ -24,9 +25,7 @@ from swinseg.predict import (
     plan_cases,
     predict_cases,
     probabilities_path,
-    rank_device,
     shard_cases,
-    torchrun_rank,
 )
 
 

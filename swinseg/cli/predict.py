@@ -84,6 +84,7 @@ def predict(
 ) -> None:
     """Segment scans: label maps with the scans' own geometry (same affine, shape, spacing)."""
     from swinseg import predict as lib
+    from swinseg.device import rank_device, torchrun_rank
     from swinseg.errors import SwinsegError
     from swinseg.postprocess import parse_classes
 
@@ -92,12 +93,12 @@ def predict(
     if protocol is Protocol.reference and (tta or save_probabilities):
         raise SwinsegError("--protocol reference is the published path: no --tta or --save-probabilities")
     shard_of = lib.parse_shard(shard) if shard else None
-    rank = lib.torchrun_rank()
+    rank = torchrun_rank()
     if rank is not None:
         if shard_of is not None:
             raise SwinsegError("--shard is set by torchrun (RANK/WORLD_SIZE) already; drop --shard")
         shard_of = (rank[0], rank[1])
-        device = lib.rank_device(device, rank[2])
+        device = rank_device(device, rank[2])
     cases = lib.plan_cases(inputs, output, probabilities=save_probabilities)
     if shard_of is not None:
         cases = lib.shard_cases(cases, *shard_of)
