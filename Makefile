@@ -1,6 +1,7 @@
 # swinseg: `make demo` runs the whole pipeline on synthetic phantoms, `make test` runs the test suite.
 PYTHON ?= python3
 VENV ?= .venv
+DEMO_OUT ?= demo_output
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
@@ -20,7 +21,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP)
-	$(BIN)/swinseg demo -o demo_output
+	$(BIN)/swinseg demo -o $(DEMO_OUT)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/model_speed.py
@@ -29,4 +30,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/train_speed.py
 
 clean:
-	rm -rf $(VENV) demo_output build *.egg-info
+	rm -rf $(VENV) $(DEMO_OUT) build *.egg-info

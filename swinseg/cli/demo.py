@@ -79,7 +79,7 @@ def demo(
     data, run, predictions, report = (out_dir / "data", out_dir / "run", out_dir / "predictions", out_dir / "report")
     overlays = out_dir / "overlays"
     if (run / "last.pt").exists() or (run / "final.safetensors").exists():
-        raise SwinsegError(f"{out_dir}: holds an earlier demo; remove it or pass --out NEW_FOLDER")
+        raise SwinsegError(f"{out_dir}: holds an earlier demo; remove it or pass -o NEW_FOLDER (make demo DEMO_OUT=NEW_FOLDER)")
     steps = [
         ["demo-data", str(data / "train"), "--cases", str(train_cases), "--seed", "0", "--shape", *map(str, shape)],
         ["demo-data", str(data / "heldout"), "--cases", str(test_cases), "--seed", "1", "--shape", *map(str, shape)],
