@@ -5,7 +5,7 @@ Arrays are in SimpleITK index order: (z, y, x) for 3-D, (y, x) for 2-D. `spacing
 the input's own header, so a mask written "like" a NIfTI scan has the same affine and qform/sform codes.
 
 On-disk representations written by `write_volume`:
-- labels: the dtype given (uint8, or uint16 beyond 255 classes), stored exactly (no intensity scaling);
+- labels: the dtype given (uint8, or uint16 beyond 256 classes), stored exactly (no intensity scaling);
 - probabilities (a leading class axis, e.g. (C, z, y, x) float16): float32 on disk (NIfTI and ITK formats
   have no float16), NIfTI as a 4-D image (x, y, z, C) with the class axis last and the same spatial affine,
   ITK formats (NRRD/MHA) as a vector image with C components per voxel;

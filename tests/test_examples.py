@@ -65,14 +65,14 @@ def test_reference_checkpoint(tmp_path):
     data = phantoms(tmp_path / "data", 1, seed=3)
     scans = tmp_path / "scans"
     scans.mkdir()
-    (data / "imagesTr" / "phantom_000_0000.nii.gz").rename(scans / "scan.nii.gz")
+    (data / "imagesTr" / "phantom_000_0000.nii.gz").rename(scans / "scan_0000.nii.gz")  # nnU-Net naming
     card = load_card("swin_unet_tiny").to_dict()  # the golden checkpoint: embed 24, heads 1-2-4-8, 224, window 7
     card["network"].update(embed_dim=24, num_heads=[1, 2, 4, 8])
     (tmp_path / "small.yaml").write_text(yaml.safe_dump(card), encoding="utf-8")
     run_example("reference_checkpoint", tmp_path, CHECKPOINT=str(GOLDEN / "swin_unet_small_official.pth"),
                 SCANS=str(scans), MODEL=str(tmp_path / "small.yaml"), OUT=str(tmp_path / "out"))
     mask = read_volume(tmp_path / "out" / "scan.nii.gz")
-    assert mask.array.shape == read_volume(scans / "scan.nii.gz").array.shape
+    assert mask.array.shape == read_volume(scans / "scan_0000.nii.gz").array.shape
     assert (tmp_path / "out" / "scan.png").stat().st_size > 1000
 
 

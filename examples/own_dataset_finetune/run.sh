@@ -22,7 +22,9 @@ swinseg finetune --checkpoint "$RUN/base/best.safetensors" --data "$NEW_DATA" -o
 IFS=, read -ra cases <<< "$HELDOUT"
 images=(); mkdir -p "$RUN/heldout_labels"
 for case in "${cases[@]}"; do
-  images+=("$NEW_DATA/imagesTr/${case}_0000.nii.gz")
+  image="$NEW_DATA/imagesTr/${case}_0000.nii.gz"   # nnU-Net naming, or MSD's CASE.nii.gz
+  [ -e "$image" ] || image="$NEW_DATA/imagesTr/$case.nii.gz"
+  images+=("$image")
   ln -sf "$(cd "$NEW_DATA/labelsTr" && pwd)/$case.nii.gz" "$RUN/heldout_labels/$case.nii.gz"
 done
 swinseg predict "${images[@]}" -o "$RUN/predictions/" --checkpoint "$RUN/finetuned/best.safetensors"

@@ -13,6 +13,6 @@ swinseg predict "$SCANS" -o "$OUT/" --checkpoint "$OUT/model.safetensors" ${PRED
 
 first_scan=$(find "$SCANS" -maxdepth 1 -name '*.nii*' | sort | head -n 1)
 if [ -n "$first_scan" ]; then
-  name=$(basename "$first_scan"); name=${name%.gz}; name=${name%.nii}
+  name=$(basename "$first_scan"); name=${name%.gz}; name=${name%.nii}; name=${name%_0000}  # as predict names it
   swinseg overlay "$first_scan" "$OUT/$name.nii.gz" -o "$OUT/$name.png" --model "$MODEL"
 fi

@@ -17,7 +17,7 @@ def preprocess(
                               help="Model card (name or YAML) giving the CT window/orientation; classes "
                                    "come from dataset.json when it names them."),
     test_fraction: float | None = typer.Option(None, "--test-fraction",
-                                               help="Share of cases held out as test volumes [default: 0.2]."),
+                                               help="Share of cases held out as test volumes (default: 0.2)."),
     test_cases: str | None = typer.Option(None, "--test-cases",
                                           help="Comma-separated case names to hold out (instead of a random split)."),
     seed: int = typer.Option(1234, "--seed", help="Seed of the random train/test split."),
