@@ -44,6 +44,11 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     return torch.bfloat16 if precision == "bf16" else torch.float16
 
 
+def precision_name(dtype: torch.dtype | None) -> str:
+    """The --precision name of an autocast dtype (None: fp32)."""
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+
+
 @contextlib.contextmanager
 def autocast(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]:
     """Mixed precision on `device` when `dtype` is set; a no-op for float32."""

@@ -33,7 +33,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from swinseg.config import ModelCard, load_card
-from swinseg.device import autocast, rank_device, resolve_device, resolve_precision, torchrun_rank
+from swinseg.device import autocast, precision_name, rank_device, resolve_device, resolve_precision, torchrun_rank
 from swinseg.errors import SwinsegError
 from swinseg.losses import DiceCELoss
 from swinseg.train_config import FINETUNE_DEFAULTS, TrainConfig, resolve_config, write_config
@@ -415,7 +415,7 @@ class Trainer:
     def describe(self) -> str:
         config, dist = self.config, self.dist
         where = f"{dist.world_size} processes" if dist.enabled else str(self.device)
-        precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+        precision = precision_name(self.dtype)
         validation = (f"{_count(len(self.data.volumes), 'volume')} every {_count(config.val_every, 'epoch')}"
                       if self.validating else "off")
         return (f"training {self.card.name}: {len(self.data.slices)} slices, {len(self.card.classes)} classes, "

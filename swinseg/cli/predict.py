@@ -84,7 +84,7 @@ def predict(
 ) -> None:
     """Segment scans: label maps with the scans' own geometry (same affine, shape, spacing)."""
     from swinseg import predict as lib
-    from swinseg.device import rank_device, torchrun_rank
+    from swinseg.device import precision_name, rank_device, torchrun_rank
     from swinseg.errors import SwinsegError
     from swinseg.postprocess import parse_classes
 
@@ -119,7 +119,7 @@ def predict(
                 protocol=protocol.value,
             )
             show.note(
-                f"{card.name}: {len(card.classes)} classes on {predictor.device}, {_dtype_name(predictor.dtype)}, "
+                f"{card.name}: {len(card.classes)} classes on {predictor.device}, {precision_name(predictor.dtype)}, "
                 f"batch {predictor.batch_size}, protocol {protocol.value}{', TTA' if tta else ''}; "
                 f"{len(pending)} of {len(cases)} case(s) to predict"
                 + (f" (shard {shard_of[0]}/{shard_of[1]})" if shard_of else "")
@@ -134,10 +134,6 @@ def predict(
     show.summary()
     if show.counts["failed"]:
         raise typer.Exit(1)
-
-
-def _dtype_name(dtype: Any) -> str:
-    return "fp32" if dtype is None else {"torch.bfloat16": "bf16", "torch.float16": "fp16"}.get(str(dtype), str(dtype))
 
 
 class _Progress:
