@@ -8,9 +8,13 @@ deformed ellipsoid whose size, position, rotation and shape vary with the seed. 
 order (z, y, x) with LPS semantics: z runs inferior -> superior, rows anterior -> posterior, columns the
 patient's right -> left (so axial slices show the patient's right on the image's left).
 
-In-plane the anatomy is laid out in millimetres relative to the body, which fills the field of view; along
-z it spans the upper abdomen from the lung bases to below the kidneys whatever the number of slices. Numpy
-only; a 48 x 160 x 160 case takes a fraction of a second.
+The anatomy is physical: its size and position in millimetres depend on the seed only, laid out relative to
+a body drawn for the default field of view (`DEFAULT_SHAPE` x `DEFAULT_SPACING`: 352 mm in-plane, 240 mm
+along z from the lung bases to below the kidneys), centred on the volume. `shape` and `spacing` choose the
+field of view and the sampling: a larger field of view adds air around the body and continues the body,
+spine and vessels above and below; a smaller one crops it, as a cropped scan does; a finer spacing samples
+the same organs more densely (same volumes in ml). Numpy only; a 48 x 160 x 160 case takes a fraction of a
+second.
 """
 from __future__ import annotations
 
@@ -32,13 +36,18 @@ CLASSES = ("background", "liver", "spleen", "kidney_left", "kidney_right", "aort
 LIVER, SPLEEN, KIDNEY_LEFT, KIDNEY_RIGHT, AORTA = 1, 2, 3, 4, 5
 DEFAULT_SHAPE = (48, 160, 160)
 DEFAULT_SPACING = (5.0, 2.2, 2.2)  # mm, (z, y, x): a 352 mm field of view, 240 mm craniocaudal
+# The reference field of view the anatomy is drawn for, in mm, whatever the shape and spacing asked for.
+REFERENCE_FOV_MM = DEFAULT_SHAPE[2] * DEFAULT_SPACING[2]  # 352 mm, in-plane (y and x)
+REFERENCE_Z_MM = DEFAULT_SHAPE[0] * DEFAULT_SPACING[0]  # 240 mm: one unit of t
+DIAPHRAGM_EDGE_MM = 5.0  # width of the lung bases' soft lower edge along z (one default slice)
 HU_RANGE = (-1024, 3071)
-PRISM = 10.0  # a z semi-axis this long (in units of the z extent) makes a blob a z-invariant prism
+PRISM = 10.0  # a z semi-axis this long (in units of t, i.e. of 240 mm) makes a blob a z-invariant prism
 
 
 @dataclass(frozen=True)
 class _Grid:
-    """Voxel-centre coordinates: t in [0, 1] inferior -> superior, y and x in mm from the image centre."""
+    """Voxel-centre coordinates: t inferior -> superior in units of `REFERENCE_Z_MM` from 0.5 at the volume's
+    z centre (so [0, 1] spans 240 mm: exactly the default volume), y and x in mm from the image centre."""
 
     t: np.ndarray
     y: np.ndarray
@@ -162,9 +171,14 @@ class _Painter:
 
 
 def _grid(shape: tuple[int, int, int], spacing: tuple[float, float, float]) -> _Grid:
-    """Voxel-centre coordinates, float32, shaped to broadcast over (z, y, x)."""
+    """Voxel-centre coordinates, float32, shaped to broadcast over (z, y, x).
+
+    t = (z - z_centre) / 240 mm + 0.5, written as (k + 0.5 + (n_ref - nz) / 2) / n_ref with n_ref the number
+    of slices in 240 mm, so that the default grid gives exactly (k + 0.5) / nz."""
     nz, ny, nx = shape
-    t = ((np.arange(nz, dtype=np.float32) + 0.5) / nz).reshape(-1, 1, 1)
+    n_ref = REFERENCE_Z_MM / spacing[0]
+    offset = np.float32(0.5 + (n_ref - nz) / 2)
+    t = ((np.arange(nz, dtype=np.float32) + offset) / np.float32(n_ref)).reshape(-1, 1, 1)
     y = ((np.arange(ny, dtype=np.float32) - (ny - 1) / 2) * np.float32(spacing[1])).reshape(1, -1, 1)
     x = ((np.arange(nx, dtype=np.float32) - (nx - 1) / 2) * np.float32(spacing[2])).reshape(1, 1, -1)
     return _Grid(t, y, x, spacing)
@@ -180,14 +194,14 @@ def _check_geometry(shape: tuple[int, ...], spacing: tuple[float, ...]) -> tuple
 
 
 class _Case:
-    """The random draws of one phantom, in body-relative millimetres."""
+    """The random draws of one phantom, in body-relative millimetres; the body is sized for the reference
+    field of view (`REFERENCE_FOV_MM`), not for the grid asked for, so the anatomy depends on the seed only."""
 
-    def __init__(self, rng: np.random.Generator, shape: tuple[int, int, int], spacing: tuple[float, float, float]):
+    def __init__(self, rng: np.random.Generator):
         self.rng = rng
-        fov_y, fov_x = shape[1] * spacing[1], shape[2] * spacing[2]
-        self.half_width = min(self.vary(0.43, 0.06) * fov_x, 0.60 * fov_y)
-        self.half_depth = min(self.half_width * self.vary(0.70, 0.07), 0.45 * fov_y)
-        self.center_y = self.jitter(0.0, 0.02) * fov_y  # table height
+        self.half_width = self.vary(0.43, 0.06) * REFERENCE_FOV_MM
+        self.half_depth = self.half_width * self.vary(0.70, 0.07)
+        self.center_y = self.jitter(0.0, 0.02) * REFERENCE_FOV_MM  # table height
 
     def vary(self, value: float, spread: float) -> float:
         """`value` scaled by a random factor in [1 - spread, 1 + spread]."""
@@ -216,10 +230,11 @@ def make_phantom(
     """One synthetic abdominal CT: (int16 Hounsfield units, uint8 labels of `CLASSES`), (z, y, x) LPS.
 
     Deterministic from `seed`; different seeds give different body sizes, organ sizes, positions,
-    rotations and shapes, contrast levels and noise.
+    rotations and shapes, contrast levels and noise. The anatomy in mm depends on the seed only: `shape`
+    and `spacing` set the field of view (centred on the body) and the sampling, not the body's size.
     """
     shape, spacing = _check_geometry(shape, spacing)
-    case = _Case(np.random.default_rng(seed), shape, spacing)
+    case = _Case(np.random.default_rng(seed))
     painter = _Painter(_grid(shape, spacing), background=-1000.0)
     cavity = _paint_body(painter, case)
     spine = _paint_spine(painter, case)
@@ -242,7 +257,8 @@ def _paint_body(painter: _Painter, case: _Case) -> np.ndarray:
     cavity = painter.alpha(_Blob((0.5, by - 0.03 * bd, 0.0), (PRISM, bd * 0.80, bw * 0.84),
                                  shape=(0, 0.06, 0, 0, 0, 0, 0, 0, 0)), whole)
     # Bowel loops: level sets of a few random plane waves, evaluated as products of complex exponentials.
-    # Wavelengths scale with the body (40-80 mm in an adult); z spans about 1.6 body half-widths (240 mm).
+    # Wavelengths scale with the body (40-80 mm in an adult); one unit of t (240 mm) counts as 1.6 body
+    # half-widths.
     waves = np.zeros(painter.ct.shape, dtype=np.float32)
     z_body = grid.t * np.float32(1.6 * bw)
     for _ in range(5):
@@ -294,11 +310,12 @@ def _paint_thorax(painter: _Painter, case: _Case, cavity: np.ndarray) -> np.ndar
     ribs = (np.cos(7 * angle + case.rng.uniform(0, 2 * np.pi) + 9 * t) > 0.75) & (t > 0.35) & (np.abs(x) > 0.3 * bw)
     painter.blend(whole, ring * ribs, 600.0)
     dome_top = case.vary(1.03, 0.02)
+    edge = REFERENCE_Z_MM / DIAPHRAGM_EDGE_MM  # 1 / (the lower edge's width in t): 48, whatever the spacing
     lung = np.zeros(painter.ct.shape, dtype=np.float32)
     for side in (-1, 1):
         dome_y, dome_x = case.at(side * 0.45, -0.1)
         dome = dome_top - 0.3 * (((y - dome_y) / bd) ** 2 + ((x - dome_x) / bw) ** 2)
-        lung = np.maximum(lung, np.clip((t - dome) * painter.ct.shape[0], 0, 1) * (side * x > 0.1 * bw))
+        lung = np.maximum(lung, np.clip((t - dome) * edge, 0, 1) * (side * x > 0.1 * bw))
     heart = _Blob((1.12, *case.at(0.08, -0.3)), (0.2, 0.5 * bd, 0.38 * bw))
     box = heart.box(grid)
     lung[box] *= 1.0 - painter.alpha(heart, box)

@@ -15,6 +15,12 @@ from swinseg.phantom import (AORTA, CLASSES, KIDNEY_LEFT, KIDNEY_RIGHT, LIVER, S
                              write_phantom_dataset)
 
 SMALL = (16, 48, 48)
+SMALL_SPACING = (15.0, 7.33, 7.33)  # with SMALL, about the default field of view (240 x 352 x 352 mm)
+
+
+def _volumes_ml(labels, spacing):
+    """Each organ's volume in ml (voxel count x voxel volume), in label order 1..5."""
+    return np.bincount(labels.ravel(), minlength=6)[1:] * float(np.prod(spacing)) / 1000.0
 
 
 @pytest.fixture(scope="module")
@@ -28,9 +34,9 @@ def test_labels_are_the_demo_card_classes():
 
 
 def test_same_seed_same_phantom_other_seed_other_anatomy():
-    ct_a, labels_a = make_phantom(11, SMALL)
-    ct_b, labels_b = make_phantom(11, SMALL)
-    ct_c, labels_c = make_phantom(12, SMALL)
+    ct_a, labels_a = make_phantom(11, SMALL, SMALL_SPACING)
+    ct_b, labels_b = make_phantom(11, SMALL, SMALL_SPACING)
+    ct_c, labels_c = make_phantom(12, SMALL, SMALL_SPACING)
     assert ct_a.dtype == np.int16 and labels_a.dtype == np.uint8 and ct_a.shape == labels_a.shape == SMALL
     np.testing.assert_array_equal(ct_a, ct_b)
     np.testing.assert_array_equal(labels_a, labels_b)
@@ -68,6 +74,46 @@ def test_anatomy_in_lps_order(phantoms):
         assert centre[LIVER][1] < centre[KIDNEY_RIGHT][1]
         assert centre[LIVER][0] > centre[KIDNEY_RIGHT][0]  # liver above the kidney
         assert np.all((labels == AORTA).any(axis=(1, 2)))  # the aorta runs through every slice
+
+
+def _centre_mm(mask, spacing):
+    """A mask's centre of mass in mm (z, y, x) from the volume's centre."""
+    return (np.array(ndimage.center_of_mass(mask)) - (np.array(mask.shape) - 1) / 2) * spacing
+
+
+def test_a_larger_field_of_view_adds_air_around_the_same_anatomy():
+    """shape sets the field of view, not the body's size: grids whose voxel centres coincide (the extra size
+    even on each side) hold the same labels where they overlap; the body ends in air; prisms and vessels
+    continue above and below, the organs do not stretch."""
+    ct, labels = make_phantom(11, SMALL, SMALL_SPACING)
+    wide_ct, wide = make_phantom(11, (16, 72, 72), SMALL_SPACING)  # 1.5 x the field of view in-plane
+    tall_ct, tall = make_phantom(11, (32, 72, 72), SMALL_SPACING)  # and 2 x along z
+    _, narrow = make_phantom(11, (16, 24, 24), SMALL_SPACING)  # a cropped scan
+    np.testing.assert_array_equal(wide[:, 12:60, 12:60], labels)
+    np.testing.assert_array_equal(tall[8:24, 12:60, 12:60], labels)
+    np.testing.assert_array_equal(labels[:, 12:36, 12:36], narrow)
+    np.testing.assert_array_equal(_volumes_ml(wide, SMALL_SPACING), _volumes_ml(labels, SMALL_SPACING))
+    margin = np.ones(wide.shape, dtype=bool)
+    margin[:, 12:60, 12:60] = False
+    assert not wide[margin].any() and wide_ct[margin].max() < -900  # air around the body
+    for end in (tall[0], tall[-1]):  # 120 mm below and above the default volume: only the aorta continues
+        assert set(np.unique(end)) == {0, AORTA}
+    assert np.sum(tall == AORTA) > 1.5 * np.sum(labels == AORTA)
+    np.testing.assert_array_equal(np.bincount(tall.ravel(), minlength=6)[1:5],
+                                  np.bincount(labels.ravel(), minlength=6)[1:5])
+    assert np.sum(tall_ct[:8] > 500) > 0 and np.sum(tall_ct[24:] > 500) > 0  # the spine continues too
+
+
+def test_a_finer_spacing_samples_the_same_organs(phantoms):
+    """spacing sets the sampling, not the anatomy: half the spacing in-plane or along z (the same field of
+    view) gives the same organ volumes in ml, to a few percent of discretisation."""
+    _, default = phantoms[0]
+    expected = _volumes_ml(default, (5.0, 2.2, 2.2))
+    for shape, spacing in (((48, 320, 320), (5.0, 1.1, 1.1)), ((96, 160, 160), (2.5, 2.2, 2.2))):
+        _, labels = make_phantom(0, shape, spacing)
+        np.testing.assert_allclose(_volumes_ml(labels, spacing), expected, rtol=0.04)
+        assert _centre_mm(labels == LIVER, spacing) == pytest.approx(
+            _centre_mm(default == LIVER, (5.0, 2.2, 2.2)), abs=1.0)  # the liver in the same place
 
 
 def test_hounsfield_units_look_like_ct(phantoms):
