@@ -17,6 +17,8 @@ import yaml
 from swinseg.errors import SwinsegError
 
 SKIP_SCALES = (4, 8, 16)
+PLANES = ("axial", "coronal", "sagittal")
+AUTO = "auto"
 _ORIENTATION_AXIS = {"L": 0, "R": 0, "A": 1, "P": 1, "S": 2, "I": 2}
 
 
@@ -99,26 +101,34 @@ def legal_windows(img_size: int, up_to: int = 32) -> list[int]:
 
 @dataclass(frozen=True)
 class Preprocessing(_YamlSection):
-    """How a volume's intensities and orientation are prepared for the network.
+    """How a volume becomes network input (see swinseg.preprocess, shared by training and predict).
 
-    CT: intensities clipped to `window` (HU) and scaled to [0, 1]. MR: clipped to the volume's
-    `percentiles` and scaled to [0, 1]. `orientation` is the SimpleITK DICOMOrient code of the volume the
-    training slices were cut from ("LPS": arrays (z, y, x), axial slices with anterior at the top and the
-    patient's right on the left, as in Synapse).
+    CT: intensities clipped to `window` (HU) and scaled to [0, 1]; `window: auto` is resolved by training to
+    the 0.5/99.5 percentiles of the training foreground. MR: clipped to the volume's `percentiles` and scaled
+    to [0, 1]. `orientation` is the SimpleITK DICOMOrient code the volume is oriented to ("LPS": arrays
+    (z, y, x), axial slices with anterior at the top and the patient's right on the left, as in Synapse);
+    `plane` the slicing plane. `spacing` [sy, sx] (mm, in the slice): slices are resampled to it and covered by
+    img_size tiles; null = the published whole-slice resize to img_size whatever the scan's spacing.
     """
 
     _section = "preprocessing"
     modality: str = "CT"
-    window: tuple[float, float] | None = (-125.0, 275.0)
+    window: tuple[float, float] | str | None = (-125.0, 275.0)
     percentiles: tuple[float, float] | None = None
     orientation: str = "LPS"
+    plane: str = "axial"
+    spacing: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         modality = self.modality.upper()
         object.__setattr__(self, "modality", modality)
+        if isinstance(self.window, str):
+            if self.window.lower() != AUTO:
+                raise SwinsegError(f"preprocessing window must be [low, high] or auto, got {self.window!r}")
+            object.__setattr__(self, "window", AUTO)
         for name in ("window", "percentiles"):
             value = getattr(self, name)
-            if value is not None:
+            if value is not None and value != AUTO:
                 if len(value) != 2 or float(value[0]) >= float(value[1]):
                     raise SwinsegError(f"preprocessing {name} must be [low, high] with low < high, got {value}")
                 object.__setattr__(self, name, (float(value[0]), float(value[1])))
@@ -135,6 +145,29 @@ class Preprocessing(_YamlSection):
                 "L/R, A/P and S/I each, e.g. LPS or RAS"
             )
         object.__setattr__(self, "orientation", code)
+        plane = str(self.plane).lower()
+        if plane not in PLANES:
+            raise SwinsegError(f"preprocessing plane {self.plane!r}: expected one of {', '.join(PLANES)}")
+        object.__setattr__(self, "plane", plane)
+        if self.spacing is not None:
+            object.__setattr__(self, "spacing", parse_spacing(self.spacing, "preprocessing spacing"))
+
+    @property
+    def resamples(self) -> bool:
+        """True when slices are resampled to a target spacing and tiled (False: whole-slice resize)."""
+        return self.spacing is not None
+
+
+def parse_spacing(value: Any, what: str = "--spacing") -> tuple[float, float]:
+    """[sy, sx] or "SY,SX" (mm, both positive and finite) -> (sy, sx)."""
+    items = value.split(",") if isinstance(value, str) else value
+    try:
+        sy, sx = (float(v) for v in items)
+    except (TypeError, ValueError):
+        raise SwinsegError(f"{what} {value!r}: expected two spacings in mm, SY,SX (e.g. 1.5,1.5)") from None
+    if not (0 < sy < 1e3 and 0 < sx < 1e3):
+        raise SwinsegError(f"{what} {value!r}: spacings must be positive mm values")
+    return sy, sx
 
 
 

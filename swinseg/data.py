@@ -5,7 +5,10 @@ Synapse layout (folder DATA): `train_npz/caseXXXX_sliceYYY.npz` (arrays `image` 
 axial slice each), `test_vol_h5/caseXXXX.npy.h5` (datasets `image`, `label` of shape (D, H, W)) and the lists
 `lists_Synapse/{train,test_vol}.txt` (found in DATA, DATA/lists or beside DATA; without lists every file is
 used). nnU-Net/MSD layout: `imagesTr/CASE_0000.nii.gz` (or MSD's `CASE.nii.gz`), `labelsTr/CASE.nii.gz` and
-`dataset.json` with the label names. Volumes are oriented to the card's orientation and sliced along axis 0.
+`dataset.json` with the label names (and `channel_names`, which decide the normalisation). Volumes go through
+swinseg.preprocess exactly as in predict (orientation, plane). With a target spacing the slices are resampled
+to it once at load time and training samples are random img_size crops, a share of them centred on a voxel of a
+foreground class (nnU-Net's oversampling); without one (the published path) whole slices are resized.
 
 Augmentation follows the reference Swin-Unet code exactly (same operations, same interpolation), with a
 numpy Generator per sample seeded from (seed, epoch, index): runs are reproducible whatever the number of
@@ -26,9 +29,10 @@ import numpy as np
 import scipy.ndimage
 import torch
 
-from swinseg.config import ModelCard, Preprocessing
+from swinseg.config import AUTO, ModelCard, Preprocessing, parse_spacing
 from swinseg.errors import SwinsegError
-from swinseg.preprocess import intensity_bounds, resize_array, scale_intensities
+from swinseg.preprocess import (PreparedVolume, intensity_bounds, pad_margins, prepare_volume, resample_to_grid,
+                                resize_array, scale_intensities, slice_axis)
 
 Progress = Callable[[int, int, str], None]  # (done, total, current item name)
 
@@ -37,6 +41,8 @@ TRAIN_LIST, TEST_LIST = "train.txt", "test_vol.txt"
 TRAIN_FOLDER, TEST_FOLDER = "train_npz", "test_vol_h5"
 TEST_SUFFIX = ".npy.h5"
 MAX_PROBLEMS_SHOWN = 12
+FOREGROUND_OVERSAMPLING = 1 / 3  # nnU-Net's share of samples centred on a foreground voxel
+FOREGROUND_LOCATIONS = 10_000  # voxels remembered per class and case for that
 
 # --------------------------------------------------------------------------------------------- augmentation
 
@@ -97,17 +103,26 @@ class NpzSlices:
 
 @dataclass
 class LoadedCase:
-    """An nnU-Net case in memory: raw intensities and labels oriented to the card (axial slices on axis 0),
-    the intensity range that maps to [0, 1], and the voxel spacing in that orientation."""
+    """An nnU-Net case in memory, laid out by swinseg.preprocess as predict lays it out: raw intensities and
+    labels (D, H, W) with the slicing plane first, the intensity range that maps to [0, 1] (set once the
+    preprocessing is resolved), and the voxel spacing (slice axis, rows, columns) in mm."""
 
     name: str
     image: np.ndarray
     label: np.ndarray
-    bounds: tuple[float, float]
-    spacing: tuple[float, ...] | None = None
+    spacing: tuple[float, float, float]
+    bounds: tuple[float, float] = (0.0, 1.0)
+
+    @property
+    def in_plane_spacing(self) -> tuple[float, float]:
+        return self.spacing[1], self.spacing[2]
 
     def normalized(self) -> np.ndarray:
         return scale_intensities(self.image, *self.bounds)
+
+    def prepared(self) -> PreparedVolume:
+        """The image as predict's data path holds it (identity restore: this is already the slice layout)."""
+        return PreparedVolume(self.image, self.bounds, self.in_plane_spacing, lambda array: array)
 
 
 class MemorySlices:
@@ -127,12 +142,83 @@ class MemorySlices:
         return scale_intensities(case.image[z], *case.bounds), case.label[z]
 
 
-class SliceDataset(torch.utils.data.Dataset):
-    """Axial training slices as the network takes them: dict(image=(1, S, S) float32, label=(S, S) int64,
-    name=str), S = img_size. With `augment`, the reference augmentation drawn from a Generator seeded by
-    (seed, epoch, index); call `set_epoch` before each epoch (DataLoader workers must not be persistent)."""
+@dataclass
+class GridCase:
+    """A training case on the target-spacing grid: normalised image (D, H', W') float16 in [0, 1], labels
+    uint8, and up to FOREGROUND_LOCATIONS voxels (z, y, x) of each foreground class present."""
 
-    def __init__(self, source: NpzSlices | MemorySlices, img_size: int, *, augment: bool = True,
+    name: str
+    image: np.ndarray
+    label: np.ndarray
+    foreground: dict[int, np.ndarray]
+
+
+def to_grid_case(case: LoadedCase, target: tuple[float, float], seed: int) -> GridCase:
+    """`case` resampled once to the `target` in-plane spacing (images bilinear, labels nearest; slices stay
+    slices), with its foreground locations drawn from `seed`."""
+    image, label = resample_to_grid(case.image, case.bounds, case.label, case.in_plane_spacing, target)
+    rng = np.random.default_rng((seed, zlib_crc(case.name)))
+    foreground = {}
+    for value in np.unique(label):
+        if value == 0:
+            continue
+        where = np.argwhere(label == value).astype(np.int32)
+        if len(where) > FOREGROUND_LOCATIONS:
+            where = where[np.sort(rng.choice(len(where), FOREGROUND_LOCATIONS, replace=False))]
+        foreground[int(value)] = where
+    return GridCase(case.name, image, label, foreground)
+
+
+def zlib_crc(text: str) -> int:
+    """A stable 32-bit number for a name (Python's hash() changes between processes)."""
+    import zlib
+
+    return zlib.crc32(text.encode("utf-8"))
+
+
+class GridSlices:
+    """Training samples cut from cases on the target-spacing grid: each index is a slice; `crop` draws an
+    img_size crop of it (padded with 0 = background where the slice is smaller) or, with probability
+    `oversample`, a crop centred on a voxel of a randomly chosen foreground class of the case."""
+
+    def __init__(self, cases: Sequence[GridCase], oversample: float = FOREGROUND_OVERSAMPLING) -> None:
+        if not 0.0 <= oversample <= 1.0:
+            raise SwinsegError(f"--oversample-foreground must be in [0, 1], got {oversample}")
+        self.cases, self.oversample = list(cases), float(oversample)
+        self.index = [(c, z) for c, case in enumerate(self.cases) for z in range(case.image.shape[0])]
+        self.names = [f"{self.cases[c].name}_slice{z:03d}" for c, z in self.index]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def crop(self, index: int, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """(image float32, label) crops of size x size for sample `index`, drawn from `rng`."""
+        c, z = self.index[index]
+        case = self.cases[c]
+        height, width = case.image.shape[1:]
+        (top, bottom), (left, right) = pad_margins(height, size), pad_margins(width, size)
+        padded_h, padded_w = height + top + bottom, width + left + right
+        if case.foreground and rng.random() < self.oversample:
+            classes = sorted(case.foreground)
+            locations = case.foreground[classes[int(rng.integers(len(classes)))]]
+            z, y, x = (int(v) for v in locations[int(rng.integers(len(locations)))])
+            row = min(max(y + top - size // 2, 0), padded_h - size)
+            col = min(max(x + left - size // 2, 0), padded_w - size)
+        else:
+            row, col = int(rng.integers(padded_h - size + 1)), int(rng.integers(padded_w - size + 1))
+        image = np.pad(case.image[z], ((top, bottom), (left, right)))[row:row + size, col:col + size]
+        label = np.pad(case.label[z], ((top, bottom), (left, right)))[row:row + size, col:col + size]
+        return image.astype(np.float32), label
+
+
+class SliceDataset(torch.utils.data.Dataset):
+    """Training samples as the network takes them: dict(image=(1, S, S) float32, label=(S, S) int64,
+    name=str), S = img_size: whole slices resized to S (Npz/MemorySlices, the published path) or S crops of
+    slices on the target grid (GridSlices). A numpy Generator seeded by (seed, epoch, index) draws the crop and,
+    with `augment`, the reference augmentation; call `set_epoch` before each epoch (DataLoader workers must not
+    be persistent)."""
+
+    def __init__(self, source: NpzSlices | MemorySlices | GridSlices, img_size: int, *, augment: bool = True,
                  seed: int = 1234) -> None:
         self.source, self.img_size, self.augment, self.seed = source, int(img_size), augment, int(seed)
         self.epoch = 0
@@ -144,10 +230,13 @@ class SliceDataset(torch.utils.data.Dataset):
         return len(self.source)
 
     def sample(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """The numpy (image, label) pair of `index` after augmentation and resize."""
+        """The numpy (image, label) pair of `index` after cropping or resizing, and augmentation."""
+        rng = np.random.default_rng((self.seed, self.epoch, int(index)))
+        if isinstance(self.source, GridSlices):
+            image, label = self.source.crop(index, self.img_size, rng)
+            return augment_slice(image, label, rng) if self.augment else (image, label)
         image, label = self.source.load(index)
         if self.augment:
-            rng = np.random.default_rng((self.seed, self.epoch, int(index)))
             image, label = augment_slice(image, label, rng)
         return resize_pair(image, label, self.img_size)
 
@@ -165,17 +254,16 @@ class SliceDataset(torch.utils.data.Dataset):
 
 @dataclass
 class VolumeCase:
-    """A validation/test volume: normalised image (D, H, W) float32 in [0, 1], labels (D, H, W) uint8,
-    spacing (z, y, x) in mm when known (Synapse h5 files carry none)."""
+    """A validation/test volume as predict's data path holds it (`prepared`: slices, intensity range, in-plane
+    spacing when known) and its labels (D, H, W) uint8 in the same layout."""
 
     name: str
-    image: np.ndarray
+    prepared: PreparedVolume
     label: np.ndarray
-    spacing: tuple[float, ...] | None = None
 
 
 class H5Volumes(Sequence[VolumeCase]):
-    """Volumes stored as Synapse `test_vol_h5/CASE.npy.h5` files, read on access."""
+    """Volumes stored as Synapse `test_vol_h5/CASE.npy.h5` files (normalised images), read on access."""
 
     def __init__(self, folder: Path, names: Sequence[str]) -> None:
         self.folder, self.names = Path(folder), list(names)
@@ -197,11 +285,13 @@ class H5Volumes(Sequence[VolumeCase]):
             raise SwinsegError(f"{path}: not a readable volume file with 'image' and 'label' ({error})") from None
         if image.ndim != 3 or image.shape != label.shape:
             raise SwinsegError(f"{path}: image {image.shape} and label {label.shape} must be equal 3-D shapes")
-        return VolumeCase(name, image, _label_array(label, path), spacing)
+        in_plane = (spacing[1], spacing[2]) if spacing is not None and len(spacing) == 3 else None
+        return VolumeCase(name, PreparedVolume(image, (0.0, 1.0), in_plane, lambda array: array),
+                          _label_array(label, path))
 
 
 class MemoryVolumes(Sequence[VolumeCase]):
-    """Validation volumes from cases held in memory (normalised on access)."""
+    """Validation volumes from cases held in memory (raw intensities, normalised batch by batch by predict)."""
 
     def __init__(self, cases: Sequence[LoadedCase]) -> None:
         self.cases = list(cases)
@@ -212,7 +302,7 @@ class MemoryVolumes(Sequence[VolumeCase]):
 
     def __getitem__(self, index: int) -> VolumeCase:  # type: ignore[override]
         case = self.cases[index]
-        return VolumeCase(case.name, case.normalized(), case.label, case.spacing)
+        return VolumeCase(case.name, case.prepared(), case.label)
 
 
 def _label_array(label: np.ndarray, where: Path | str) -> np.ndarray:
@@ -389,9 +479,11 @@ def open_nnunet(root: str | Path) -> NnunetDataset:
 
 
 def load_case(case: CaseFiles, prep: Preprocessing, num_classes: int | None = None) -> LoadedCase:
-    """Read an image/label pair, check that they agree (shape, geometry, label values) and orient both
-    to `prep.orientation`. SwinsegError naming the files on any disagreement."""
-    from swinseg.io import check_same_geometry, oriented_spacing, read_volume, to_orientation
+    """Read an image/label pair, check that they agree (shape, geometry, label values) and lay both out with
+    swinseg.preprocess.prepare_volume (the card's orientation and plane, as predict does). The intensity range
+    is left for `set_bounds` (it may depend on the whole dataset). SwinsegError naming the files on any
+    disagreement."""
+    from swinseg.io import check_same_geometry, oriented_spacing, read_volume
 
     image = read_volume(case.image)
     label = read_volume(case.label)
@@ -405,11 +497,19 @@ def load_case(case: CaseFiles, prep: Preprocessing, num_classes: int | None = No
     if num_classes is not None and label_array.size and label_array.max() >= num_classes:
         raise SwinsegError(f"{case.label.name}: label {int(label_array.max())} found but dataset.json has "
                            f"{num_classes} classes (0-{num_classes - 1})")
-    oriented_image, _ = to_orientation(image, prep.orientation)
-    oriented_label, _ = to_orientation(label.with_array(label_array), prep.orientation)
-    oriented_image = np.ascontiguousarray(_compact(oriented_image))
-    return LoadedCase(case.name, oriented_image, np.ascontiguousarray(oriented_label),
-                      intensity_bounds(oriented_image, prep), oriented_spacing(image, prep.orientation))
+    image_slices = prepare_volume(image, prep, intensities=False).slices
+    label_slices = prepare_volume(label.with_array(label_array), prep, intensities=False).slices
+    spacing = oriented_spacing(image, prep.orientation)
+    axis = slice_axis(prep.orientation, prep.plane)
+    ordered = (spacing[axis], *(s for a, s in enumerate(spacing) if a != axis))
+    return LoadedCase(case.name, np.ascontiguousarray(_compact(image_slices)), np.ascontiguousarray(label_slices),
+                      ordered)  # type: ignore[arg-type]
+
+
+def set_bounds(cases: Sequence[LoadedCase], prep: Preprocessing) -> None:
+    """Give every case the intensity range of `prep` (CT window, or its own MR percentiles)."""
+    for case in cases:
+        case.bounds = intensity_bounds(case.image, prep)
 
 
 def _compact(image: np.ndarray) -> np.ndarray:
@@ -510,7 +610,7 @@ def split_cases(names: Sequence[str], *, test_fraction: float = 0.2, test_cases:
 
 @dataclass
 class TrainingData:
-    """What training needs from a dataset folder of either layout."""
+    """What training needs from a dataset folder of either layout, and the preprocessing it resolved."""
 
     layout: str  # "synapse" | "nnunet"
     root: Path
@@ -519,35 +619,38 @@ class TrainingData:
     classes: tuple[str, ...] | None  # from dataset.json, None when the folder does not name them
     train_cases: list[str]
     validation_cases: list[str]
+    preprocessing: Preprocessing  # the card's, with the spacing and intensities resolved for this data
+    notes: list[str] = dataclasses.field(default_factory=list)  # how they were resolved, for the summary
+
+
+SPACING_CHOICES = ("auto", "none", "card")
 
 
 def open_training_data(path: str | Path, *, img_size: int, preprocessing: Preprocessing, augment: bool = True,
                        seed: int = 1234, validation_fraction: float = 0.2,
                        validation_cases: Sequence[str] | None = None, lists: str | Path | None = None,
+                       spacing: str | tuple[float, float] = "card",
+                       oversample_foreground: float = FOREGROUND_OVERSAMPLING,
                        progress: Progress | None = None) -> TrainingData:
     """Open a dataset folder in the Synapse or nnU-Net layout for training.
 
     Synapse: slices of train.txt, validation volumes of test_vol.txt (or `validation_cases` of
-    test_vol_h5/). nnU-Net: every pair checked and loaded into memory (oriented, raw intensities; slices are
-    normalised on access), a seeded split into training and validation cases (`validation_fraction`, or
-    `validation_cases` by name). The split uses `seed`, as does the augmentation.
+    test_vol_h5/); its files carry no spacing, so slices are resized whole (the published path). nnU-Net:
+    every pair checked and loaded into memory (laid out as predict does), a seeded split into training and
+    validation cases (`validation_fraction`, or `validation_cases` by name), the normalisation chosen from
+    dataset.json's channel_names, and `spacing`: "auto" (the median in-plane spacing of the training cases,
+    nnU-Net's rule), "none" (whole-slice resize), "card" (the card's), or (sy, sx) mm. With a spacing the
+    training cases are resampled to it once, and samples are img_size crops (`oversample_foreground` of them
+    centred on a foreground voxel). The split uses `seed`, as do the crops and the augmentation.
     """
     root = Path(path)
     if not root.is_dir():
         raise SwinsegError(f"{root}: dataset folder not found")
+    if isinstance(spacing, str) and spacing not in SPACING_CHOICES:
+        raise SwinsegError(f"--spacing {spacing!r}: expected auto, none or SY,SX in mm")
     if is_synapse(root):
-        synapse = open_synapse(root, lists)
-        tests = synapse.test_cases
-        if validation_cases is not None:
-            tests = list(validation_cases)
-            missing = [n for n in tests if not (synapse.test_dir / f"{n}{TEST_SUFFIX}").is_file()]
-            if missing:
-                raise SwinsegError(f"{synapse.test_dir}: validation cases not found: {_shorten(missing)}")
-        slices = SliceDataset(NpzSlices(synapse.train_dir, synapse.train_slices), img_size, augment=augment,
-                              seed=seed)
-        train_cases = sorted({n.split("_slice")[0] for n in synapse.train_slices})
-        return TrainingData("synapse", root, slices, H5Volumes(synapse.test_dir, tests), synapse.classes,
-                            train_cases, list(tests))
+        return _open_synapse_training(root, img_size, preprocessing, augment, seed, validation_cases, lists,
+                                      spacing)
     if is_nnunet(root):
         dataset = open_nnunet(root)
         train, validation = split_cases(dataset.names, test_fraction=validation_fraction,
@@ -555,11 +658,121 @@ def open_training_data(path: str | Path, *, img_size: int, preprocessing: Prepro
         check_fits_in_memory(dataset, train + validation)
         loaded = load_cases(dataset, train + validation, preprocessing, progress)
         by_name = {case.name: case for case in loaded}
-        slices = SliceDataset(MemorySlices([by_name[n] for n in train]), img_size, augment=augment, seed=seed)
-        return TrainingData("nnunet", root, slices, MemoryVolumes([by_name[n] for n in validation]),
-                            dataset.classes, train, validation)
+        training = [by_name[n] for n in train]
+        prep, notes = resolve_intensities(preprocessing, read_channel_name(root / "dataset.json"), training, seed)
+        prep, spacing_note = resolve_spacing(prep, spacing, training)
+        notes.append(spacing_note)
+        set_bounds(loaded, prep)
+        if prep.spacing is None:
+            source: MemorySlices | GridSlices = MemorySlices(training)
+        else:
+            source = GridSlices([to_grid_case(case, prep.spacing, seed) for case in training], oversample_foreground)
+            if oversample_foreground:
+                notes.append(f"samples: random {img_size}x{img_size} crops, {oversample_foreground:.0%} centred "
+                             "on a foreground voxel")
+        return TrainingData("nnunet", root, SliceDataset(source, img_size, augment=augment, seed=seed),
+                            MemoryVolumes([by_name[n] for n in validation]), dataset.classes, train, validation,
+                            prep, notes)
     raise SwinsegError(f"{root}: neither a Synapse folder ({TRAIN_FOLDER}/, {TEST_FOLDER}/) nor an nnU-Net "
                        f"dataset (imagesTr/, labelsTr/, dataset.json)")
+
+
+def _open_synapse_training(root: Path, img_size: int, prep: Preprocessing, augment: bool, seed: int,
+                           validation_cases: Sequence[str] | None, lists: str | Path | None,
+                           spacing: str | tuple[float, float]) -> TrainingData:
+    synapse = open_synapse(root, lists)
+    wanted = prep.spacing if spacing == "card" else None if spacing in ("auto", "none") else spacing
+    if wanted is not None:
+        raise SwinsegError(f"{root}: Synapse-layout slices carry no pixel spacing, so they cannot be resampled to "
+                           f"{wanted[0]:g}x{wanted[1]:g} mm; train on the nnU-Net dataset, or use --spacing none")
+    tests = synapse.test_cases
+    if validation_cases is not None:
+        tests = list(validation_cases)
+        missing = [n for n in tests if not (synapse.test_dir / f"{n}{TEST_SUFFIX}").is_file()]
+        if missing:
+            raise SwinsegError(f"{synapse.test_dir}: validation cases not found: {_shorten(missing)}")
+    slices = SliceDataset(NpzSlices(synapse.train_dir, synapse.train_slices), img_size, augment=augment, seed=seed)
+    train_cases = sorted({n.split("_slice")[0] for n in synapse.train_slices})
+    note = "spacing: none (Synapse-layout files carry no spacing): whole slices resized, the published path"
+    return TrainingData("synapse", root, slices, H5Volumes(synapse.test_dir, tests), synapse.classes,
+                        train_cases, list(tests), dataclasses.replace(prep, spacing=None), [note])
+
+
+def resolve_spacing(prep: Preprocessing, choice: str | tuple[float, float],
+                    cases: Sequence[LoadedCase]) -> tuple[Preprocessing, str]:
+    """The preprocessing with its target spacing decided by `choice` (see open_training_data), and a note."""
+    if choice == "none":
+        return dataclasses.replace(prep, spacing=None), "spacing: none: whole slices resized to the network size"
+    if choice == "card":
+        if prep.spacing is None:
+            return prep, "spacing: none (the card's): whole slices resized to the network size"
+        return prep, f"spacing: {prep.spacing[0]:g}x{prep.spacing[1]:g} mm (the card's)"
+    if choice == "auto":
+        spacings = np.asarray([case.in_plane_spacing for case in cases], dtype=np.float64)
+        target = tuple(float(round(v, 4)) for v in np.median(spacings, axis=0))
+        low, high = spacings.min(axis=0), spacings.max(axis=0)
+        return (dataclasses.replace(prep, spacing=target),
+                f"spacing: {target[0]:g}x{target[1]:g} mm, the median in-plane spacing of {len(cases)} training "
+                f"case(s) (rows {low[0]:g}-{high[0]:g}, columns {low[1]:g}-{high[1]:g} mm)")
+    target = parse_spacing(choice)
+    return dataclasses.replace(prep, spacing=target), f"spacing: {target[0]:g}x{target[1]:g} mm (--spacing)"
+
+
+def read_channel_name(path: Path) -> str | None:
+    """Channel 0's name in an nnU-Net dataset.json (`channel_names`, or MSD's `modality`), None if absent."""
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    names = values.get("channel_names") or values.get("modality") if isinstance(values, dict) else None
+    if not isinstance(names, dict):
+        return None
+    name = names.get("0", names.get(0))
+    return str(name) if name is not None else None
+
+
+def resolve_intensities(prep: Preprocessing, channel: str | None, cases: Sequence[LoadedCase],
+                        seed: int) -> tuple[Preprocessing, list[str]]:
+    """The normalisation for this dataset: dataset.json's channel name decides CT (the card's window, or
+    `window: auto` = the 0.5/99.5 percentiles of the training foreground, nnU-Net's CT scheme) or per-volume
+    percentiles (any other name: MR, T1, T2, FLAIR, ...). Returns the preprocessing and a note saying why."""
+    said = f"dataset.json names channel 0 {channel!r}" if channel else "no channel name in dataset.json"
+    is_ct = prep.modality == "CT" if channel is None else channel.strip().upper() == "CT"
+    if not is_ct:
+        if prep.modality == "MR":
+            return prep, [f"intensities: per-volume percentiles {_range_text(prep.percentiles)} ({said})"]
+        prep = dataclasses.replace(prep, modality="MR", window=None, percentiles=prep.percentiles or (0.5, 99.5))
+        return prep, [f"intensities: per-volume percentiles {_range_text(prep.percentiles)} instead of the "
+                      f"card's CT window ({said})"]
+    if prep.modality == "CT" and prep.window != AUTO:
+        return prep, [f"intensities: CT window {_range_text(prep.window)} HU (the card's; {said})"]
+    window = foreground_percentiles(cases, seed)
+    reason = "the card's window is auto" if prep.modality == "CT" else "the card is for MR"
+    return (dataclasses.replace(prep, modality="CT", window=window, percentiles=None),
+            [f"intensities: CT window {_range_text(window)} HU, the 0.5/99.5 percentiles of the training "
+             f"foreground ({reason}; {said})"])
+
+
+def foreground_percentiles(cases: Sequence[LoadedCase], seed: int, per_case: int = 100_000) -> tuple[float, float]:
+    """0.5 and 99.5 percentiles of the intensities under the labels (up to `per_case` voxels a case)."""
+    rng = np.random.default_rng(seed)
+    values = []
+    for case in cases:
+        voxels = case.image[case.label > 0]
+        if len(voxels) > per_case:
+            voxels = voxels[rng.choice(len(voxels), per_case, replace=False)]
+        values.append(voxels.astype(np.float64))
+    pooled = np.concatenate(values) if values else np.zeros(0)
+    if pooled.size == 0:
+        raise SwinsegError("window auto: the training cases have no foreground voxels to take percentiles from")
+    low, high = np.percentile(pooled, (0.5, 99.5))
+    if high <= low:
+        high = low + 1.0
+    return float(round(low, 2)), float(round(high, 2))
+
+
+def _range_text(values: Any) -> str:
+    return f"[{values[0]:g}, {values[1]:g}]"
 
 
 # ------------------------------------------------------------------------------------------- preprocess
@@ -590,6 +803,10 @@ def preprocess_dataset(in_dir: str | Path, out_dir: str | Path, card: ModelCard,
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     if out_dir.resolve() == in_dir.resolve() or in_dir.resolve() in out_dir.resolve().parents:
         raise SwinsegError(f"{out_dir}: choose an output folder outside the input dataset {in_dir}")
+    if card.preprocessing.spacing is not None:
+        raise SwinsegError(f"card {card.name!r} resamples to a target spacing; `swinseg preprocess` writes the "
+                           "published Synapse layout (whole slices, no spacing): train on the nnU-Net dataset "
+                           "directly instead")
     dataset = open_nnunet(in_dir)
     classes = dataset.classes or card.classes
     train, test = split_cases(dataset.names, test_fraction=test_fraction, test_cases=test_cases, seed=seed)
@@ -616,6 +833,7 @@ def preprocess_dataset(in_dir: str | Path, out_dir: str | Path, card: ModelCard,
         except SwinsegError as error:
             problems.append(str(error))
             continue
+        set_bounds([case], prep)
         if role == "train":
             slice_names[name] = _write_slices(out_dir / TRAIN_FOLDER, case)
         else:

@@ -57,6 +57,7 @@ class Volume:
     direction: tuple[float, ...]
     path: Path | None = None
     normalized: bool = False
+    spacing_known: bool = True  # False for Synapse h5 volumes without a spacing attribute (read as 1 mm)
     _nifti_header: Any = field(default=None, repr=False, compare=False)
     _kind: str = field(default="itk", repr=False, compare=False)  # nifti | itk | dicom | image2d | h5
 
@@ -193,6 +194,7 @@ def _read_h5(path: Path, dataset: str) -> Volume:
             if dataset not in h5:
                 raise SwinsegError(f"{path}: no dataset {dataset!r} (has {', '.join(sorted(h5.keys())) or 'none'})")
             array = np.asarray(h5[dataset])
+            spacing_known = "spacing" in h5.attrs
             spacing = tuple(float(s) for s in h5.attrs.get("spacing", (1.0,) * array.ndim))
     except SwinsegError:
         raise
@@ -208,6 +210,7 @@ def _read_h5(path: Path, dataset: str) -> Volume:
         direction=tuple(float(v) for v in np.eye(ndim).ravel()),
         path=path,
         normalized=dataset == "image" and array.dtype.kind == "f" and bool(array.min() >= 0 and array.max() <= 1),
+        spacing_known=spacing_known,
         _kind="h5",
     )
 

@@ -1,12 +1,18 @@
 """Batched slice inference: scans in, label maps out, in each scan's own geometry.
 
-A volume is oriented to the model card's orientation (a view, no copy), cut into slices along the chosen
-plane (axial by default), and predicted in batches on the device: each batch normalised (CT window or the
-volume's MR percentiles), resized to the model size (scipy-exact cubic, as in training), forward pass
-(autocast on CUDA), logits resized back to the slice size (bilinear) and argmax there, optionally averaged
-over flips in softmax space (TTA). Labels are streamed into a preallocated uint8 array: beyond the scan and its
-label map, memory does not grow with the number of slices. The result is mapped back to the scan's array
-order and written with the scan's geometry.
+A volume goes through swinseg.preprocess (oriented to the card, sliced along its plane, intensities mapped to
+[0, 1] batch by batch), then, on the device, one of the card's two in-plane paths:
+
+- tiled (the card has a target `spacing`): each slice resampled to that spacing, padded with the background
+  (0 after normalisation: air for CT, the volume minimum for MR) where smaller than a tile, covered by img_size
+  tiles overlapping by `tile_overlap` (0.5), tiles of several slices batched together, network outputs
+  accumulated with Gaussian importance weights, resampled back to the slice (bilinear) and argmax there;
+- whole-slice (spacing null, the published layout): each slice resized to img_size (scipy-exact cubic, as in
+  training), logits resized back (bilinear) and argmax there.
+
+TTA averages the softmax over flips of each network input. Labels are streamed into a preallocated uint8
+array: beyond the scan and its label map, memory is bounded by one batch of slices. The result is mapped back
+to the scan's array order and written with the scan's geometry.
 
 `protocol="reference"` is the published evaluation path instead: one slice per pass, cubic resize in, softmax
 + argmax at the model size, nearest resize of the labels back (scipy.ndimage.zoom order 0), float32.
@@ -32,11 +38,10 @@ from swinseg import io, postprocess
 from swinseg.config import ModelCard, load_card
 from swinseg.device import autocast, resolve_device, resolve_precision
 from swinseg.errors import SwinsegError
-from swinseg.preprocess import intensity_bounds, resize_slices, scale_intensities
+from swinseg.preprocess import (DEFAULT_TILE_OVERLAP, PreparedVolume, gaussian_importance, grid_size, pad_margins,
+                                prepare_volume, resample_images, resize_slices, scale_intensities, tile_starts)
 
 PROTOCOLS = ("fast", "reference")
-PLANES = ("axial", "coronal", "sagittal")
-_PLANE_LETTERS = {"axial": "SI", "coronal": "AP", "sagittal": "LR"}
 TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))  # none, left-right, up-down, both
 SliceProgress = Callable[[int], None]
 
@@ -46,27 +51,13 @@ def label_dtype(num_classes: int) -> type[np.unsignedinteger]:
     return np.uint8 if num_classes <= 256 else np.uint16
 
 
-@dataclass
-class PreparedVolume:
-    """A scan laid out for the network: `slices` (D, H, W) in the scan's own dtype (usually a view of its
-    array), the intensity range `bounds` mapped to [0, 1] batch by batch, and `restore`, the map from that
-    layout back to the scan's array order (extra leading axes, e.g. classes, allowed)."""
-
-    slices: np.ndarray
-    bounds: tuple[float, float]
-    restore: Callable[[np.ndarray], np.ndarray]
-
-    def normalized(self, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Slices start:stop as network input: float32 in [0, 1]."""
-        return scale_intensities(self.slices[start:stop], *self.bounds)
-
-
 class Predictor:
     """A model kept on its device, predicting label maps slice by slice in batches.
 
     `precision`: auto (bf16/fp16 autocast on CUDA, fp32 on CPU), bf16, fp16 or fp32. `tta`: average the
-    softmax over horizontal/vertical flips (4 passes). `protocol`: "fast" or "reference" (see the module doc;
-    reference forces batch size 1, float32 and no TTA).
+    softmax over horizontal/vertical flips (4 passes). `batch_size`: network inputs (tiles, or whole slices)
+    per forward pass. `tile_overlap`: share of a tile its neighbours overlap (cards with a target spacing).
+    `protocol`: "fast" or "reference" (see the module doc; reference forces batch size 1, float32 and no TTA).
     """
 
     def __init__(
@@ -79,6 +70,7 @@ class Predictor:
         precision: str = "auto",
         tta: bool = False,
         protocol: str = "fast",
+        tile_overlap: float = DEFAULT_TILE_OVERLAP,
     ) -> None:
         if protocol not in PROTOCOLS:
             raise SwinsegError(f"--protocol {protocol!r}: expected one of {', '.join(PROTOCOLS)}")
@@ -86,6 +78,13 @@ class Predictor:
             raise SwinsegError(f"--batch-size {batch_size}: must be at least 1")
         if protocol == "reference" and tta:
             raise SwinsegError("--tta is not part of --protocol reference (the published path has no TTA)")
+        if protocol == "reference" and card.preprocessing.resamples:
+            raise SwinsegError(
+                f"--protocol reference is the published whole-slice resize, but model {card.name!r} was trained "
+                f"on slices resampled to {_mm(card.preprocessing.spacing)} mm; drop --protocol reference"
+            )
+        if not 0.0 <= tile_overlap < 1.0:
+            raise SwinsegError(f"--tile-overlap {tile_overlap}: must be in [0, 1)")
         num_classes = model.config.num_classes
         if num_classes != len(card.classes):
             where = f" ({card.source})" if card.source else ""
@@ -100,35 +99,74 @@ class Predictor:
         self.batch_size = 1 if protocol == "reference" else batch_size
         self.tta = tta
         self.protocol = protocol
+        self.tile_overlap = float(tile_overlap)
         self.img_size = model.config.img_size
         self.num_classes = num_classes
         self._label_dtype = torch.uint8 if label_dtype(num_classes) == np.uint8 else torch.int32
 
+    @property
+    def target_spacing(self) -> tuple[float, float] | None:
+        """The card's in-plane target spacing (mm), None for the whole-slice resize."""
+        return self.card.preprocessing.spacing
+
     # ------------------------------------------------------------------------------------------ slices
 
-    def predict_slices(self, slices: np.ndarray, progress: SliceProgress | None = None) -> np.ndarray:
-        """Labels (D, H, W) (uint8, uint16 beyond 256 classes) for normalised slices (D, H, W) float32."""
-        return self._run(slices, None, None, progress)
+    def predict_slices(
+        self, slices: np.ndarray, progress: SliceProgress | None = None, *,
+        spacing: tuple[float, float] | None = None,
+    ) -> np.ndarray:
+        """Labels (D, H, W) (uint8, uint16 beyond 256 classes) for normalised slices (D, H, W) float32 whose
+        pixels are `spacing` (rows, columns) mm apart (needed by cards with a target spacing)."""
+        return self._run(slices, None, spacing, None, progress)
 
     def predict_slices_with_probabilities(
-        self, slices: np.ndarray, progress: SliceProgress | None = None
+        self, slices: np.ndarray, progress: SliceProgress | None = None, *,
+        spacing: tuple[float, float] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Labels (D, H, W) and softmax probabilities (C, D, H, W) float16 (fast protocol only)."""
-        return self._run_with_probabilities(slices, None, progress)
+        return self._run_with_probabilities(slices, None, spacing, progress)
 
     def _run_with_probabilities(
-        self, slices: np.ndarray, bounds: tuple[float, float] | None, progress: SliceProgress | None
+        self, slices: np.ndarray, bounds: tuple[float, float] | None, spacing: tuple[float, float] | None,
+        progress: SliceProgress | None,
     ) -> tuple[np.ndarray, np.ndarray]:
         if self.protocol == "reference":
             raise SwinsegError("--save-probabilities is not available with --protocol reference (labels only)")
         probabilities = np.empty((self.num_classes, *slices.shape), dtype=np.float16)
-        return self._run(slices, bounds, probabilities, progress), probabilities
+        return self._run(slices, bounds, spacing, probabilities, progress), probabilities
+
+    def slices_per_batch(self, size: tuple[int, int], spacing: tuple[float, float] | None) -> int:
+        """Slices handled together: enough that their tiles fill a forward pass (1 slice = 1 input untiled)."""
+        if self.target_spacing is None or self.protocol == "reference":
+            return self.batch_size
+        return max(1, self.batch_size // self.tiles_per_slice(size, spacing))
+
+    def tiles_per_slice(self, size: tuple[int, int], spacing: tuple[float, float] | None) -> int:
+        """Network inputs per slice of `size` at `spacing` (1 for the whole-slice resize)."""
+        if self.target_spacing is None:
+            return 1
+        height, width = self._padded(self._grid(size, spacing))
+        return len(tile_starts(height, self.img_size, self.tile_overlap)) * len(
+            tile_starts(width, self.img_size, self.tile_overlap))
+
+    def _grid(self, size: tuple[int, int], spacing: tuple[float, float] | None) -> tuple[int, int]:
+        assert self.target_spacing is not None
+        if spacing is None:
+            raise SwinsegError(
+                f"model {self.card.name!r} resamples slices to {_mm(self.target_spacing)} mm, but this input "
+                "carries no pixel spacing (a Synapse h5 file without a spacing attribute?)"
+            )
+        return grid_size(size, spacing, self.target_spacing)
+
+    def _padded(self, size: tuple[int, int]) -> tuple[int, int]:
+        return max(size[0], self.img_size), max(size[1], self.img_size)
 
     @torch.inference_mode()
     def _run(
         self,
         slices: np.ndarray,
         bounds: tuple[float, float] | None,
+        spacing: tuple[float, float] | None,
         probabilities: np.ndarray | None,
         progress: SliceProgress | None,
     ) -> np.ndarray:
@@ -138,15 +176,19 @@ class Predictor:
             raise ValueError(f"expected slices (D, H, W), got shape {slices.shape}")
         depth, height, width = slices.shape
         labels = np.empty((depth, height, width), dtype=label_dtype(self.num_classes))
-        for start in range(0, depth, self.batch_size):
-            stop = min(start + self.batch_size, depth)
+        step = self.slices_per_batch((height, width), spacing)
+        for start in range(0, depth, step):
+            stop = min(start + step, depth)
             chunk = slices[start:stop] if bounds is None else scale_intensities(slices[start:stop], *bounds)
             batch = torch.from_numpy(np.ascontiguousarray(chunk, dtype=np.float32)).to(self.device)
             try:
                 if self.protocol == "reference":
                     labels[start:stop] = self._reference_labels(batch).cpu().numpy()
                 else:
-                    scores = self._scores(batch, (height, width))
+                    if self.target_spacing is None:
+                        scores = self._whole_slice_scores(batch)
+                    else:
+                        scores = self._tiled_scores(batch, self._grid((height, width), spacing))
                     if probabilities is not None:
                         probs = scores if self.tta else torch.softmax(scores, dim=1)
                         probabilities[:, start:stop] = probs.transpose(0, 1).to(torch.float16).cpu().numpy()
@@ -163,24 +205,54 @@ class Predictor:
         with autocast(self.device, self.dtype):
             return self.model(images).float()
 
-    def _scores(self, batch: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """(B, C, H, W) float32 at the slice size: logits, or flip-averaged probabilities with TTA."""
-        images = resize_slices(batch, self.img_size, order=3).unsqueeze(1)
-        if self.tta:
-            total = None
-            for dims in TTA_FLIPS:
-                probs = torch.softmax(self._forward(images.flip(dims) if dims else images), dim=1)
-                probs = probs.flip(dims) if dims else probs
-                total = probs if total is None else total + probs
-            scores = total / len(TTA_FLIPS)
-        else:
-            scores = self._forward(images)
+    def _network_scores(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, C, S, S) float32 for network inputs (N, 1, S, S): logits, or flip-averaged softmax with TTA."""
+        if not self.tta:
+            return self._forward(images)
+        total = None
+        for dims in TTA_FLIPS:
+            probs = torch.softmax(self._forward(images.flip(dims) if dims else images), dim=1)
+            probs = probs.flip(dims) if dims else probs
+            total = probs if total is None else total + probs
+        return total / len(TTA_FLIPS)
+
+    def _whole_slice_scores(self, batch: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) scores at the slice size for slices (B, H, W): the whole slice resized to img_size."""
+        size = tuple(batch.shape[-2:])
+        scores = self._network_scores(resize_slices(batch, self.img_size, order=3).unsqueeze(1))
         # Channels-last makes the class axis contiguous: the resize and the argmax over classes run ~4x faster.
         scores = scores.contiguous(memory_format=torch.channels_last)
         if tuple(scores.shape[-2:]) == size:
             return scores
         # Linear resize back, as scipy's order-1 zoom (align_corners) but as torch's sparse kernel: no matmuls.
         return F.interpolate(scores, size=size, mode="bilinear", align_corners=True)
+
+    def _tiled_scores(self, batch: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """(B, C, H, W) scores at the slice size for slices (B, H, W): resampled to the target spacing (`grid`
+        pixels), padded to at least one tile, tiled, weighted accumulation, resampled back."""
+        size, tile = tuple(batch.shape[-2:]), self.img_size
+        images = resample_images(batch.unsqueeze(1), grid)
+        (top, bottom), (left, right) = pad_margins(grid[0], tile), pad_margins(grid[1], tile)
+        if top or bottom or left or right:
+            images = F.pad(images, (left, right, top, bottom), value=0.0)  # 0 = air (CT) / minimum (MR)
+        height, width = images.shape[-2:]
+        corners = [(y, x) for y in tile_starts(height, tile, self.tile_overlap)
+                   for x in tile_starts(width, tile, self.tile_overlap)]
+        weight = torch.tensor(gaussian_importance(tile), device=self.device)
+        total = torch.zeros((images.shape[0], self.num_classes, height, width), device=self.device)
+        coverage = torch.zeros((height, width), device=self.device)
+        for y, x in corners:
+            coverage[y:y + tile, x:x + tile] += weight
+        inputs = [(b, y, x) for b in range(images.shape[0]) for y, x in corners]
+        for first in range(0, len(inputs), self.batch_size):
+            part = inputs[first:first + self.batch_size]
+            tiles = torch.stack([images[b, :, y:y + tile, x:x + tile] for b, y, x in part])
+            scores = self._network_scores(tiles) * weight
+            for (b, y, x), score in zip(part, scores):
+                total[b, :, y:y + tile, x:x + tile] += score
+        total /= coverage
+        total = total[:, :, top:height - bottom, left:width - right]
+        return resample_images(total.contiguous(memory_format=torch.channels_last), size)
 
     def _reference_labels(self, batch: torch.Tensor) -> torch.Tensor:
         """The published evaluation path for one slice: cubic in, softmax + argmax, nearest back."""
@@ -192,34 +264,16 @@ class Predictor:
     # ----------------------------------------------------------------------------------------- volumes
 
     def prepare(self, volume: io.Volume, plane: str | None = None) -> PreparedVolume:
-        """The volume oriented as the card says (a view), `plane` slices (default axial) first, and the
-        intensity range of the card's preprocessing (CT window, or this volume's MR percentiles).
-
-        2-D 8-bit images (PNG/JPEG) are display images: scaled from [0, 255] instead.
-        """
-        plane = (plane or "axial").lower()
-        if plane not in PLANES:
-            raise SwinsegError(f"--axis {plane!r}: expected one of {', '.join(PLANES)}")
-        prep = self.card.preprocessing
-        oriented, back = io.to_orientation(volume, prep.orientation)
-        if volume.ndim == 2:
-            bounds = (0.0, 255.0) if oriented.dtype == np.uint8 else intensity_bounds(oriented, prep)
-            return PreparedVolume(oriented[np.newaxis], bounds, lambda a: back(a[..., 0, :, :]))
-        bounds = (0.0, 1.0) if volume.normalized else intensity_bounds(oriented, prep)
-        axis = _plane_axis(prep.orientation, plane)
-        if axis == 0:
-            return PreparedVolume(oriented, bounds, back)
-        return PreparedVolume(
-            np.moveaxis(oriented, axis, 0), bounds, lambda a: back(np.moveaxis(a, -3, a.ndim - 3 + axis))
-        )
+        """The volume laid out for this model by swinseg.preprocess (`plane`: default the card's)."""
+        return prepare_volume(volume, self.card.preprocessing, plane)
 
     def predict_prepared(
         self, prepared: PreparedVolume, *, probabilities: bool = False, progress: SliceProgress | None = None
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Labels (and probabilities (C, D, H, W) float16 if asked) in the prepared layout."""
         if probabilities:
-            return self._run_with_probabilities(prepared.slices, prepared.bounds, progress)
-        return self._run(prepared.slices, prepared.bounds, None, progress), None
+            return self._run_with_probabilities(prepared.slices, prepared.bounds, prepared.spacing, progress)
+        return self._run(prepared.slices, prepared.bounds, prepared.spacing, None, progress), None
 
     def predict_volume(
         self,
@@ -262,14 +316,8 @@ class Predictor:
         return labels
 
 
-def _plane_axis(orientation: str, plane: str) -> int:
-    """Array axis of the `plane` slices in an array oriented as `orientation` (letters name index axes x, y, z;
-    array axis a is index axis 2 - a)."""
-    letters = orientation.upper()
-    for index, letter in enumerate(letters):
-        if letter in _PLANE_LETTERS[plane]:
-            return len(letters) - 1 - index
-    raise SwinsegError(f"orientation {orientation!r} has no {plane} axis")
+def _mm(spacing: tuple[float, ...] | None) -> str:
+    return "x".join(f"{s:g}" for s in spacing or ())
 
 
 # ------------------------------------------------------------------------------------------- model source

@@ -1,6 +1,17 @@
-"""Intensity normalisation and slice resizing, shared by predict, data and train.
+"""Volume -> network input: the one home shared by training, validation and predict.
 
-The resize reproduces `scipy.ndimage.zoom(image, (h / H, w / W), order=...)` with scipy's defaults
+A volume is oriented to the card's orientation code (a view), cut into slices along the card's plane
+(`prepare_volume`), and its intensities mapped to [0, 1] (CT window, or the volume's MR percentiles). Then one
+of two in-plane paths, decided by the card's `spacing`:
+
+- `spacing: null`, the published path: every slice resized whole to img_size x img_size (below);
+- `spacing: [sy, sx]`: slices resampled to that spacing (`grid_size`; images bilinear, antialiased when
+  shrinking, labels nearest) and covered by img_size tiles (`tile_starts`, `gaussian_importance`), as nnU-Net
+  and TotalSegmentator do, so a scan of any field of view and spacing shows the network anatomy at the scale it
+  was trained on. Resampling is edge-aligned: the resampled grid covers the slice's extent, n' = round(n * s /
+  s'), so mapping back is the same resize the other way.
+
+Whole-slice resize: The resize reproduces `scipy.ndimage.zoom(image, (h / H, w / W), order=...)` with scipy's defaults
 (mode "constant", cval 0, grid_mode False, prefilter True), which is what the reference Swin-Unet code calls.
 Zooming with these settings is linear and separable, so for fixed sizes it equals `My @ slice @ Mx.T`, where
 `My` and `Mx` are scipy's zoom of an identity matrix along one axis; batches then resize as two matmuls on any
@@ -13,23 +24,179 @@ output row maps a hair beyond the input's last sample, and mode "constant" fills
 from __future__ import annotations
 
 import functools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.ndimage
 import scipy.sparse
 
-from swinseg.config import Preprocessing
+from swinseg.config import AUTO, PLANES, Preprocessing
+from swinseg.errors import SwinsegError
 
 if TYPE_CHECKING:
     import torch
+
+    from swinseg.io import Volume
+
+_PLANE_LETTERS = {"axial": "SI", "coronal": "AP", "sagittal": "LR"}
+DEFAULT_TILE_OVERLAP = 0.5
+
+
+# ------------------------------------------------------------------------------------ orientation and plane
+
+
+def slice_axis(orientation: str, plane: str) -> int:
+    """Array axis of the `plane` slices in an array oriented as `orientation` (letters name index axes x, y, z;
+    array axis a is index axis 2 - a)."""
+    letters = orientation.upper()
+    for index, letter in enumerate(letters):
+        if letter in _PLANE_LETTERS[plane]:
+            return len(letters) - 1 - index
+    raise SwinsegError(f"orientation {orientation!r} has no {plane} axis")
+
+
+@dataclass
+class PreparedVolume:
+    """A scan laid out for the network: `slices` (D, H, W) in the scan's own dtype (usually a view of its
+    array), the intensity range `bounds` mapped to [0, 1] batch by batch, the in-plane `spacing` (rows,
+    columns) in mm (None when unknown), and `restore`, the map from that layout back to the scan's array order
+    (extra leading axes, e.g. classes, allowed)."""
+
+    slices: np.ndarray
+    bounds: tuple[float, float]
+    spacing: tuple[float, float] | None
+    restore: Callable[[np.ndarray], np.ndarray]
+
+    def normalized(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Slices start:stop as network input: float32 in [0, 1]."""
+        return scale_intensities(self.slices[start:stop], *self.bounds)
+
+
+def prepare_volume(volume: Volume, prep: Preprocessing, plane: str | None = None, *,
+                   intensities: bool = True) -> PreparedVolume:
+    """`volume` oriented as the card says (a view), its `plane` slices (default: the card's plane) first, and
+    the intensity range of the card's preprocessing. Labels pass `intensities=False` (bounds unused).
+
+    2-D 8-bit images (PNG/JPEG) are display images: scaled from [0, 255] instead.
+    """
+    from swinseg import io
+
+    plane = (plane or prep.plane).lower()
+    if plane not in PLANES:
+        raise SwinsegError(f"--axis {plane!r}: expected one of {', '.join(PLANES)}")
+    oriented, back = io.to_orientation(volume, prep.orientation)
+    spacing = io.oriented_spacing(volume, prep.orientation)
+    if volume.ndim == 2:
+        bounds = (0.0, 255.0) if oriented.dtype == np.uint8 else _bounds(oriented, prep, intensities)
+        return PreparedVolume(oriented[np.newaxis], bounds, (spacing[0], spacing[1]),
+                              lambda a: back(a[..., 0, :, :]))
+    bounds = (0.0, 1.0) if volume.normalized else _bounds(oriented, prep, intensities)
+    axis = slice_axis(prep.orientation, plane)
+    in_plane = tuple(s for a, s in enumerate(spacing) if a != axis)
+    known = in_plane if volume.spacing_known else None
+    if axis == 0:
+        return PreparedVolume(oriented, bounds, known, back)  # type: ignore[arg-type]
+    return PreparedVolume(np.moveaxis(oriented, axis, 0), bounds, known,  # type: ignore[arg-type]
+                          lambda a: back(np.moveaxis(a, -3, a.ndim - 3 + axis)))
+
+
+def _bounds(array: np.ndarray, prep: Preprocessing, intensities: bool) -> tuple[float, float]:
+    return intensity_bounds(array, prep) if intensities else (0.0, 1.0)
+
+
+# ------------------------------------------------------------------------------------- target-spacing grid
+
+
+def grid_size(size: tuple[int, int], spacing: tuple[float, float], target: tuple[float, float]) -> tuple[int, int]:
+    """Rows and columns of a slice of `size` at `spacing` resampled to the `target` spacing (mm)."""
+    return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(size, spacing, target))  # type: ignore[return-value]
+
+
+def resample_images(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Float (B, C, H, W) resampled to `size`: bilinear, edge-aligned, antialiased when shrinking (an average
+    over the source pixels each output pixel covers, so downsampled CT noise does not alias)."""
+    import torch
+    import torch.nn.functional as F
+
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images
+    with torch.autocast(device_type=images.device.type, enabled=False):
+        return F.interpolate(images, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
+
+
+def nearest_source(n_in: int, n_out: int) -> np.ndarray:
+    """Source index of each output index for an edge-aligned nearest resize: floor((i + 0.5) * n_in / n_out)."""
+    return np.minimum(((np.arange(n_out) + 0.5) * (n_in / n_out)).astype(np.int64), n_in - 1)
+
+
+def resample_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Labels (..., H, W) resampled to `size` by nearest neighbour (the same grid as `resample_images`)."""
+    height, width = labels.shape[-2:]
+    if (height, width) == tuple(size):
+        return labels
+    rows, cols = nearest_source(height, size[0]), nearest_source(width, size[1])
+    return labels[..., rows[:, None], cols[None, :]]
+
+
+def resample_to_grid(image: np.ndarray, bounds: tuple[float, float], label: np.ndarray,
+                     spacing: tuple[float, float], target: tuple[float, float],
+                     chunk: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Raw image slices (D, H, W) normalised from `bounds` and resampled from `spacing` to the `target`
+    spacing as predict does it (float16 in [0, 1]: 2 bytes a voxel in memory), and their labels (nearest)."""
+    import torch
+
+    size = grid_size(image.shape[1:], spacing, target)
+    resampled = np.empty((image.shape[0], *size), dtype=np.float16)
+    with torch.inference_mode():
+        for start in range(0, image.shape[0], chunk):
+            batch = torch.from_numpy(scale_intensities(image[start:start + chunk], *bounds)).unsqueeze(1)
+            resampled[start:start + chunk] = resample_images(batch, size)[:, 0].clamp_(0, 1).numpy()
+    return resampled, np.ascontiguousarray(resample_labels(label, size))
+
+
+# -------------------------------------------------------------------------------------------------- tiles
+
+
+def tile_starts(length: int, tile: int, overlap: float = DEFAULT_TILE_OVERLAP) -> list[int]:
+    """Start offsets of `tile`-long windows covering `length` (>= tile) with at least `overlap` between
+    neighbours, evenly spread from 0 to length - tile (nnU-Net's sliding window)."""
+    if length <= tile:
+        return [0]
+    step = tile * (1.0 - overlap)
+    count = math.ceil((length - tile) / step) + 1
+    return [int(round(i * (length - tile) / (count - 1))) for i in range(count)]
+
+
+@functools.lru_cache(maxsize=8)
+def gaussian_importance(tile: int, sigma_scale: float = 0.125) -> np.ndarray:
+    """(tile, tile) float32 weights, 1 at the centre falling off as a Gaussian (sigma = tile / 8, nnU-Net's):
+    tile borders, where the network sees least context, count least where tiles overlap."""
+    centre = (tile - 1) / 2.0
+    profile = np.exp(-0.5 * ((np.arange(tile) - centre) / (sigma_scale * tile)) ** 2)
+    weights = np.outer(profile, profile).astype(np.float32)
+    weights.setflags(write=False)
+    return weights
+
+
+def pad_margins(length: int, tile: int) -> tuple[int, int]:
+    """(before, after) padding that centres a `length` axis shorter than `tile` in one tile (0, 0 otherwise)."""
+    missing = max(0, tile - length)
+    return missing // 2, missing - missing // 2
+
+
+# ---------------------------------------------------------------------------------------------- intensities
 
 
 def intensity_bounds(array: np.ndarray, prep: Preprocessing) -> tuple[float, float]:
     """The intensity range mapped to [0, 1]: the CT window, or the MR volume's percentiles."""
     if prep.modality == "CT":
-        assert prep.window is not None
-        return prep.window
+        if prep.window == AUTO or prep.window is None:
+            raise SwinsegError("the card's CT window is 'auto', which training resolves from its data; "
+                               "use a trained checkpoint, or give the card a window [low, high]")
+        return prep.window  # type: ignore[return-value]
     assert prep.percentiles is not None
     low, high = np.percentile(array, prep.percentiles)
     return float(low), float(high)
@@ -48,6 +215,9 @@ def scale_intensities(array: np.ndarray, low: float, high: float) -> np.ndarray:
 def normalize(array: np.ndarray, prep: Preprocessing) -> np.ndarray:
     """Network input intensities in [0, 1] (float32): CT clipped to the HU window, MR to its percentiles."""
     return scale_intensities(array, *intensity_bounds(array, prep))
+
+
+# ------------------------------------------------------------------- whole-slice resize (the published path)
 
 
 @functools.lru_cache(maxsize=64)

@@ -186,16 +186,34 @@ def poly_schedule(optimizer: torch.optim.Optimizer, max_iterations: int, power: 
 
 
 def open_data(
-    config: TrainConfig, card: ModelCard, progress: Callable[[int, int, str], None] | None = None
+    config: TrainConfig, card: ModelCard, progress: Callable[[int, int, str], None] | None = None,
+    resumed: bool = False,
 ) -> TrainingData:
-    """The dataset folder (Synapse or nnU-Net layout) opened through swinseg.data for this card."""
+    """The dataset folder (Synapse or nnU-Net layout) opened through swinseg.data for this card; its
+    `preprocessing` is the card's with spacing and intensities resolved for the data."""
     from swinseg.data import open_training_data
 
     return open_training_data(
         config.data, img_size=card.network.img_size, preprocessing=card.preprocessing, augment=config.augment,
         seed=config.seed, validation_fraction=config.val_fraction, validation_cases=config.val_cases,
+        spacing=spacing_choice(config, card, resumed), oversample_foreground=config.oversample_foreground,
         progress=progress,
     )
+
+
+def spacing_choice(config: TrainConfig, card: ModelCard, resumed: bool = False) -> str | tuple[float, float]:
+    """What --spacing means for this run: as given; else the card's when it names one (always for finetune and
+    resume: the model was trained at that scale), else "auto"."""
+    from swinseg.config import parse_spacing
+
+    if resumed:
+        return "card"
+    if config.spacing is not None:
+        text = config.spacing.strip().lower()
+        return text if text in ("auto", "none") else parse_spacing(text)
+    if config.checkpoint or card.preprocessing.spacing is not None:
+        return "card"
+    return "auto"
 
 
 def epoch_loader(
@@ -245,7 +263,7 @@ def validate(
     scores = []
     for index in range(dist.rank, len(cases), dist.world_size):
         case = cases[index]
-        prediction = predictor.predict_slices(case.image)
+        prediction, _ = predictor.predict_prepared(case.prepared)
         scores.append([dice(prediction == c, case.label == c) for c in range(1, len(card.classes))])
     model.train(was_training)
     everything = np.asarray([row for rows in dist.all_gather(scores) for row in rows], dtype=np.float64)
@@ -372,10 +390,11 @@ class Trainer:
         _seed_process(_mix_seed(config.seed, dist.rank))
         if resumed_card is not None:
             self.model, self.card = SwinUnet(resumed_card.network), resumed_card
-            self.data = open_data(config, resumed_card, progress.loading)
+            self.data = open_data(config, resumed_card, progress.loading, resumed=True)
         else:
             model, card = starting_point(config)
             self.data = open_data(config, card, progress.loading)
+            card = dataclasses.replace(card, preprocessing=self.data.preprocessing)
             classes = tuple(config.classes) if config.classes else (self.data.classes or card.classes)
             if self.data.classes and len(classes) != len(self.data.classes):
                 raise SwinsegError(f"--classes names {len(classes)} classes but {config.data} has "
@@ -525,6 +544,8 @@ def train(
             _remove_stale_temporaries(run_dir)
             write_config(config, run_dir / CONFIG_FILE)  # when resuming: with the flags that changed it
         trainer.log(trainer.describe())
+        for note in trainer.data.notes:
+            trainer.log(f"  {note}")
         if trainer.validating and trainer.data.layout == "synapse" and config.val_cases is None:
             trainer.log("note: validating on the test_vol list, so best.safetensors is chosen on the test set; "
                         "report final.safetensors (as the paper does), or name other test_vol_h5 volumes with "

@@ -44,6 +44,8 @@ class TrainConfig:
     ce_weight: float = 0.4
     dice_weight: float = 0.6
     augment: bool = True
+    spacing: str | None = None  # auto | none | SY,SX mm; default: the card's if it names one, else auto
+    oversample_foreground: float = 1 / 3  # share of crops centred on a foreground voxel (target spacing only)
     seed: int = 1234
     val_every: int = 10  # epochs; 0 disables validation
     val_fraction: float = 0.2  # nnU-Net layout: share of the cases held out (Synapse: the test_vol volumes)
@@ -61,6 +63,8 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise SwinsegError(f"--{_flag(name)} must be at least 1, got {getattr(self, name)}")
+        if not 0.0 <= self.oversample_foreground <= 1.0:
+            raise SwinsegError(f"--oversample-foreground must be in [0, 1], got {self.oversample_foreground}")
         for name in ("val_every", "val_fraction", "num_workers", "weight_decay", "momentum"):
             if getattr(self, name) < 0:
                 raise SwinsegError(f"--{_flag(name)} must not be negative, got {getattr(self, name)}")

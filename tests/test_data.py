@@ -143,7 +143,8 @@ def test_synapse_layout_slices_and_volumes(tmp_path: Path) -> None:
     np.testing.assert_allclose(sample["image"][0].numpy(), expected, atol=1e-5)
     np.testing.assert_array_equal(sample["label"].numpy(), expected_label)
     volume = data.volumes[0]
-    assert volume.name == "case0008" and volume.image.shape == (3, 40, 40) and volume.label.dtype == np.uint8
+    assert volume.name == "case0008" and volume.prepared.slices.shape == (3, 40, 40) and volume.label.dtype == np.uint8
+    assert volume.prepared.spacing is None  # Synapse h5 files without a spacing attribute
 
 
 def test_synapse_missing_listed_files_are_named(tmp_path: Path) -> None:
@@ -195,8 +196,8 @@ def test_nnunet_layout_oriented_normalised_slices_and_volumes(tmp_path: Path) ->
     np.testing.assert_array_equal(got_label, scipy.ndimage.zoom(lps_array(label)[4], (1, 24 / 20), order=0))
     volume = data.volumes[0]
     hu, label = cases["abd_001"]
-    assert volume.name == "abd_001" and volume.spacing == (3.0, 1.5, 1.5)
-    np.testing.assert_allclose(volume.image, np.clip((lps_array(hu) + 125.0) / 400, 0, 1), atol=1e-6)
+    assert volume.name == "abd_001" and volume.prepared.spacing == (1.5, 1.5)
+    np.testing.assert_allclose(volume.prepared.normalized(), np.clip((lps_array(hu) + 125.0) / 400, 0, 1), atol=1e-6)
     np.testing.assert_array_equal(volume.label, lps_array(label))
 
 
@@ -300,8 +301,8 @@ def test_preprocess_writes_synapse_layout_equal_to_direct_reading(tmp_path: Path
     for index in (0, 7, 11):
         np.testing.assert_array_equal(direct.slices[index]["image"], converted.slices[index]["image"])
         np.testing.assert_array_equal(direct.slices[index]["label"], converted.slices[index]["label"])
-    np.testing.assert_array_equal(direct.volumes[0].image, converted.volumes[0].image)
-    assert converted.volumes[0].spacing == (3.0, 1.5, 1.5)
+    np.testing.assert_array_equal(direct.volumes[0].prepared.normalized(), converted.volumes[0].prepared.normalized())
+    assert converted.volumes[0].prepared.spacing == (1.5, 1.5)
     # a rerun keeps finished cases; no temporary files are left behind
     again = preprocess_dataset(tmp_path / "ds", out, card, test_cases=["abd_001"])
     assert again.skipped == ["abd_000", "abd_002", "abd_001"]

@@ -161,8 +161,9 @@ def test_train_command_writes_a_predict_ready_run(phantoms, tmp_path):
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     model, card = load_checkpoint(run / "best.safetensors")
     assert card.classes == ("background", "liver", "spleen", "kidney_left", "kidney_right", "aorta")
-    labels = Predictor(model, card, device="cpu").predict_slices(np.zeros((2, 64, 64), np.float32))
-    assert labels.shape == (2, 64, 64)
+    assert card.preprocessing.spacing == (5.5, 5.5)  # --spacing auto: the phantoms' median, kept in the checkpoint
+    labels = Predictor(model, card, device="cpu").predict_slices(np.zeros((2, 80, 70), np.float32), spacing=(4.0, 6.0))
+    assert labels.shape == (2, 80, 70)
     state = load_training_state(run / "last.pt")
     assert state["epoch"] == 2 and state["scheduler"]["last_epoch"] == 4 and len(state["history"]) == 2
 

@@ -63,7 +63,14 @@ def predict(
     classes: Optional[str] = typer.Option(
         None, "--classes", help="Keep only these classes (names or ids, comma separated, e.g. liver,spleen)."
     ),
-    axis: Plane = typer.Option(Plane.axial, "--axis", help="Slice plane, found from the scan's direction."),
+    axis: Optional[Plane] = typer.Option(
+        None, "--axis", help="Slice plane, found from the scan's direction. (default: the model's, axial)",
+        show_default=False,
+    ),
+    tile_overlap: float = typer.Option(
+        0.5, "--tile-overlap", min=0.0, max=0.95,
+        help="Overlap of neighbouring tiles, for models with a target spacing (slices resampled and tiled).",
+    ),
     protocol: Protocol = typer.Option(
         Protocol.fast, "--protocol",
         help="fast, or reference: the published evaluation path (1 slice per pass, nearest resize back).",
@@ -71,7 +78,7 @@ def predict(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     precision: Precision = typer.Option(Precision.auto, "--precision", help="auto: bf16/fp16 on CUDA, fp32 on CPU."),
     batch_size: Optional[int] = typer.Option(
-        None, "--batch-size", "-b", min=1, help="Slices per forward pass (default 16; 1 with --protocol reference)."
+        None, "--batch-size", "-b", min=1, help="Network inputs (tiles or whole slices) per forward pass (default 16; 1 with --protocol reference)."
     ),
     series: Optional[str] = typer.Option(None, "--series", help="SeriesInstanceUID in a multi-series DICOM folder."),
     channel: Optional[int] = typer.Option(None, "--channel", min=0, help="Channel/volume of a 4-D or vector image."),
@@ -107,7 +114,7 @@ def predict(
         show.note(f"shard {shard_of[0]}/{shard_of[1]}: no cases" if shard_of else "no cases")
         return
     pending = [case for case in cases if overwrite or not lib.is_finished(case)]
-    options = lib.RunOptions(plane=axis.value, series=series, channel=channel, overwrite=overwrite,
+    options = lib.RunOptions(plane=axis.value if axis else None, series=series, channel=channel, overwrite=overwrite,
                              keep_largest=keep_largest)
     with show.progress(len(cases)) as progress:
         if pending:
@@ -116,11 +123,14 @@ def predict(
                 options = dataclasses.replace(options, classes=parse_classes(classes, card.classes))
             predictor = lib.Predictor(
                 net, card, device=device, batch_size=batch_size or 16, precision=precision.value, tta=tta,
-                protocol=protocol.value,
+                protocol=protocol.value, tile_overlap=tile_overlap,
             )
+            spacing = card.preprocessing.spacing
+            grid = (f"slices resampled to {spacing[0]:g}x{spacing[1]:g} mm, {card.network.img_size}px tiles "
+                    f"overlapping {tile_overlap:g}" if spacing else "whole slices resized")
             show.note(
                 f"{card.name}: {len(card.classes)} classes on {predictor.device}, {precision_name(predictor.dtype)}, "
-                f"batch {predictor.batch_size}, protocol {protocol.value}{', TTA' if tta else ''}; "
+                f"batch {predictor.batch_size}, protocol {protocol.value}{', TTA' if tta else ''}, {grid}; "
                 f"{len(pending)} of {len(cases)} case(s) to predict"
                 + (f" (shard {shard_of[0]}/{shard_of[1]})" if shard_of else "")
             )

@@ -37,6 +37,11 @@ OPTIONS: dict[str, tuple[Any, str]] = {
     "ce_weight": (float, "Cross-entropy weight in the loss. (default: 0.4)"),
     "dice_weight": (float, "Soft Dice weight in the loss. (default: 0.6)"),
     "augment": (bool, "The reference augmentation (rot90+flip or rotation +-20 degrees). (default: on)"),
+    "spacing": (str, "Target in-plane spacing: auto (the median of the training cases, nnU-Net's rule), none "
+                     "(whole slices resized, the published path) or SY,SX in mm; recorded in the checkpoint. "
+                     "(default: the card's if it names one, else auto; finetune: the checkpoint's)"),
+    "oversample_foreground": (float, "Share of training crops centred on a voxel of a random foreground class "
+                                     "(with a target spacing). (default: 0.333, nnU-Net's)"),
     "seed": (int, "Seed of initialisation, shuffling, augmentation and splits. (default: 1234)"),
     "val_every": (int, "Validate every N epochs (and after the last); 0 turns validation off. "
                        "(default: 10; finetune 5)"),
