@@ -60,6 +60,17 @@ def _run_step(app: click.Command, args: list[str]) -> None:
         raise typer.Exit(code)
 
 
+def _demo_spacing(shape: tuple[int, int, int]) -> tuple[float, float, float]:
+    """The voxel spacing that gives `shape` the default phantom field of view (240 x 352 x 352 mm)."""
+    from swinseg.phantom import DEFAULT_SHAPE, DEFAULT_SPACING
+
+    return tuple(round(n0 * s0 / n, 4) for n0, s0, n in zip(DEFAULT_SHAPE, DEFAULT_SPACING, shape))  # type: ignore
+
+
+def _geometry_args(shape: tuple[int, ...], spacing: tuple[float, ...]) -> list[str]:
+    return ["--shape", *map(str, shape), "--spacing", *(f"{s:g}" for s in spacing)]
+
+
 @cli_errors
 def demo(
     ctx: typer.Context,
@@ -67,47 +78,64 @@ def demo(
     train_cases: int = typer.Option(16, "--train-cases", min=2, help="Phantom cases to train on."),
     test_cases: int = typer.Option(4, "--test-cases", min=1, help="Held-out phantom cases to predict."),
     epochs: int = typer.Option(15, "--epochs", min=1, help="Training epochs."),
-    shape: tuple[int, int, int] = typer.Option((48, 160, 160), "--shape", help="Phantom size Z Y X in voxels."),
+    shape: tuple[int, int, int] = typer.Option(
+        (48, 160, 160), "--shape", help="Phantom size Z Y X in voxels (the field of view stays 240x352x352 mm)."
+    ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
 ) -> None:
     """Run the whole pipeline on synthetic CT phantoms, offline: data, training, prediction, evaluation, pictures.
 
+    The held-out phantoms are also predicted with a 1.5x field of view (air around the body) and at half the
+    pixel spacing: the model resamples every scan to its training spacing, so all three should score alike.
     Each step is the swinseg command printed before it, so every result can be reproduced by hand.
     """
     started = time.perf_counter()
     app = ctx.find_root().command  # the click group: steps run through the real commands
-    data, run, predictions, report = (out_dir / "data", out_dir / "run", out_dir / "predictions", out_dir / "report")
+    data, run, report = out_dir / "data", out_dir / "run", out_dir / "report"
     overlays = out_dir / "overlays"
     if (run / "last.pt").exists() or (run / "final.safetensors").exists():
         raise SwinsegError(f"{out_dir}: holds an earlier demo; remove it or pass -o NEW_FOLDER (make demo DEMO_OUT=NEW_FOLDER)")
-    steps = [
-        ["demo-data", str(data / "train"), "--cases", str(train_cases), "--seed", "0", "--shape", *map(str, shape)],
-        ["demo-data", str(data / "heldout"), "--cases", str(test_cases), "--seed", "1", "--shape", *map(str, shape)],
-        ["train", "--data", str(data / "train"), "--model", DEMO_MODEL, "-o", str(run), "--epochs", str(epochs),
-         "--batch-size", "16", "--val-every", "3", "--device", device],
-        ["predict", str(data / "heldout" / "imagesTr") + "/", "-o", str(predictions) + "/", "--checkpoint",
-         str(run / "best.safetensors"), "--keep-largest", "--device", device, "--overwrite"],
-        ["evaluate", str(predictions), str(data / "heldout" / "labelsTr"), "--dataset-json",
-         str(data / "heldout" / "dataset.json"), "-o", str(report)],
-    ]
+    spacing = _demo_spacing(shape)
+    nz, ny, nx = shape
+    variants = {  # held-out set name -> (shape, spacing, what it shows)
+        "heldout": (shape, spacing, "as generated"),
+        "heldout_fov1.5": ((nz, ny * 3 // 2, nx * 3 // 2), spacing, "1.5x field of view"),
+        "heldout_halfspacing": ((nz, ny * 2, nx * 2), (spacing[0], spacing[1] / 2, spacing[2] / 2),
+                                "half the spacing"),
+    }
+    steps = [["demo-data", str(data / "train"), "--cases", str(train_cases), "--seed", "0",
+              *_geometry_args(shape, spacing)]]
+    steps += [["demo-data", str(data / name), "--cases", str(test_cases), "--seed", "1", *_geometry_args(*geometry[:2])]
+              for name, geometry in variants.items()]
+    steps.append(["train", "--data", str(data / "train"), "--model", DEMO_MODEL, "-o", str(run), "--epochs",
+                  str(epochs), "--batch-size", "16", "--val-every", "3", "--device", device])
+    for name in variants:
+        predictions = out_dir / "predictions" / name
+        steps.append(["predict", str(data / name / "imagesTr") + "/", "-o", str(predictions) + "/", "--checkpoint",
+                      str(run / "best.safetensors"), "--keep-largest", "--device", device, "--overwrite"])
+        steps.append(["evaluate", str(predictions), str(data / name / "labelsTr"), "--dataset-json",
+                      str(data / name / "dataset.json"), "-o", str(report / name)])
     for args in steps:
         _run_step(app, args)
-    for index in range(test_cases):
-        case = f"phantom_{index:03d}"
-        _run_step(app, ["overlay", str(data / "heldout" / "imagesTr" / f"{case}_0000.nii.gz"),
-                        str(predictions / f"{case}.nii.gz"), "--reference",
-                        str(data / "heldout" / "labelsTr" / f"{case}.nii.gz"), "--model", DEMO_MODEL,
-                        "-o", str(overlays / f"{case}.png")])
-    summary = json.loads((report / "summary.json").read_text(encoding="utf-8"))
-    dice = summary["mean_over_classes"]["dice"]
+    for name in variants:
+        for index in range(test_cases):
+            case = f"phantom_{index:03d}"
+            _run_step(app, ["overlay", str(data / name / "imagesTr" / f"{case}_0000.nii.gz"),
+                            str(out_dir / "predictions" / name / f"{case}.nii.gz"), "--reference",
+                            str(data / name / "labelsTr" / f"{case}.nii.gz"), "--model", DEMO_MODEL,
+                            "-o", str(overlays / name / f"{case}.png")])
+    dice = {name: json.loads((report / name / "summary.json").read_text(encoding="utf-8"))["mean_over_classes"]["dice"]
+            for name in variants}
     minutes = (time.perf_counter() - started) / 60
+    scores = "\n".join(f"  {variants[name][2]:<20} {dice[name]:.3f}   ({report / name}/)" for name in variants)
     out.print(
         f"\n[bold green]demo finished in {minutes:.1f} min: mean Dice on {test_cases} held-out phantoms "
-        f"= {dice:.3f}[/bold green]\n"
-        f"  data         {data}/ (train, heldout: nnU-Net layout)\n"
+        f"= {dice['heldout']:.3f}[/bold green]\n"
+        f"the same phantoms (the model resamples each scan to its training spacing):\n{scores}\n"
+        f"  data         {data}/ (train, heldout*: nnU-Net layout)\n"
         f"  model        {run / 'best.safetensors'} (curves: {run / 'curves.png'})\n"
-        f"  masks        {predictions}/\n"
-        f"  report       {report}/ (summary.md, per_case.csv, dice_hd95.png)\n"
+        f"  masks        {out_dir / 'predictions'}/\n"
+        f"  report       {report}/ (summary.md, per_case.csv, dice_hd95.png per held-out set)\n"
         f"  overlays     {overlays}/ (prediction | reference)",
         highlight=False, soft_wrap=True,
     )
