@@ -7,7 +7,13 @@ protocol, measured in one run on a synthetic CT-like volume with a randomly init
 - reference: `--protocol reference` through the same path (one slice per pass, nearest resize back);
 - peak RSS: `swinseg predict` on a 512x512xN volume in a child process (resource.getrusage of children).
 
-Targets (issue 3): end-to-end <= 1.15x network-only, faster than reference, peak RSS < 3 GB at 512x512x300.
+With `--card-spacing SY,SX` the model card gets a target spacing: slices are resampled to it and tiled
+(network-only then times the forward passes over the same tiles, pre-cut), e.g. the scale-aware target:
+
+    .venv/bin/python benchmarks/predict_speed.py --scan-spacing 0.8 --card-spacing 1.5,1.5 --slices 32
+
+Targets (issues 3 and 9): end-to-end <= 1.15x network-only, faster than reference (whole-slice cards),
+peak RSS < 3 GB at 512x512x300.
 
     .venv/bin/python benchmarks/predict_speed.py                 # 512x512x64, batch 16, RSS at 300 slices
     .venv/bin/python benchmarks/predict_speed.py --slices 16 --rss-slices 0   # quick look
@@ -15,6 +21,7 @@ Targets (issue 3): end-to-end <= 1.15x network-only, faster than reference, peak
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import resource
 import subprocess
 import sys
@@ -31,7 +38,8 @@ from swinseg.config import load_card
 from swinseg.io import read_volume
 from swinseg.model import build_model
 from swinseg.predict import Case, Predictor, RunOptions, predict_cases
-from swinseg.preprocess import resize_slices
+from swinseg.config import parse_spacing
+from swinseg.preprocess import PreparedVolume, grid_size, pad_margins, resample_images, resize_slices, tile_starts
 from swinseg.weights import save_checkpoint
 
 
@@ -51,9 +59,9 @@ def synthetic_ct(depth: int, size: int = 512, seed: int = 0) -> np.ndarray:
     return volume
 
 
-def write_scan(path: Path, volume: np.ndarray) -> None:
+def write_scan(path: Path, volume: np.ndarray, spacing: float = 0.7) -> None:
     """A NIfTI as scanners' converters write it: (x, y, z), RAS affine with flipped x and y."""
-    affine = np.diag([-0.7, -0.7, 2.5, 1.0])
+    affine = np.diag([-spacing, -spacing, 2.5, 1.0])
     affine[:3, 3] = (180.0, 180.0, -300.0)
     nib.save(nib.Nifti1Image(volume.T, affine), path)
 
@@ -70,13 +78,26 @@ class Timer:
         self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
 
 
-def time_network(predictor: Predictor, slices: np.ndarray) -> Timer:
-    """The forward passes alone over `slices`, batched as the predictor batches them."""
-    size = predictor.img_size
-    batches = [
-        resize_slices(torch.from_numpy(slices[i : i + predictor.batch_size]).to(predictor.device), size).unsqueeze(1)
-        for i in range(0, len(slices), predictor.batch_size)
-    ]
+def network_inputs(predictor: Predictor, prepared: PreparedVolume) -> list[torch.Tensor]:
+    """The network's input batches for a prepared scan, cut in advance: whole slices resized to img_size, or
+    the tiles of the slices resampled to the card's spacing (padded to a tile where smaller)."""
+    size, slices = predictor.img_size, prepared.normalized()
+    if predictor.target_spacing is None:
+        return [resize_slices(torch.from_numpy(slices[i : i + predictor.batch_size]).to(predictor.device),
+                              size).unsqueeze(1) for i in range(0, len(slices), predictor.batch_size)]
+    assert prepared.spacing is not None
+    grid = grid_size(slices.shape[1:], prepared.spacing, predictor.target_spacing)
+    images = resample_images(torch.from_numpy(slices).unsqueeze(1).to(predictor.device), grid)
+    (top, bottom), (left, right) = pad_margins(grid[0], size), pad_margins(grid[1], size)
+    images = torch.nn.functional.pad(images, (left, right, top, bottom))
+    tiles = torch.stack([images[b, :, y : y + size, x : x + size] for b in range(len(images))
+                         for y in tile_starts(images.shape[-2], size, predictor.tile_overlap)
+                         for x in tile_starts(images.shape[-1], size, predictor.tile_overlap)])
+    return list(tiles.split(predictor.batch_size))
+
+
+def time_network(predictor: Predictor, batches: list[torch.Tensor]) -> Timer:
+    """The forward passes alone over pre-cut input batches."""
     with torch.inference_mode(), Timer() as timer:
         for batch in batches:
             predictor._forward(batch)
@@ -114,46 +135,58 @@ def main() -> None:
     parser.add_argument("--model", default="swin_unet_tiny")
     parser.add_argument("--repeat", type=int, default=2, help="interleaved timing rounds; the best is kept")
     parser.add_argument("--rss-slices", type=int, default=300, help="slices of the RSS volume (0: skip)")
+    parser.add_argument("--scan-spacing", type=float, default=0.7, help="in-plane pixel spacing of the scan, mm")
+    parser.add_argument("--card-spacing", default=None, help="SY,SX: give the card this target spacing (tiling)")
     args = parser.parse_args()
 
     torch.manual_seed(0)
     card = load_card(args.model)
+    if args.card_spacing:
+        preprocessing = dataclasses.replace(card.preprocessing, spacing=parse_spacing(args.card_spacing))
+        card = dataclasses.replace(card, preprocessing=preprocessing)
     model = build_model(card.network).eval()
     fast = Predictor(model, card, device=args.device, batch_size=args.batch_size)
-    reference = Predictor(model, card, device=args.device, protocol="reference")
-    print(f"{card.name} random init on {fast.device} ({torch.get_num_threads()} threads), "
-          f"volume 512x512x{args.slices}, batch {args.batch_size}")
+    reference = None if args.card_spacing else Predictor(model, card, device=args.device, protocol="reference")
+    tiles = fast.tiles_per_slice((512, 512), (args.scan_spacing, args.scan_spacing))
+    layout = f"{tiles} tiles/slice at {args.card_spacing} mm" if args.card_spacing else "whole slices"
+    print(f"{card.name} random init on {fast.device} ({torch.get_num_threads()} threads), volume "
+          f"512x512x{args.slices} at {args.scan_spacing:g} mm, {layout}, batch {args.batch_size}")
 
     with tempfile.TemporaryDirectory(prefix="swinseg-bench-") as folder:
         folder_path = Path(folder)
         scan = folder_path / "scan.nii.gz"
-        write_scan(scan, synthetic_ct(args.slices))
+        write_scan(scan, synthetic_ct(args.slices), args.scan_spacing)
         case = Case(scan, folder_path / "mask.nii.gz")
-        slices = fast.prepare(read_volume(scan)).normalized()
-        fast.predict_slices(slices[: args.batch_size])  # warm-up: kernels, caches, zoom matrices
-        reference.predict_slices(slices[:1])
+        prepared = fast.prepare(read_volume(scan))
+        batches = network_inputs(fast, prepared)
+        fast.predict_slices(prepared.normalized(0, 2), spacing=prepared.spacing)  # warm-up: kernels, caches
+        if reference is not None:
+            reference.predict_slices(prepared.normalized(0, 1))
 
         rounds = []  # network-only and end-to-end interleaved, so that load changes hit both alike
         for _ in range(args.repeat):
-            rounds.append((time_network(fast, slices), time_case(fast, case)))
-        reference_run = time_case(reference, case)
+            rounds.append((time_network(fast, batches), time_case(fast, case)))
+        reference_run = time_case(reference, case) if reference is not None else None
 
         n = args.slices
         network = min(rounds, key=lambda r: r[0].wall)[0], min(rounds, key=lambda r: r[0].cpu)[0]
         end_to_end = min(rounds, key=lambda r: r[1].wall)[1], min(rounds, key=lambda r: r[1].cpu)[1]
-        rows = [("network only", network), ("end-to-end predict", end_to_end),
-                ("reference protocol", (reference_run, reference_run))]
+        rows = [("network only", network), ("end-to-end predict", end_to_end)]
+        if reference_run is not None:
+            rows.append(("reference protocol", (reference_run, reference_run)))
         print(f"{'':22}{'wall s':>8}{'slices/s':>10}{'x network':>11}{'cpu s':>9}{'x network':>11}")
         for name, (by_wall, by_cpu) in rows:
             print(f"{name:22}{by_wall.wall:8.2f}{n / by_wall.wall:10.2f}{by_wall.wall / network[0].wall:11.3f}"
                   f"{by_cpu.cpu:9.2f}{by_cpu.cpu / network[1].cpu:11.3f}")
+        versus = (f"; reference / end-to-end: {reference_run.wall / end_to_end[0].wall:.2f}x wall (target > 1)"
+                  if reference_run is not None else "")
         print(f"end-to-end / network-only: {end_to_end[0].wall / network[0].wall:.3f} wall, "
-              f"{end_to_end[1].cpu / network[1].cpu:.3f} cpu (target <= 1.15); reference / end-to-end: "
-              f"{reference_run.wall / end_to_end[0].wall:.2f}x wall (target > 1); best of {args.repeat} round(s)")
+              f"{end_to_end[1].cpu / network[1].cpu:.3f} cpu (target <= 1.15){versus}; best of {args.repeat} "
+              "round(s)")
 
         if args.rss_slices:
             big = folder_path / "big.nii.gz"
-            write_scan(big, synthetic_ct(args.rss_slices, seed=1))
+            write_scan(big, synthetic_ct(args.rss_slices, seed=1), args.scan_spacing)
             checkpoint = folder_path / "model.safetensors"
             save_checkpoint(checkpoint, model, card)
             rss, seconds = peak_rss_gb(checkpoint, big, folder_path / "big_mask.nii.gz", args.device, args.batch_size)

@@ -1,0 +1,265 @@
+"""Scale-aware segmentation: the one data path of training and predict, target spacing, tiles, crops."""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from swinseg import io
+from swinseg.config import ModelCard, Preprocessing, SwinUnetConfig, load_card
+from swinseg.data import (CaseFiles, GridSlices, LoadedCase, SliceDataset, load_case, open_training_data,
+                          resolve_intensities, resolve_spacing, set_bounds, to_grid_case)
+from swinseg.errors import SwinsegError
+from swinseg.phantom import make_phantom, phantom_volume, write_phantom_dataset
+from swinseg.predict import Predictor
+from swinseg.preprocess import gaussian_importance, grid_size, prepare_volume, resample_labels, tile_starts
+
+TILE = 32
+
+
+class BlurModel(nn.Module):
+    """A stand-in network whose output is a known, scale-dependent function of its input: class 1 where a
+    7x7 mean of the intensities exceeds 0.4 (a fixed size in pixels, so its answer depends on the pixel size)."""
+
+    def __init__(self, img_size: int = TILE) -> None:
+        super().__init__()
+        self.config = SwinUnetConfig(img_size=img_size, num_classes=2, embed_dim=12, num_heads=(1, 2, 4, 8),
+                                     window_size=2)
+        self.calls: list[tuple[int, ...]] = []
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        self.calls.append(tuple(images.shape))
+        mean = nn.functional.avg_pool2d(images[:, :1], 7, stride=1, padding=3, count_include_pad=False)
+        return torch.cat([torch.full_like(mean, 0.4), mean], dim=1) * 20
+
+
+class ConstantModel(BlurModel):
+    """Logits that do not depend on the input: a seamless tiling reproduces them exactly everywhere."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        self.calls.append(tuple(images.shape))
+        logits = torch.tensor([0.3, -0.2], dtype=images.dtype).view(1, 2, 1, 1)
+        return logits.expand(images.shape[0], 2, *images.shape[-2:]).clone()
+
+
+def card_for(spacing: tuple[float, float] | None, orientation: str = "LPS", classes: int = 2) -> ModelCard:
+    network = SwinUnetConfig(img_size=TILE, num_classes=classes, embed_dim=12, num_heads=(1, 2, 4, 8), window_size=2)
+    return ModelCard("scale", network, tuple(f"c{i}" for i in range(classes)),
+                     Preprocessing(orientation=orientation, spacing=spacing))
+
+
+def phantom(shape=(6, 48, 48), spacing=(15.0, 7.33, 7.33), seed=3) -> io.Volume:
+    ct, _ = make_phantom(seed, shape, spacing)
+    return phantom_volume(ct, spacing, seed)
+
+
+# ----------------------------------------------------------------------------------------------- tiles
+
+
+@pytest.mark.parametrize("length", [32, 33, 47, 64, 100, 301])
+def test_tiles_cover_every_pixel_with_at_least_the_overlap(length):
+    starts = tile_starts(length, TILE, 0.5)
+    assert starts[0] == 0 and starts[-1] == length - TILE and starts == sorted(set(starts))
+    assert all(b - a <= TILE // 2 for a, b in zip(starts, starts[1:]))  # overlap >= 0.5
+    assert len(tile_starts(length, TILE, 0.0)) <= len(starts)
+
+
+def test_gaussian_importance_peaks_in_the_centre():
+    weights = gaussian_importance(TILE)
+    assert weights.shape == (TILE, TILE) and 0.95 < weights.max() <= 1.0
+    assert weights[TILE // 2, TILE // 2] > 50 * weights[0, TILE // 2] > 0
+
+
+def test_tiles_reassemble_seamlessly():
+    """A constant network gives exactly its constant everywhere, on slices smaller and larger than a tile."""
+    model = ConstantModel()
+    predictor = Predictor(model, card_for((1.0, 1.0)), device="cpu", batch_size=5)
+    slices = np.random.default_rng(0).random((3, 70, 21)).astype(np.float32)
+    labels, probabilities = predictor.predict_slices_with_probabilities(slices, spacing=(1.0, 1.0))
+    expected = torch.softmax(torch.tensor([0.3, -0.2]), 0).numpy()
+    np.testing.assert_allclose(probabilities[:, 0], np.broadcast_to(expected[:, None, None], (2, 70, 21)), atol=1e-3)
+    assert (labels == 0).all()
+    assert {shape[0] for shape in model.calls} <= {5, 4, 1} and all(s[-2:] == (TILE, TILE) for s in model.calls)
+    rows, cols = len(tile_starts(70, TILE)), len(tile_starts(TILE, TILE))  # 21 columns padded to one tile
+    assert sum(shape[0] for shape in model.calls) == 3 * rows * cols
+
+
+def test_tiled_output_equals_the_untiled_network_up_to_tile_borders():
+    """A slice exactly at the target spacing: tiling changes only what the 7x7 filter sees at tile borders,
+    and the Gaussian weights keep that away from the result."""
+    slices = np.clip(np.random.default_rng(1).normal(0.4, 0.3, (2, 90, 75)), 0, 1).astype(np.float32)
+    tiled = Predictor(BlurModel(), card_for((2.0, 2.0)), device="cpu").predict_slices(slices, spacing=(2.0, 2.0))
+    whole = BlurModel()(torch.from_numpy(slices)[:, None]).argmax(1).numpy()  # the filter on the whole slice
+    assert (tiled == whole).mean() > 0.995
+
+
+# ------------------------------------------------------------------------ same scan, other geometry
+
+
+def predict(volume: io.Volume, spacing: tuple[float, float] | None) -> np.ndarray:
+    return Predictor(BlurModel(), card_for(spacing), device="cpu", batch_size=8).predict_volume(volume)
+
+
+def agreement(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice of the foreground of two label maps."""
+    return 2 * np.logical_and(a, b).sum() / max(1, a.astype(bool).sum() + b.astype(bool).sum())
+
+
+def test_padding_with_air_cropping_and_half_spacing_give_the_same_mask():
+    base = predict(phantom(), (7.33, 7.33))
+    padded = predict(phantom(shape=(6, 72, 72)), (7.33, 7.33))
+    cropped = predict(phantom(shape=(6, 40, 40)), (7.33, 7.33))
+    fine = predict(phantom(shape=(6, 96, 96), spacing=(15.0, 3.665, 3.665)), (7.33, 7.33))
+    assert 0.05 < base.mean() < 0.6  # the filter finds the body's soft tissue, not everything or nothing
+    assert agreement(padded[:, 12:60, 12:60], base) > 0.97
+    assert not padded[:, :4].any()  # air stays background
+    assert agreement(cropped, base[:, 4:44, 4:44]) > 0.95
+    assert agreement(resample_labels(fine, (48, 48)), base) > 0.93
+    # the published whole-slice resize is what fails here: it sees the padded body at another scale
+    unaware = predict(phantom(shape=(6, 72, 72)), None)
+    assert agreement(unaware[:, 12:60, 12:60], predict(phantom(), None)) < agreement(padded[:, 12:60, 12:60], base)
+
+
+def test_a_flipped_scan_gets_the_flipped_mask():
+    volume = phantom()
+    flipped = dataclasses.replace(volume, array=volume.array[:, :, ::-1].copy(),
+                                  direction=(-1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0))
+    np.testing.assert_array_equal(predict(flipped, (7.33, 7.33))[:, :, ::-1], predict(volume, (7.33, 7.33)))
+
+
+def test_input_without_spacing_is_refused_by_a_resampling_model():
+    predictor = Predictor(BlurModel(), card_for((1.0, 1.0)), device="cpu")
+    with pytest.raises(SwinsegError, match="carries no pixel spacing"):
+        predictor.predict_slices(np.zeros((1, 40, 40), np.float32))
+    with pytest.raises(SwinsegError, match="drop --protocol reference"):
+        Predictor(BlurModel(), card_for((1.0, 1.0)), device="cpu", protocol="reference")
+
+
+# ---------------------------------------------------------------------- one data path, every orientation
+
+
+ORIENTATIONS = ["".join(p) for letters in itertools.product("LR", "AP", "SI") for p in itertools.permutations(letters)]
+
+
+def test_training_and_prediction_cut_the_same_slices_for_every_orientation_code(tmp_path: Path):
+    """The bug this data path rules out: a card orientation such as SPL trained sagittal slices while predict
+    cut axial ones. Every voxel holds its physical z (superior) index, so axial slices are constant."""
+    shape = (5, 6, 7)
+    z_index = np.broadcast_to(np.arange(shape[0], dtype=np.int16)[:, None, None] * 10, shape).copy()
+    volume = io.Volume(z_index, (3.0, 1.0, 2.0), (0.0, 0.0, 0.0), (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0))
+    io.write_volume(tmp_path / "img.nii.gz", z_index, volume)
+    io.write_volume(tmp_path / "lab.nii.gz", (z_index // 10).astype(np.uint8), volume)
+    assert len(ORIENTATIONS) == 48
+    for code in ORIENTATIONS:
+        prep = Preprocessing(orientation=code)
+        case = load_case(CaseFiles("c", tmp_path / "img.nii.gz", tmp_path / "lab.nii.gz"), prep)
+        predicted = prepare_volume(io.read_volume(tmp_path / "img.nii.gz"), prep)
+        np.testing.assert_array_equal(case.image, predicted.slices, err_msg=code)
+        assert case.image.shape[0] == 5, code  # the five axial slices
+        assert all(np.unique(s).size == 1 for s in case.image), code
+        assert predicted.spacing == case.in_plane_spacing and sorted(predicted.spacing) == [1.0, 2.0], code
+
+
+# ------------------------------------------------------------------------------------ training samples
+
+
+def grid_source(oversample: float) -> tuple[GridSlices, LoadedCase]:
+    ct, labels = make_phantom(5, (6, 48, 48), (15.0, 7.33, 7.33))
+    case = LoadedCase("p", ct, labels, (15.0, 7.33, 7.33))
+    set_bounds([case], Preprocessing())
+    return GridSlices([to_grid_case(case, (5.0, 5.0), seed=0)], oversample), case
+
+
+def test_slices_are_resampled_once_to_the_target_grid():
+    source, case = grid_source(0.0)
+    grid = source.cases[0]
+    assert grid.image.shape == (6, *grid_size((48, 48), (7.33, 7.33), (5.0, 5.0))) == (6, 70, 70)
+    assert grid.image.dtype == np.float16 and 0 <= grid.image.min() and grid.image.max() <= 1
+    physical = np.bincount(case.label.ravel(), minlength=6) * 7.33**2
+    resampled = np.bincount(grid.label.ravel(), minlength=6) * (48 * 7.33 / 70) ** 2
+    np.testing.assert_allclose(resampled[1:5], physical[1:5], rtol=0.08)  # organ areas kept in mm^2
+    assert resampled[5] == pytest.approx(physical[5], rel=0.15)  # the aorta: a few pixels across
+
+
+def test_foreground_oversampling_centres_crops_on_organs_and_is_seeded():
+    always, _ = grid_source(1.0)
+    never, _ = grid_source(0.0)
+    small_organs = {2, 3, 4, 5}
+    draws = [always.crop(i % len(always), 16, np.random.default_rng((0, 0, i))) for i in range(60)]
+    assert all(label.any() for _, label in draws)
+    centred = sum(bool(np.isin(label[6:10, 6:10], list(small_organs)).any()) for _, label in draws)
+    plain = sum(bool(np.isin(label[6:10, 6:10], list(small_organs)).any())
+                for _, label in (never.crop(i % len(never), 16, np.random.default_rng((0, 0, i))) for i in range(60)))
+    assert centred > plain + 10
+    dataset = SliceDataset(always, 16, seed=4)
+    first, again = dataset[3], dataset[3]
+    assert torch.equal(first["image"], again["image"]) and tuple(first["image"].shape) == (1, 16, 16)
+    dataset.set_epoch(1)
+    assert not torch.equal(dataset[3]["image"], first["image"])
+
+
+def test_small_slices_are_padded_with_background():
+    source, _ = grid_source(0.0)
+    image, label = source.crop(0, 96, np.random.default_rng(0))
+    assert image.shape == label.shape == (96, 96)
+    assert (image[:12] == 0).all() and (label[:12] == 0).all()  # 70 rows centred in 96
+
+
+# --------------------------------------------------------------------- spacing and intensities resolved
+
+
+def test_spacing_auto_is_the_median_of_the_training_cases():
+    cases = [LoadedCase(str(i), np.zeros((1, 2, 2)), np.zeros((1, 2, 2), np.uint8), (3.0, s, s + 0.5))
+             for i, s in enumerate((0.7, 0.8, 1.5))]
+    prep, note = resolve_spacing(Preprocessing(), "auto", cases)
+    assert prep.spacing == (0.8, 1.3) and "median" in note and "0.7-1.5" in note
+    assert resolve_spacing(prep, "none", cases)[0].spacing is None
+    assert resolve_spacing(Preprocessing(), (2.0, 2.5), cases)[0].spacing == (2.0, 2.5)
+
+
+def test_channel_names_decide_the_normalisation():
+    rng = np.random.default_rng(0)
+    labels = np.zeros((2, 10, 10), np.uint8)
+    labels[:, 2:8, 2:8] = 1
+    case = LoadedCase("c", rng.normal(300, 50, (2, 10, 10)), labels, (1.0, 1.0, 1.0))
+    mr, notes = resolve_intensities(Preprocessing(), "T2", [case], seed=0)
+    assert mr.modality == "MR" and mr.percentiles == (0.5, 99.5) and "instead of the card's CT window" in notes[0]
+    ct, notes = resolve_intensities(Preprocessing(), "CT", [case], seed=0)
+    assert ct.window == (-125.0, 275.0) and "the card's" in notes[0]
+    auto, notes = resolve_intensities(Preprocessing(window="auto"), "CT", [case], seed=0)
+    foreground = case.image[labels > 0]
+    assert auto.window == pytest.approx(tuple(np.percentile(foreground, (0.5, 99.5))), abs=0.01)
+    assert "percentiles of the training foreground" in notes[0]
+    with pytest.raises(SwinsegError, match="window is 'auto'"):
+        Predictor(BlurModel(), dataclasses.replace(card_for(None), preprocessing=Preprocessing(window="auto")),
+                  device="cpu").predict_volume(phantom())
+
+
+def test_training_data_on_the_target_grid(tmp_path: Path):
+    root = write_phantom_dataset(tmp_path / "ds", 3, seed=0, shape=(4, 48, 48), spacing=(10.0, 7.33, 7.33))
+    data = open_training_data(root, img_size=TILE, preprocessing=Preprocessing(), spacing="auto",
+                              validation_cases=["phantom_002"])
+    assert data.preprocessing.spacing == pytest.approx((7.33, 7.33)) and any("median" in note for note in data.notes)
+    assert any("channel 0 'CT'" in note for note in data.notes)
+    assert isinstance(data.slices.source, GridSlices) and len(data.slices) == 8
+    sample = data.slices[0]
+    assert tuple(sample["image"].shape) == (1, TILE, TILE) and tuple(sample["label"].shape) == (TILE, TILE)
+    assert data.volumes[0].prepared.spacing == pytest.approx((7.33, 7.33))
+
+
+def test_card_spacing_and_plane_survive_a_checkpoint(tmp_path: Path):
+    from swinseg.model import SwinUnet
+    from swinseg.weights import load_checkpoint, save_checkpoint
+
+    card = load_card("swin_unet_test")
+    card = dataclasses.replace(card, preprocessing=dataclasses.replace(card.preprocessing, spacing=(1.5, 1.25)))
+    save_checkpoint(tmp_path / "m.safetensors", SwinUnet(card.network), card)
+    _, loaded = load_checkpoint(tmp_path / "m.safetensors")
+    assert loaded.preprocessing.spacing == (1.5, 1.25) and loaded.preprocessing.plane == "axial"
+    with pytest.raises(SwinsegError, match="expected two spacings"):
+        Preprocessing(spacing="1.5")
