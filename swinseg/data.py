@@ -569,6 +569,22 @@ def check_fits_in_memory(dataset: NnunetDataset, names: Sequence[str], share: fl
         )
 
 
+def check_grid_fits_in_memory(root: Path, cases: Sequence[LoadedCase], target: tuple[float, float],
+                              share: float = 0.8) -> None:
+    """Refuse to resample cases whose target-grid copies (float16 image + uint8 label) would not fit in the
+    memory available now (a fine target spacing for coarse scans multiplies the voxels)."""
+    from swinseg.preprocess import grid_size
+
+    needed = sum(3 * case.image.shape[0] * int(np.prod(grid_size(case.image.shape[1:], case.in_plane_spacing,
+                                                                  target))) for case in cases)
+    available = _available_memory()
+    if available and needed > share * available:
+        raise SwinsegError(
+            f"{root}: resampled to {target[0]:g}x{target[1]:g} mm the {len(cases)} training cases need "
+            f"{needed / 2**30:.1f} GiB but {available / 2**30:.1f} GiB are available; choose a coarser --spacing"
+        )
+
+
 def _available_memory() -> int | None:
     """MemAvailable in bytes (Linux), or None where it cannot be read."""
     try:
@@ -666,6 +682,7 @@ def open_training_data(path: str | Path, *, img_size: int, preprocessing: Prepro
         if prep.spacing is None:
             source: MemorySlices | GridSlices = MemorySlices(training)
         else:
+            check_grid_fits_in_memory(root, training, prep.spacing)
             source = GridSlices([to_grid_case(case, prep.spacing, seed) for case in training], oversample_foreground)
             if oversample_foreground:
                 notes.append(f"samples: random {img_size}x{img_size} crops, {oversample_foreground:.0%} centred "

@@ -337,3 +337,14 @@ def test_datasets_larger_than_memory_are_refused_before_loading(tmp_path, monkey
     monkeypatch.setattr(data_module, "_available_memory", lambda: 10_000)
     with pytest.raises(SwinsegError, match="swinseg preprocess"):
         data_module.check_fits_in_memory(dataset, names)
+
+
+def test_a_target_grid_larger_than_memory_is_refused(monkeypatch):
+    import swinseg.data as data_module
+
+    case = data_module.LoadedCase("c", np.zeros((10, 100, 100), np.int16), np.zeros((10, 100, 100), np.uint8),
+                                  (3.0, 3.0, 3.0))
+    monkeypatch.setattr(data_module, "_available_memory", lambda: 10_000_000)
+    data_module.check_grid_fits_in_memory(Path("ds"), [case], (3.0, 3.0))  # 300 kB fit
+    with pytest.raises(SwinsegError, match="resampled to 0.5x0.5 mm .* choose a coarser --spacing"):
+        data_module.check_grid_fits_in_memory(Path("ds"), [case], (0.5, 0.5))  # 36x the voxels: 10.8 MB
