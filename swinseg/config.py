@@ -152,6 +152,15 @@ class Preprocessing(_YamlSection):
         if self.spacing is not None:
             object.__setattr__(self, "spacing", parse_spacing(self.spacing, "preprocessing spacing"))
 
+    def to_dict(self) -> dict[str, Any]:
+        """The card section; `plane` and `spacing` only where they differ from the published layout, so
+        swinseg 0.1 can still read such cards and checkpoints."""
+        values = super().to_dict()
+        for name, default in (("plane", "axial"), ("spacing", None)):
+            if values[name] == default:
+                del values[name]
+        return values
+
     @property
     def resamples(self) -> bool:
         """True when slices are resampled to a target spacing and tiled (False: whole-slice resize)."""

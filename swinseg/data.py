@@ -179,7 +179,8 @@ def zlib_crc(text: str) -> int:
 class GridSlices:
     """Training samples cut from cases on the target-spacing grid: each index is a slice; `crop` draws an
     img_size crop of it (padded with 0 = background where the slice is smaller) or, with probability
-    `oversample`, a crop centred on a voxel of a randomly chosen foreground class of the case."""
+    `oversample`, a crop centred on a voxel of a randomly chosen foreground class of the case (then from the
+    slice of that voxel: `names[index]` names the index's slice, the sample may come from another of the case)."""
 
     def __init__(self, cases: Sequence[GridCase], oversample: float = FOREGROUND_OVERSAMPLING) -> None:
         if not 0.0 <= oversample <= 1.0:
@@ -646,7 +647,7 @@ def open_training_data(path: str | Path, *, img_size: int, preprocessing: Prepro
                        seed: int = 1234, validation_fraction: float = 0.2,
                        validation_cases: Sequence[str] | None = None, lists: str | Path | None = None,
                        spacing: str | tuple[float, float] = "card",
-                       oversample_foreground: float = FOREGROUND_OVERSAMPLING,
+                       oversample_foreground: float = FOREGROUND_OVERSAMPLING, resolve: bool = True,
                        progress: Progress | None = None) -> TrainingData:
     """Open a dataset folder in the Synapse or nnU-Net layout for training.
 
@@ -658,6 +659,7 @@ def open_training_data(path: str | Path, *, img_size: int, preprocessing: Prepro
     nnU-Net's rule), "none" (whole-slice resize), "card" (the card's), or (sy, sx) mm. With a spacing the
     training cases are resampled to it once, and samples are img_size crops (`oversample_foreground` of them
     centred on a foreground voxel). The split uses `seed`, as do the crops and the augmentation.
+    `resolve=False` takes `preprocessing` as it is (a resumed run: its card already holds the resolved values).
     """
     root = Path(path)
     if not root.is_dir():
@@ -675,9 +677,12 @@ def open_training_data(path: str | Path, *, img_size: int, preprocessing: Prepro
         loaded = load_cases(dataset, train + validation, preprocessing, progress)
         by_name = {case.name: case for case in loaded}
         training = [by_name[n] for n in train]
-        prep, notes = resolve_intensities(preprocessing, read_channel_name(root / "dataset.json"), training, seed)
-        prep, spacing_note = resolve_spacing(prep, spacing, training)
-        notes.append(spacing_note)
+        if resolve:
+            prep, notes = resolve_intensities(preprocessing, read_channel_name(root / "dataset.json"), training, seed)
+            prep, spacing_note = resolve_spacing(prep, spacing, training)
+            notes.append(spacing_note)
+        else:
+            prep, notes = preprocessing, ["preprocessing: the run's card, as resolved when the run started"]
         set_bounds(loaded, prep)
         if prep.spacing is None:
             source: MemorySlices | GridSlices = MemorySlices(training)
@@ -697,6 +702,9 @@ def open_training_data(path: str | Path, *, img_size: int, preprocessing: Prepro
 def _open_synapse_training(root: Path, img_size: int, prep: Preprocessing, augment: bool, seed: int,
                            validation_cases: Sequence[str] | None, lists: str | Path | None,
                            spacing: str | tuple[float, float]) -> TrainingData:
+    if prep.modality == "CT" and prep.window == AUTO:
+        raise SwinsegError(f"{root}: the card's CT window is 'auto', but Synapse-layout images are normalised "
+                           "already, so there is nothing to resolve it from; give the card a window [low, high]")
     synapse = open_synapse(root, lists)
     wanted = prep.spacing if spacing == "card" else None if spacing in ("auto", "none") else spacing
     if wanted is not None:

@@ -57,7 +57,7 @@ class Volume:
     direction: tuple[float, ...]
     path: Path | None = None
     normalized: bool = False
-    spacing_known: bool = True  # False for Synapse h5 volumes without a spacing attribute (read as 1 mm)
+    spacing_known: bool = True  # False: read as 1 mm for want of a spacing (2-D images, h5 without one)
     _nifti_header: Any = field(default=None, repr=False, compare=False)
     _kind: str = field(default="itk", repr=False, compare=False)  # nifti | itk | dicom | image2d | h5
 
@@ -302,6 +302,7 @@ def _volume_from_sitk(image: Any, path: Path, channel: int | None, kind: str) ->
         origin=tuple(float(o) for o in image.GetOrigin()),
         direction=tuple(float(d) for d in image.GetDirection()),
         path=path,
+        spacing_known=kind != "image2d",  # PNG/JPEG/TIFF hold no physical pixel size (DPI at most)
         _kind=kind,
     )
 
@@ -320,6 +321,7 @@ def _luminance_volume(image: Any, path: Path) -> Volume:
         origin=tuple(float(o) for o in image.GetOrigin()),
         direction=tuple(float(d) for d in image.GetDirection()),
         path=path,
+        spacing_known=False,
         _kind="image2d",
     )
 

@@ -154,7 +154,8 @@ class Predictor:
         if spacing is None:
             raise SwinsegError(
                 f"model {self.card.name!r} resamples slices to {_mm(self.target_spacing)} mm, but this input "
-                "carries no pixel spacing (a Synapse h5 file without a spacing attribute?)"
+                "carries no physical pixel spacing (a PNG/JPEG/TIFF image, or a Synapse h5 file without a spacing "
+                "attribute); give it as NIfTI/NRRD with its spacing"
             )
         return grid_size(size, spacing, self.target_spacing)
 

@@ -91,7 +91,7 @@ def prepare_volume(volume: Volume, prep: Preprocessing, plane: str | None = None
     spacing = io.oriented_spacing(volume, prep.orientation)
     if volume.ndim == 2:
         bounds = (0.0, 255.0) if oriented.dtype == np.uint8 else _bounds(oriented, prep, intensities)
-        return PreparedVolume(oriented[np.newaxis], bounds, (spacing[0], spacing[1]),
+        return PreparedVolume(oriented[np.newaxis], bounds, (spacing[0], spacing[1]) if volume.spacing_known else None,
                               lambda a: back(a[..., 0, :, :]))
     bounds = (0.0, 1.0) if volume.normalized else _bounds(oriented, prep, intensities)
     axis = slice_axis(prep.orientation, plane)
@@ -193,9 +193,11 @@ def pad_margins(length: int, tile: int) -> tuple[int, int]:
 def intensity_bounds(array: np.ndarray, prep: Preprocessing) -> tuple[float, float]:
     """The intensity range mapped to [0, 1]: the CT window, or the MR volume's percentiles."""
     if prep.modality == "CT":
-        if prep.window == AUTO or prep.window is None:
+        if prep.window == AUTO:
             raise SwinsegError("the card's CT window is 'auto', which training resolves from its data; "
                                "use a trained checkpoint, or give the card a window [low, high]")
+        if prep.window is None:
+            raise SwinsegError("the card's CT preprocessing has no window [low, high]")
         return prep.window  # type: ignore[return-value]
     assert prep.percentiles is not None
     low, high = np.percentile(array, prep.percentiles)

@@ -197,7 +197,7 @@ def open_data(
         config.data, img_size=card.network.img_size, preprocessing=card.preprocessing, augment=config.augment,
         seed=config.seed, validation_fraction=config.val_fraction, validation_cases=config.val_cases,
         spacing=spacing_choice(config, card, resumed), oversample_foreground=config.oversample_foreground,
-        progress=progress,
+        resolve=not resumed, progress=progress,
     )
 
 
@@ -209,8 +209,8 @@ def spacing_choice(config: TrainConfig, card: ModelCard, resumed: bool = False) 
     if resumed:
         return "card"
     if config.spacing is not None:
-        text = config.spacing.strip().lower()
-        return text if text in ("auto", "none") else parse_spacing(text)
+        text = config.spacing.strip().lower().strip("[]() ")
+        return text if text in ("auto", "none") else parse_spacing(text, "--spacing (auto, none or SY,SX mm)")
     if config.checkpoint or card.preprocessing.spacing is not None:
         return "card"
     return "auto"

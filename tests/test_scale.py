@@ -66,7 +66,6 @@ def test_tiles_cover_every_pixel_with_at_least_the_overlap(length):
     starts = tile_starts(length, TILE, 0.5)
     assert starts[0] == 0 and starts[-1] == length - TILE and starts == sorted(set(starts))
     assert all(b - a <= TILE // 2 for a, b in zip(starts, starts[1:]))  # overlap >= 0.5
-    assert len(tile_starts(length, TILE, 0.0)) <= len(starts)
 
 
 def test_gaussian_importance_peaks_in_the_centre():
@@ -87,6 +86,21 @@ def test_tiles_reassemble_seamlessly():
     assert {shape[0] for shape in model.calls} <= {5, 4, 1} and all(s[-2:] == (TILE, TILE) for s in model.calls)
     rows, cols = len(tile_starts(70, TILE)), len(tile_starts(TILE, TILE))  # 21 columns padded to one tile
     assert sum(shape[0] for shape in model.calls) == 3 * rows * cols
+
+
+class PixelModel(BlurModel):
+    """Class 1 exactly where a pixel is brighter than 0.5: any misplaced tile, pad or crop shows."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.cat([torch.full_like(images[:, :1], 0.5), images[:, :1]], dim=1) * 50
+
+
+@pytest.mark.parametrize("size", [(21, 13), (20, 70), (31, 33), (7, 100)])
+def test_tiles_and_padding_put_every_pixel_back_in_its_place(size):
+    slices = np.random.default_rng(2).random((2, *size)).astype(np.float32)
+    labels = Predictor(PixelModel(), card_for((1.0, 1.0)), device="cpu", batch_size=3).predict_slices(
+        slices, spacing=(1.0, 1.0))
+    np.testing.assert_array_equal(labels, slices > 0.5)
 
 
 def test_tiled_output_equals_the_untiled_network_up_to_tile_borders():
@@ -132,10 +146,21 @@ def test_a_flipped_scan_gets_the_flipped_mask():
     np.testing.assert_array_equal(predict(flipped, (7.33, 7.33))[:, :, ::-1], predict(volume, (7.33, 7.33)))
 
 
-def test_input_without_spacing_is_refused_by_a_resampling_model():
+def test_input_without_spacing_is_refused_by_a_resampling_model(tmp_path: Path):
+    import h5py
+    from PIL import Image
+
     predictor = Predictor(BlurModel(), card_for((1.0, 1.0)), device="cpu")
-    with pytest.raises(SwinsegError, match="carries no pixel spacing"):
+    with pytest.raises(SwinsegError, match="carries no physical pixel spacing"):
         predictor.predict_slices(np.zeros((1, 40, 40), np.float32))
+    Image.fromarray(np.zeros((40, 40), np.uint8)).save(tmp_path / "slice.png")
+    with h5py.File(tmp_path / "case.npy.h5", "w") as data:
+        data["image"] = np.zeros((2, 40, 40), np.float32)
+    for path in (tmp_path / "slice.png", tmp_path / "case.npy.h5"):
+        with pytest.raises(SwinsegError, match="PNG/JPEG/TIFF image, or a Synapse h5"):
+            predictor.predict_volume(io.read_volume(path))
+    assert Predictor(BlurModel(), card_for(None), device="cpu").predict_volume(
+        io.read_volume(tmp_path / "slice.png")).shape == (40, 40)  # whole-slice models take them as before
     with pytest.raises(SwinsegError, match="drop --protocol reference"):
         Predictor(BlurModel(), card_for((1.0, 1.0)), device="cpu", protocol="reference")
 
@@ -258,10 +283,12 @@ def test_card_spacing_and_plane_survive_a_checkpoint(tmp_path: Path):
     from swinseg.weights import load_checkpoint, save_checkpoint
 
     card = load_card("swin_unet_test")
-    card = dataclasses.replace(card, preprocessing=dataclasses.replace(card.preprocessing, spacing=(1.5, 1.25)))
+    assert "spacing" not in card.to_dict()["preprocessing"]  # published-layout cards read by swinseg 0.1 too
+    card = dataclasses.replace(card, preprocessing=dataclasses.replace(card.preprocessing, spacing=(1.5, 1.25),
+                                                                       plane="coronal"))
     save_checkpoint(tmp_path / "m.safetensors", SwinUnet(card.network), card)
     _, loaded = load_checkpoint(tmp_path / "m.safetensors")
-    assert loaded.preprocessing.spacing == (1.5, 1.25) and loaded.preprocessing.plane == "axial"
+    assert loaded.preprocessing.spacing == (1.5, 1.25) and loaded.preprocessing.plane == "coronal"
     with pytest.raises(SwinsegError, match="expected two spacings"):
         Preprocessing(spacing="1.5")
 
