@@ -87,6 +87,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=80)
     parser.add_argument("--out", type=Path, default=Path("scale_real_ct"))
+    parser.add_argument("--spacings", default="auto,none", help="training --spacing values; none = the baseline")
     args = parser.parse_args()
     if not DATA.is_dir():
         raise SystemExit(f"{DATA}: the real CT is not here")
@@ -101,7 +102,8 @@ def main() -> None:
         sitk.WriteImage(image, str(args.out / "scans" / f"{key}.nii.gz"))
         sitk.WriteImage(label, str(args.out / "scans" / f"{key}_labels.nii.gz"))
     results: dict[str, dict[str, float]] = {}
-    for spacing in ("auto", "none"):
+    spacings = args.spacings.split(",")
+    for spacing in spacings:
         run = args.out / f"run_{spacing}"
         began = time.perf_counter()
         config = TrainConfig(data=str(args.out / "data"), output=str(run), model="swin_unet_demo", epochs=args.epochs,
@@ -121,10 +123,12 @@ def main() -> None:
             results[spacing][name] = mean_dice(prediction, reference)
             overlay_files(args.out / "scans" / f"{key}.nii.gz", mask, args.out / f"overlay_{spacing}_{key}.png",
                           reference_path=args.out / "scans" / f"{key}_labels.nii.gz", class_names=CLASSES)
-    print(f"\n{'mean Dice of 5 organs':28}{'--spacing auto':>16}{'--spacing none':>16}{'auto / none':>13}")
+    print(f"\n{'mean Dice of 5 organs':28}" + "".join(f"{'--spacing ' + v:>16}" for v in spacings)
+          + (f"{'auto / none':>13}" if len(spacings) == 2 else ""))
     for name in scans:
-        auto, none = results["auto"][name], results["none"][name]
-        print(f"{name:28}{auto:16.3f}{none:16.3f}{auto / max(none, 1e-6):13.2f}")
+        values = [results[v][name] for v in spacings]
+        ratio = f"{values[0] / max(values[1], 1e-6):13.2f}" if len(values) == 2 else ""
+        print(f"{name:28}" + "".join(f"{v:16.3f}" for v in values) + ratio)
     print(f"overlays: {args.out}/overlay_*.png")
 
 

@@ -31,7 +31,7 @@ import torch
 
 from swinseg.config import AUTO, ModelCard, Preprocessing, parse_spacing
 from swinseg.errors import SwinsegError
-from swinseg.preprocess import (PreparedVolume, intensity_bounds, pad_margins, prepare_volume, resample_to_grid,
+from swinseg.preprocess import (PreparedVolume, intensity_bounds, prepare_volume, resample_to_grid,
                                 resize_array, scale_intensities, slice_axis)
 
 Progress = Callable[[int, int, str], None]  # (done, total, current item name)
@@ -193,23 +193,35 @@ class GridSlices:
         return len(self.index)
 
     def crop(self, index: int, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """(image float32, label) crops of size x size for sample `index`, drawn from `rng`."""
+        """(image float32, label) crops of size x size for sample `index`, drawn from `rng`. A crop may reach
+        a quarter tile beyond the slice (filled with 0 = background), so the network sees the anatomy shifted
+        and cut off as prediction tiles show it, also when a slice is smaller than a tile."""
         c, z = self.index[index]
         case = self.cases[c]
         height, width = case.image.shape[1:]
-        (top, bottom), (left, right) = pad_margins(height, size), pad_margins(width, size)
-        padded_h, padded_w = height + top + bottom, width + left + right
+        margin = size // 4
+        rows = (min(0, height - size) - margin, max(0, height - size) + margin)  # crop start range
+        cols = (min(0, width - size) - margin, max(0, width - size) + margin)
         if case.foreground and rng.random() < self.oversample:
             classes = sorted(case.foreground)
             locations = case.foreground[classes[int(rng.integers(len(classes)))]]
             z, y, x = (int(v) for v in locations[int(rng.integers(len(locations)))])
-            row = min(max(y + top - size // 2, 0), padded_h - size)
-            col = min(max(x + left - size // 2, 0), padded_w - size)
+            row = min(max(y - size // 2, rows[0]), rows[1])
+            col = min(max(x - size // 2, cols[0]), cols[1])
         else:
-            row, col = int(rng.integers(padded_h - size + 1)), int(rng.integers(padded_w - size + 1))
-        image = np.pad(case.image[z], ((top, bottom), (left, right)))[row:row + size, col:col + size]
-        label = np.pad(case.label[z], ((top, bottom), (left, right)))[row:row + size, col:col + size]
-        return image.astype(np.float32), label
+            row, col = int(rng.integers(rows[0], rows[1] + 1)), int(rng.integers(cols[0], cols[1] + 1))
+        return (_window(case.image[z], row, col, size).astype(np.float32),
+                _window(case.label[z], row, col, size))
+
+
+def _window(array: np.ndarray, row: int, col: int, size: int) -> np.ndarray:
+    """`array[row:row+size, col:col+size]` with 0 where the window leaves the array."""
+    out = np.zeros((size, size), dtype=array.dtype)
+    top, left = max(row, 0), max(col, 0)
+    bottom, right = min(row + size, array.shape[0]), min(col + size, array.shape[1])
+    if bottom > top and right > left:
+        out[top - row:bottom - row, left - col:right - col] = array[top:bottom, left:right]
+    return out
 
 
 class SliceDataset(torch.utils.data.Dataset):
