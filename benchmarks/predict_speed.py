@@ -39,7 +39,7 @@ from swinseg.io import read_volume
 from swinseg.model import build_model
 from swinseg.predict import Case, Predictor, RunOptions, predict_cases
 from swinseg.config import parse_spacing
-from swinseg.preprocess import PreparedVolume, grid_size, pad_margins, resample_images, resize_slices, tile_starts
+from swinseg.preprocess import PreparedVolume, grid_size, pad_margins, resample_images, resize_slices, tile_corners
 from swinseg.weights import save_checkpoint
 
 
@@ -90,9 +90,8 @@ def network_inputs(predictor: Predictor, prepared: PreparedVolume) -> list[torch
     images = resample_images(torch.from_numpy(slices).unsqueeze(1).to(predictor.device), grid)
     (top, bottom), (left, right) = pad_margins(grid[0], size), pad_margins(grid[1], size)
     images = torch.nn.functional.pad(images, (left, right, top, bottom))
-    tiles = torch.stack([images[b, :, y : y + size, x : x + size] for b in range(len(images))
-                         for y in tile_starts(images.shape[-2], size, predictor.tile_overlap)
-                         for x in tile_starts(images.shape[-1], size, predictor.tile_overlap)])
+    corners = tile_corners(*images.shape[-2:], size, predictor.tile_overlap)
+    tiles = torch.stack([images[b, :, y : y + size, x : x + size] for b in range(len(images)) for y, x in corners])
     return list(tiles.split(predictor.batch_size))
 
 

@@ -39,7 +39,7 @@ from swinseg.config import ModelCard, load_card
 from swinseg.device import autocast, resolve_device, resolve_precision
 from swinseg.errors import SwinsegError
 from swinseg.preprocess import (DEFAULT_TILE_OVERLAP, PreparedVolume, gaussian_importance, grid_size, pad_margins,
-                                prepare_volume, resample_images, resize_slices, scale_intensities, tile_starts)
+                                prepare_volume, resample_images, resize_slices, scale_intensities, tile_corners)
 
 PROTOCOLS = ("fast", "reference")
 TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))  # none, left-right, up-down, both
@@ -146,8 +146,7 @@ class Predictor:
         if self.target_spacing is None:
             return 1
         height, width = self._padded(self._grid(size, spacing))
-        return len(tile_starts(height, self.img_size, self.tile_overlap)) * len(
-            tile_starts(width, self.img_size, self.tile_overlap))
+        return len(tile_corners(height, width, self.img_size, self.tile_overlap))
 
     def _grid(self, size: tuple[int, int], spacing: tuple[float, float] | None) -> tuple[int, int]:
         assert self.target_spacing is not None
@@ -237,8 +236,7 @@ class Predictor:
         if top or bottom or left or right:
             images = F.pad(images, (left, right, top, bottom), value=0.0)  # 0 = air (CT) / minimum (MR)
         height, width = images.shape[-2:]
-        corners = [(y, x) for y in tile_starts(height, tile, self.tile_overlap)
-                   for x in tile_starts(width, tile, self.tile_overlap)]
+        corners = tile_corners(height, width, tile, self.tile_overlap)
         weight = torch.tensor(gaussian_importance(tile), device=self.device)
         total = torch.zeros((images.shape[0], self.num_classes, height, width), device=self.device)
         coverage = torch.zeros((height, width), device=self.device)

@@ -170,6 +170,11 @@ def tile_starts(length: int, tile: int, overlap: float = DEFAULT_TILE_OVERLAP) -
     return [int(round(i * (length - tile) / (count - 1))) for i in range(count)]
 
 
+def tile_corners(height: int, width: int, tile: int, overlap: float = DEFAULT_TILE_OVERLAP) -> list[tuple[int, int]]:
+    """(row, column) of every tile covering a height x width grid already padded to at least one tile."""
+    return [(y, x) for y in tile_starts(height, tile, overlap) for x in tile_starts(width, tile, overlap)]
+
+
 @functools.lru_cache(maxsize=8)
 def gaussian_importance(tile: int, sigma_scale: float = 0.125) -> np.ndarray:
     """(tile, tile) float32 weights, 1 at the centre falling off as a Gaussian (sigma = tile / 8, nnU-Net's):
