@@ -18,6 +18,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
+	$(BIN)/ruff check swinseg tests benchmarks examples
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP)

@@ -91,7 +91,7 @@ def main() -> None:
     for batch in args.batches:
         x = torch.rand(batch, 1, size, size, device=device)
 
-        def forward() -> None:
+        def forward(x: torch.Tensor = x) -> None:
             with torch.inference_mode(), autocast(device, dtype):
                 model(x)
 
@@ -107,7 +107,7 @@ def main() -> None:
     for stock in (False, True, False, True):  # interleaved against drifting load
         set_stock_timm(model, stock)
 
-        def forward() -> None:
+        def forward(x: torch.Tensor = x) -> None:
             with torch.inference_mode(), autocast(device, dtype):
                 model(x)
 

@@ -2,7 +2,7 @@
 protocol, measured in one run on a synthetic CT-like volume with a randomly initialised model.
 
 - end-to-end: read the NIfTI, orient, normalise, batched resize + forward + resize back + argmax, write the
-  mask NIfTI (`predict.predict_cases`, exactly what the CLI runs after loading the model);
+  mask NIfTI (`runner.predict_cases`, exactly what the CLI runs after loading the model);
 - network-only: the forward passes alone for the same slices at the same batch size (inputs pre-resized);
 - reference: `--protocol reference` through the same path (one slice per pass, nearest resize back);
 - peak RSS: `swinseg predict` on a 512x512xN volume in a child process (resource.getrusage of children).
@@ -34,12 +34,12 @@ import numpy as np
 import scipy.ndimage
 import torch
 
-from swinseg.config import load_card
+from swinseg.config import load_card, parse_spacing
 from swinseg.io import read_volume
 from swinseg.model import build_model
-from swinseg.predict import Case, Predictor, RunOptions, predict_cases
-from swinseg.config import parse_spacing
+from swinseg.predict import Predictor
 from swinseg.preprocess import PreparedVolume, grid_size, pad_margins, resample_images, resize_slices, tile_corners
+from swinseg.runner import Case, RunOptions, predict_cases
 from swinseg.weights import save_checkpoint
 
 

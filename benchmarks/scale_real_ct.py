@@ -113,7 +113,7 @@ def main() -> None:
               f"{time.perf_counter() - began:.0f} s")
         predictor = Predictor(result.model, result.card, device="cpu", batch_size=16)
         results[spacing] = {}
-        for name, (image, label) in scans.items():
+        for name in scans:
             key = name.split(" ")[0]
             volume = io.read_volume(args.out / "scans" / f"{key}.nii.gz")
             prediction = predictor.predict_volume(volume)
@@ -127,7 +127,7 @@ def main() -> None:
           + (f"{'auto / none':>13}" if len(spacings) == 2 else ""))
     for name in scans:
         values = [results[v][name] for v in spacings]
-        ratio = f"{values[0] / max(values[1], 1e-6):13.2f}" if len(values) == 2 else ""
+        ratio = "" if len(values) != 2 else (f"{values[0] / values[1]:13.2f}" if values[1] >= 0.01 else f"{'-':>13}")
         print(f"{name:28}" + "".join(f"{v:16.3f}" for v in values) + ratio)
     print(f"overlays: {args.out}/overlay_*.png")
 

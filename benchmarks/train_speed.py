@@ -27,7 +27,7 @@ from swinseg.data import open_training_data
 from swinseg.device import resolve_device, resolve_precision
 from swinseg.model import SwinUnet
 from swinseg.train import Distributed, Step, TrainConfig, train_epoch
-from swinseg.train_report import EpochProgress
+from swinseg.train_report import TrainingEvents
 
 
 def write_synapse_slices(root: Path, count: int, size: int = 512, seed: int = 0) -> Path:
@@ -77,7 +77,7 @@ def timed_epoch(model, batches, device, dtype) -> list[float]:
     """Seconds per step of one swinseg.train.train_epoch over `batches` (the published recipe's step)."""
     step = Step.for_model(model, TrainConfig(batch_size=8), max(len(batches), 1), device, dtype)
     clock = StepClock(batches)
-    train_epoch(model, clock, step, Distributed(), EpochProgress(None), 0, 1)
+    train_epoch(model, clock, step, Distributed(), TrainingEvents(), 0, 1)
     clock.times[-1] = time.perf_counter()  # after the epoch's final loss sync (the GPU has caught up)
     return clock.steps
 

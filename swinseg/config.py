@@ -172,8 +172,8 @@ def parse_spacing(value: Any, what: str = "--spacing") -> tuple[float, float]:
     items = value.split(",") if isinstance(value, str) else value
     try:
         sy, sx = (float(v) for v in items)
-    except (TypeError, ValueError):
-        raise SwinsegError(f"{what} {value!r}: expected two spacings in mm, SY,SX (e.g. 1.5,1.5)") from None
+    except (TypeError, ValueError) as error:
+        raise SwinsegError(f"{what} {value!r}: expected two spacings in mm, SY,SX (e.g. 1.5,1.5)") from error
     if not (0 < sy < 1e3 and 0 < sx < 1e3):
         raise SwinsegError(f"{what} {value!r}: spacings must be positive mm values")
     return sy, sx
@@ -235,9 +235,9 @@ class ModelCard:
                 source=source,
             )
         except SwinsegError as err:
-            raise SwinsegError(f"{where}: {err}") from None
+            raise SwinsegError(f"{where}: {err}") from err
         except (TypeError, ValueError) as err:
-            raise SwinsegError(f"{where}: invalid value ({err})") from None
+            raise SwinsegError(f"{where}: invalid value ({err})") from err
 
 
 def card_dirs() -> list[Path]:
@@ -272,7 +272,7 @@ def load_card(name_or_path: str | os.PathLike[str]) -> ModelCard:
     try:
         values = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise SwinsegError(f"{path}: not a valid YAML model card ({type(err).__name__})") from None
+        raise SwinsegError(f"{path}: not a valid YAML model card ({type(err).__name__})") from err
     if not isinstance(values, dict):
         raise SwinsegError(f"{path}: a model card must be a YAML mapping")
     return ModelCard.from_dict(values, source=path.resolve())
@@ -284,10 +284,10 @@ def read_dataset_labels(path: str | os.PathLike[str]) -> dict[int, str]:
     path = Path(path)
     try:
         labels = json.loads(path.read_text(encoding="utf-8"))["labels"]
-    except FileNotFoundError:
-        raise SwinsegError(f"{path}: dataset.json not found") from None
-    except (OSError, ValueError, KeyError, TypeError):
-        raise SwinsegError(f"{path}: not an nnU-Net dataset.json with a 'labels' mapping") from None
+    except FileNotFoundError as error:
+        raise SwinsegError(f"{path}: dataset.json not found") from error
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise SwinsegError(f"{path}: not an nnU-Net dataset.json with a 'labels' mapping") from error
     if not isinstance(labels, dict) or not labels:
         raise SwinsegError(f"{path}: 'labels' must be a non-empty mapping")
     found: dict[int, str] = {}

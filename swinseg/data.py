@@ -1,84 +1,58 @@
-"""Training data: the Synapse (TransUNet) and nnU-Net/MSD layouts, the reference augmentation, and the
-conversion of an nnU-Net dataset into the Synapse layout (`swinseg preprocess`).
+"""Training inputs: the cases of a dataset folder (swinseg.datasets) read through swinseg.preprocess exactly as
+predict reads scans (orientation, plane), the samples the network trains on, the held-out volumes it is
+validated on, and the spacing and intensities resolved for the data.
 
-Synapse layout (folder DATA): `train_npz/caseXXXX_sliceYYY.npz` (arrays `image` in [0, 1] and `label`, one
-axial slice each), `test_vol_h5/caseXXXX.npy.h5` (datasets `image`, `label` of shape (D, H, W)) and the lists
-`lists_Synapse/{train,test_vol}.txt` (found in DATA, DATA/lists or beside DATA; without lists every file is
-used). nnU-Net/MSD layout: `imagesTr/CASE_0000.nii.gz` (or MSD's `CASE.nii.gz`), `labelsTr/CASE.nii.gz` and
-`dataset.json` with the label names (and `channel_names`, which decide the normalisation). Volumes go through
-swinseg.preprocess exactly as in predict (orientation, plane). With a target spacing the slices are resampled
-to it once at load time and training samples are random img_size crops, a share of them centred on a voxel of a
-foreground class (nnU-Net's oversampling); without one (the published path) whole slices are resized.
-
-Augmentation follows the reference Swin-Unet code exactly (same operations, same interpolation), with a
+With a target spacing the slices are resampled to it once at load time and training samples are random img_size
+crops, a share of them centred on a voxel of a foreground class (nnU-Net's oversampling); without one (the
+published path) whole slices are resized. The reference augmentation (swinseg.augment) then applies, with a
 numpy Generator per sample seeded from (seed, epoch, index): runs are reproducible whatever the number of
 DataLoader workers or processes, and a resumed run sees the same samples.
 """
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
-import re
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import scipy.ndimage
 import torch
 
-from swinseg.config import AUTO, ModelCard, Preprocessing, parse_spacing
+from swinseg.augment import augment_slice, resize_pair
+from swinseg.config import AUTO, Preprocessing, parse_spacing
+from swinseg.datasets import (
+    TEST_FOLDER,
+    TEST_SUFFIX,
+    TRAIN_FOLDER,
+    CaseFiles,
+    NnunetDataset,
+    is_nnunet,
+    is_synapse,
+    open_nnunet,
+    open_synapse,
+    shorten,
+    split_cases,
+)
 from swinseg.errors import SwinsegError
-from swinseg.preprocess import (PreparedVolume, intensity_bounds, prepare_volume, resample_to_grid,
-                                resize_array, scale_intensities, slice_axis)
+from swinseg.io import check_same_geometry, itk, oriented_spacing, read_volume
+from swinseg.preprocess import (
+    PreparedVolume,
+    grid_size,
+    intensity_bounds,
+    prepare_volume,
+    resample_to_grid,
+    scale_intensities,
+    slice_axis,
+)
 
 Progress = Callable[[int, int, str], None]  # (done, total, current item name)
 
-LIST_FOLDER = "lists_Synapse"
-TRAIN_LIST, TEST_LIST = "train.txt", "test_vol.txt"
-TRAIN_FOLDER, TEST_FOLDER = "train_npz", "test_vol_h5"
-TEST_SUFFIX = ".npy.h5"
-MAX_PROBLEMS_SHOWN = 12
 FOREGROUND_OVERSAMPLING = 1 / 3  # nnU-Net's share of samples centred on a foreground voxel
 FOREGROUND_LOCATIONS = 10_000  # voxels remembered per class and case for that
-
-# --------------------------------------------------------------------------------------------- augmentation
-
-
-@functools.lru_cache(maxsize=96)
-def _rotation_gather(shape: tuple[int, int], angle: int) -> np.ndarray:
-    """Flat source index + 1 of every output pixel (0 = outside), as scipy's nearest rotation picks them."""
-    index = np.arange(1, shape[0] * shape[1] + 1, dtype=np.int64).reshape(shape)
-    gather = scipy.ndimage.rotate(index, angle, order=0, reshape=False).astype(np.int32)
-    gather.setflags(write=False)
-    return gather
-
-
-def rotate_nearest(array: np.ndarray, angle: int) -> np.ndarray:
-    """`scipy.ndimage.rotate(array, angle, order=0, reshape=False)` for a 2-D array, as a cached gather."""
-    padded = np.concatenate([np.zeros(1, dtype=array.dtype), array.ravel()])
-    return padded[_rotation_gather(array.shape, int(angle))]
-
-
-def augment_slice(image: np.ndarray, label: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """The reference's random part: with p=0.5 rot90 by k in 0..3 and a flip along a random axis; otherwise
-    with p=0.5 a rotation by an integer angle in [-20, 19] degrees, nearest interpolation, same size."""
-    if rng.random() > 0.5:
-        k, axis = int(rng.integers(0, 4)), int(rng.integers(0, 2))
-        return np.flip(np.rot90(image, k), axis), np.flip(np.rot90(label, k), axis)
-    if rng.random() > 0.5:
-        angle = int(rng.integers(-20, 20))
-        return rotate_nearest(image, angle), rotate_nearest(label, angle)
-    return image, label
-
-
-def resize_pair(image: np.ndarray, label: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Image (float32, cubic) and label (nearest) resized to size x size exactly as scipy.ndimage.zoom does."""
-    image = resize_array(np.asarray(image, dtype=np.float32), size, order=3)
-    return image, resize_array(label, size, order=0)
-
+CROP_MARGIN = 1 / 4  # how far (in tiles) a training crop may reach beyond its slice
 
 # ------------------------------------------------------------------------------------------- slice sources
 
@@ -98,7 +72,7 @@ class NpzSlices:
             with np.load(path) as data:
                 return np.asarray(data["image"], dtype=np.float32), np.asarray(data["label"])
         except (OSError, KeyError, ValueError) as error:
-            raise SwinsegError(f"{path}: not a readable slice file with 'image' and 'label' ({error})") from None
+            raise SwinsegError(f"{path}: not a readable slice file with 'image' and 'label' ({error})") from error
 
 
 @dataclass
@@ -171,8 +145,6 @@ def to_grid_case(case: LoadedCase, target: tuple[float, float], seed: int) -> Gr
 
 def zlib_crc(text: str) -> int:
     """A stable 32-bit number for a name (Python's hash() changes between processes)."""
-    import zlib
-
     return zlib.crc32(text.encode("utf-8"))
 
 
@@ -194,12 +166,12 @@ class GridSlices:
 
     def crop(self, index: int, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """(image float32, label) crops of size x size for sample `index`, drawn from `rng`. A crop may reach
-        a quarter tile beyond the slice (filled with 0 = background), so the network sees the anatomy shifted
-        and cut off as prediction tiles show it, also when a slice is smaller than a tile."""
+        CROP_MARGIN tiles beyond the slice (filled with 0 = background), and a slice smaller than a tile may sit
+        anywhere in it, so the network sees the anatomy shifted and cut off as prediction tiles show it."""
         c, z = self.index[index]
         case = self.cases[c]
         height, width = case.image.shape[1:]
-        margin = size // 4
+        margin = int(size * CROP_MARGIN)
         rows = (min(0, height - size) - margin, max(0, height - size) + margin)  # crop start range
         cols = (min(0, width - size) - margin, max(0, width - size) + margin)
         if case.foreground and rng.random() < self.oversample:
@@ -295,7 +267,7 @@ class H5Volumes(Sequence[VolumeCase]):
                 label = np.asarray(data["label"])
                 spacing = tuple(float(s) for s in data.attrs["spacing"]) if "spacing" in data.attrs else None
         except (OSError, KeyError) as error:
-            raise SwinsegError(f"{path}: not a readable volume file with 'image' and 'label' ({error})") from None
+            raise SwinsegError(f"{path}: not a readable volume file with 'image' and 'label' ({error})") from error
         if image.ndim != 3 or image.shape != label.shape:
             raise SwinsegError(f"{path}: image {image.shape} and label {label.shape} must be equal 3-D shapes")
         in_plane = (spacing[1], spacing[2]) if spacing is not None and len(spacing) == 3 else None
@@ -328,175 +300,11 @@ def _label_array(label: np.ndarray, where: Path | str) -> np.ndarray:
     return rounded.astype(np.uint8)
 
 
-# ---------------------------------------------------------------------------------------------- Synapse
-
-
-@dataclass
-class SynapseDataset:
-    """A folder in the Synapse layout; `train_slices` / `test_cases` come from the lists (or the files)."""
-
-    root: Path
-    train_slices: list[str]
-    test_cases: list[str]
-    classes: tuple[str, ...] | None = None
-
-    @property
-    def train_dir(self) -> Path:
-        return self.root / TRAIN_FOLDER
-
-    @property
-    def test_dir(self) -> Path:
-        return self.root / TEST_FOLDER
-
-
-def is_synapse(root: Path) -> bool:
-    return (root / TRAIN_FOLDER).is_dir() or (root / TEST_FOLDER).is_dir()
-
-
-def is_nnunet(root: Path) -> bool:
-    return (root / "imagesTr").is_dir()
-
-
-def _find_lists(root: Path) -> Path | None:
-    for folder in (root / LIST_FOLDER, root / "lists" / LIST_FOLDER, root.parent / LIST_FOLDER,
-                   root.parent / "lists" / LIST_FOLDER):
-        if (folder / TRAIN_LIST).is_file() or (folder / TEST_LIST).is_file():
-            return folder
-    return None
-
-
-def _read_list(path: Path) -> list[str] | None:
-    if not path.is_file():
-        return None
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def open_synapse(root: str | Path, lists: str | Path | None = None) -> SynapseDataset:
-    """Open a Synapse-layout folder; every listed file must exist (all missing ones named in one error).
-
-    `lists`: the folder holding train.txt / test_vol.txt (default: found beside the data, see the module
-    docstring); a missing list means every file of that folder. Class names come from a `dataset.json` in
-    the folder when there is one (as written by `swinseg preprocess`).
-    """
-    root = Path(root)
-    if not is_synapse(root):
-        raise SwinsegError(f"{root}: not a Synapse-layout folder (no {TRAIN_FOLDER}/ or {TEST_FOLDER}/)")
-    list_dir = Path(lists) if lists is not None else _find_lists(root)
-    if lists is not None and not list_dir.is_dir():
-        raise SwinsegError(f"{list_dir}: lists folder not found")
-    train = _read_list(list_dir / TRAIN_LIST) if list_dir else None
-    test = _read_list(list_dir / TEST_LIST) if list_dir else None
-    if train is None:
-        train = _stems(root / TRAIN_FOLDER, ".npz")
-    if test is None:
-        test = _stems(root / TEST_FOLDER, TEST_SUFFIX)
-    missing = [f"{TRAIN_FOLDER}/{n}.npz" for n in train if not (root / TRAIN_FOLDER / f"{n}.npz").is_file()]
-    missing += [f"{TEST_FOLDER}/{n}{TEST_SUFFIX}" for n in test
-                if not (root / TEST_FOLDER / f"{n}{TEST_SUFFIX}").is_file()]
-    if missing:
-        raise SwinsegError(f"{root}: {len(missing)} listed files missing: {_shorten(missing)}")
-    if not train:
-        raise SwinsegError(f"{root / TRAIN_FOLDER}: no training slices")
-    classes = read_dataset_json(root / "dataset.json") if (root / "dataset.json").is_file() else None
-    return SynapseDataset(root, train, test, classes)
-
-
-def _stems(folder: Path, suffix: str) -> list[str]:
-    """Names of the files in `folder` ending in `suffix`, without it (hidden temp files skipped), sorted."""
-    return sorted(p.name[: -len(suffix)] for p in folder.glob(f"*{suffix}") if not p.name.startswith("."))
-
-
-def _shorten(items: Sequence[str]) -> str:
-    shown = ", ".join(items[:MAX_PROBLEMS_SHOWN])
-    return shown + (f", ... ({len(items) - MAX_PROBLEMS_SHOWN} more)" if len(items) > MAX_PROBLEMS_SHOWN else "")
-
-
-# ---------------------------------------------------------------------------------------------- nnU-Net
-
-
-@dataclass(frozen=True)
-class CaseFiles:
-    name: str
-    image: Path
-    label: Path
-
-
-@dataclass
-class NnunetDataset:
-    """An nnU-Net/MSD folder: cases with an image and a label file, class names from dataset.json."""
-
-    root: Path
-    cases: list[CaseFiles]
-    classes: tuple[str, ...] | None
-    extra_channels: list[str] = dataclasses.field(default_factory=list)  # cases with _0001... (ignored)
-
-    @property
-    def names(self) -> list[str]:
-        return [case.name for case in self.cases]
-
-
-def read_dataset_json(path: Path) -> tuple[str, ...]:
-    """Class names by label id from a dataset.json (nnU-Net v2 or MSD/v1); ids must be 0..n-1."""
-    from swinseg.config import read_dataset_labels
-
-    by_id = read_dataset_labels(path)
-    if sorted(by_id) != list(range(len(by_id))):
-        raise SwinsegError(f"{path}: label ids must be 0..{len(by_id) - 1} without gaps, got {sorted(by_id)}")
-    return tuple(by_id.values())
-
-
-def _case_key(path: Path, label_names: set[str]) -> tuple[str, int]:
-    """(case name, channel) of an imagesTr file: CASE_0000.nii.gz -> (CASE, 0); MSD's CASE.nii.gz, or any
-    name that has a label file of the same name, -> (CASE, 0)."""
-    from swinseg.io import case_name
-
-    name = case_name(path)
-    match = re.fullmatch(r"(.+)_(\d{4})", name)
-    if match is None or name in label_names:
-        return name, 0
-    return match.group(1), int(match.group(2))
-
-
-def open_nnunet(root: str | Path) -> NnunetDataset:
-    """Discover an nnU-Net/MSD dataset; one SwinsegError names every image without a label, every label
-    without an image, and a broken dataset.json."""
-    from swinseg.io import case_name, find_images
-
-    root = Path(root)
-    images_dir, labels_dir = root / "imagesTr", root / "labelsTr"
-    if not images_dir.is_dir():
-        raise SwinsegError(f"{root}: not an nnU-Net dataset folder (no imagesTr/)")
-    if not labels_dir.is_dir():
-        raise SwinsegError(f"{root}: nnU-Net dataset without labelsTr/")
-    labels = {case_name(path): path for path in find_images(labels_dir)}
-    images: dict[str, Path] = {}
-    extra: set[str] = set()
-    for path in find_images(images_dir):
-        name, channel = _case_key(path, set(labels))
-        if channel == 0:
-            images[name] = path
-        else:
-            extra.add(name)
-    problems = [f"{images[n].name} has no label labelsTr/{n}.nii.gz" for n in sorted(set(images) - set(labels))]
-    problems += [f"labelsTr/{labels[n].name} has no image imagesTr/{n}_0000.nii.gz"
-                 for n in sorted(set(labels) - set(images))]
-    problems += [f"imagesTr/{n}_0001... without {n}_0000" for n in sorted(extra - set(images))]
-    if problems:
-        raise SwinsegError(f"{root}: {len(problems)} unpaired files: {_shorten(problems)}")
-    if not images:
-        raise SwinsegError(f"{images_dir}: no images")
-    dataset_json = root / "dataset.json"
-    classes = read_dataset_json(dataset_json) if dataset_json.is_file() else None
-    cases = [CaseFiles(n, images[n], labels[n]) for n in sorted(images)]
-    return NnunetDataset(root, cases, classes, sorted(extra))
-
-
 def load_case(case: CaseFiles, prep: Preprocessing, num_classes: int | None = None) -> LoadedCase:
     """Read an image/label pair, check that they agree (shape, geometry, label values) and lay both out with
     swinseg.preprocess.prepare_volume (the card's orientation and plane, as predict does). The intensity range
     is left for `set_bounds` (it may depend on the whole dataset). SwinsegError naming the files on any
     disagreement."""
-    from swinseg.io import check_same_geometry, oriented_spacing, read_volume
 
     image = read_volume(case.image)
     label = read_volume(case.label)
@@ -552,17 +360,14 @@ def load_cases(dataset: NnunetDataset, names: Sequence[str], prep: Preprocessing
     if progress:
         progress(len(names), len(names), "")
     if problems:
-        raise SwinsegError(f"{dataset.root}: {len(problems)} bad cases: " + "; ".join(problems[:MAX_PROBLEMS_SHOWN])
-                           + (f"; ... ({len(problems) - MAX_PROBLEMS_SHOWN} more)"
-                              if len(problems) > MAX_PROBLEMS_SHOWN else ""))
+        raise SwinsegError(f"{dataset.root}: {len(problems)} bad cases: {shorten(problems, '; ')}")
     return loaded
 
 
 def check_fits_in_memory(dataset: NnunetDataset, names: Sequence[str], share: float = 0.8) -> None:
     """Refuse, before reading any voxel, to load cases whose arrays (int16 image + uint8 label, at least 3 bytes
     a voxel) would take more than `share` of the memory available now; the Synapse layout streams instead."""
-    import SimpleITK as sitk
-
+    sitk = itk()
     by_name = {case.name: case for case in dataset.cases}
     voxels = 0
     for name in names:
@@ -586,7 +391,6 @@ def check_grid_fits_in_memory(root: Path, cases: Sequence[LoadedCase], target: t
                               share: float = 0.8) -> None:
     """Refuse to resample cases whose target-grid copies (float16 image + uint8 label) would not fit in the
     memory available now (a fine target spacing for coarse scans multiplies the voxels)."""
-    from swinseg.preprocess import grid_size
 
     needed = sum(3 * case.image.shape[0] * int(np.prod(grid_size(case.image.shape[1:], case.in_plane_spacing,
                                                                   target))) for case in cases)
@@ -608,30 +412,6 @@ def _available_memory() -> int | None:
     except (OSError, ValueError, IndexError):
         return None
     return None
-
-
-def split_cases(names: Sequence[str], *, test_fraction: float = 0.2, test_cases: Sequence[str] | None = None,
-                seed: int = 1234) -> tuple[list[str], list[str]]:
-    """(train, test) case names: `test_cases` as given (all must exist), else a seeded random
-    `test_fraction` (at least one case when the fraction is > 0 and there are two cases or more)."""
-    names = sorted(names)
-    if test_cases is not None:
-        unknown = sorted(set(test_cases) - set(names))
-        if unknown:
-            raise SwinsegError(f"--test-cases: unknown cases {_shorten(unknown)}; known: {_shorten(names)}")
-        test = sorted(set(test_cases))
-    else:
-        if not 0.0 <= test_fraction < 1.0:
-            raise SwinsegError(f"--test-fraction must be in [0, 1), got {test_fraction}")
-        count = int(round(len(names) * test_fraction))
-        if test_fraction > 0 and len(names) > 1:
-            count = min(max(count, 1), len(names) - 1)
-        order = np.random.default_rng(seed).permutation(len(names))
-        test = sorted(names[i] for i in order[:count])
-    train = [n for n in names if n not in set(test)]
-    if not train:
-        raise SwinsegError("no training cases left after the train/test split")
-    return train, test
 
 
 # ------------------------------------------------------------------------------------------ training data
@@ -727,7 +507,7 @@ def _open_synapse_training(root: Path, img_size: int, prep: Preprocessing, augme
         tests = list(validation_cases)
         missing = [n for n in tests if not (synapse.test_dir / f"{n}{TEST_SUFFIX}").is_file()]
         if missing:
-            raise SwinsegError(f"{synapse.test_dir}: validation cases not found: {_shorten(missing)}")
+            raise SwinsegError(f"{synapse.test_dir}: validation cases not found: {shorten(missing)}")
     slices = SliceDataset(NpzSlices(synapse.train_dir, synapse.train_slices), img_size, augment=augment, seed=seed)
     train_cases = sorted({n.split("_slice")[0] for n in synapse.train_slices})
     note = "spacing: none (Synapse-layout files carry no spacing): whole slices resized, the published path"
@@ -810,126 +590,3 @@ def foreground_percentiles(cases: Sequence[LoadedCase], seed: int, per_case: int
 
 def _range_text(values: Any) -> str:
     return f"[{values[0]:g}, {values[1]:g}]"
-
-
-# ------------------------------------------------------------------------------------------- preprocess
-
-
-@dataclass
-class PreprocessReport:
-    out_dir: Path
-    train_cases: list[str]
-    test_cases: list[str]
-    train_slices: int
-    skipped: list[str]  # cases already converted by an earlier (interrupted) run with the same settings
-    extra_channels: list[str]
-
-
-def preprocess_dataset(in_dir: str | Path, out_dir: str | Path, card: ModelCard, *, test_fraction: float = 0.2,
-                       test_cases: Sequence[str] | None = None, seed: int = 1234,
-                       progress: Progress | None = None) -> PreprocessReport:
-    """Convert an nnU-Net/MSD dataset into the Synapse layout under `out_dir`.
-
-    Each case is oriented to the card's orientation and normalised with its preprocessing (CT window);
-    training cases become one `train_npz/CASE_sliceZZZ.npz` per axial slice (image float32 in [0, 1], label
-    uint8), test cases `test_vol_h5/CASE.npy.h5` (image, label (D, H, W); attribute `spacing` (z, y, x) mm);
-    then `lists_Synapse/{train,test_vol}.txt` and a `dataset.json` with the class names. Every file is
-    written atomically; a case finished by an earlier run with the same settings is skipped, so an
-    interrupted run resumes. Bad cases are all reported at the end in one SwinsegError (no lists written).
-    """
-    in_dir, out_dir = Path(in_dir), Path(out_dir)
-    if out_dir.resolve() == in_dir.resolve() or in_dir.resolve() in out_dir.resolve().parents:
-        raise SwinsegError(f"{out_dir}: choose an output folder outside the input dataset {in_dir}")
-    if card.preprocessing.spacing is not None:
-        raise SwinsegError(f"card {card.name!r} resamples to a target spacing; `swinseg preprocess` writes the "
-                           "published Synapse layout (whole slices, no spacing): train on the nnU-Net dataset "
-                           "directly instead")
-    dataset = open_nnunet(in_dir)
-    classes = dataset.classes or card.classes
-    train, test = split_cases(dataset.names, test_fraction=test_fraction, test_cases=test_cases, seed=seed)
-    prep = card.preprocessing
-    settings = {"preprocessing": prep.to_dict(), "source": str(in_dir.resolve())}
-    by_name = {case.name: case for case in dataset.cases}
-    slice_names: dict[str, list[str]] = {}
-    problems, skipped = [], []
-    order = [(name, "train") for name in train] + [(name, "test") for name in test]
-    for done, (name, role) in enumerate(order):
-        if progress:
-            progress(done, len(order), name)
-        marker = out_dir / ".swinseg" / f"{name}.json"
-        expected = dict(settings, role=role)
-        previous = _read_marker(marker)
-        if previous is not None and {k: previous.get(k) for k in expected} == expected and all(
-            path.is_file() for path in _case_outputs(out_dir, name, previous.get("slices", []), role)
-        ):
-            slice_names[name] = previous.get("slices", [])
-            skipped.append(name)
-            continue
-        try:
-            case = load_case(by_name[name], prep, len(classes))
-        except SwinsegError as error:
-            problems.append(str(error))
-            continue
-        set_bounds([case], prep)
-        if role == "train":
-            slice_names[name] = _write_slices(out_dir / TRAIN_FOLDER, case)
-        else:
-            _write_h5(out_dir / TEST_FOLDER / f"{name}{TEST_SUFFIX}", case)
-        _write_text(marker, json.dumps(dict(expected, slices=slice_names.get(name, [])), indent=1))
-    if progress:
-        progress(len(order), len(order), "")
-    if problems:
-        raise SwinsegError(f"{in_dir}: {len(problems)} bad cases (nothing listed; fix them and rerun, finished "
-                           f"cases are kept): " + "; ".join(problems[:MAX_PROBLEMS_SHOWN]))
-    train_slices = [s for name in train for s in slice_names[name]]
-    _write_text(out_dir / LIST_FOLDER / TRAIN_LIST, "".join(f"{s}\n" for s in train_slices))
-    _write_text(out_dir / LIST_FOLDER / TEST_LIST, "".join(f"{n}\n" for n in test))
-    labels = {name: i for i, name in enumerate(classes)}
-    _write_text(out_dir / "dataset.json", json.dumps({"labels": labels, "swinseg": settings,
-                                                      "train": train, "test": test}, indent=2))
-    return PreprocessReport(out_dir, train, test, len(train_slices), skipped, dataset.extra_channels)
-
-
-def _case_outputs(out_dir: Path, name: str, slices: list[str], role: str) -> list[Path]:
-    if role == "train":
-        return [out_dir / TRAIN_FOLDER / f"{s}.npz" for s in slices]
-    return [out_dir / TEST_FOLDER / f"{name}{TEST_SUFFIX}"]
-
-
-def _read_marker(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-def _write_text(path: Path, text: str) -> None:
-    from swinseg.io import atomic_output
-
-    with atomic_output(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-
-
-def _write_slices(folder: Path, case: LoadedCase) -> list[str]:
-    from swinseg.io import atomic_output
-
-    names = []
-    for z, (raw, label) in enumerate(zip(case.image, case.label)):
-        name = f"{case.name}_slice{z:03d}"
-        with atomic_output(folder / f"{name}.npz") as tmp, open(tmp, "wb") as handle:
-            np.savez(handle, image=scale_intensities(raw, *case.bounds), label=label)
-        names.append(name)
-    return names
-
-
-def _write_h5(path: Path, case: LoadedCase) -> None:
-    import h5py
-
-    from swinseg.io import atomic_output
-
-    with atomic_output(path) as tmp:
-        with h5py.File(tmp, "w") as data:
-            data.create_dataset("image", data=case.normalized(), compression="gzip", compression_opts=1)
-            data.create_dataset("label", data=case.label, compression="gzip", compression_opts=1)
-            if case.spacing is not None:
-                data.attrs["spacing"] = np.asarray(case.spacing, dtype=np.float64)

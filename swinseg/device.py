@@ -67,8 +67,8 @@ def torchrun_rank(env: dict[str, str] | None = None) -> tuple[int, int, int] | N
         if world <= 1:
             return None
         return int(env["RANK"]), world, int(env.get("LOCAL_RANK", env["RANK"]))
-    except (KeyError, ValueError):
-        raise SwinsegError("torchrun environment is incomplete: RANK/WORLD_SIZE/LOCAL_RANK must be integers") from None
+    except (KeyError, ValueError) as error:
+        raise SwinsegError("torchrun environment is incomplete: RANK/WORLD_SIZE/LOCAL_RANK must be integers") from error
 
 
 def rank_device(spec: str, local_rank: int) -> str:

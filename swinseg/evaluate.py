@@ -253,8 +253,8 @@ def parse_labels(values: Sequence[str]) -> dict[int, str | None]:
         ident, _, name = item.partition("=")
         try:
             label = int(ident.strip())
-        except ValueError:
-            raise SwinsegError(f"--labels: {item!r} is not an id or id=name (e.g. 1,2 or 1=liver)") from None
+        except ValueError as error:
+            raise SwinsegError(f"--labels: {item!r} is not an id or id=name (e.g. 1,2 or 1=liver)") from error
         if label <= 0:
             raise SwinsegError(f"--labels: label ids must be positive (0 is background), got {label}")
         labels[label] = name.strip() or None
@@ -304,7 +304,7 @@ def evaluate_case(case: Case, labels: Sequence[int] | None, settings: Settings) 
         check_same_geometry(pred, ref)
     except SwinsegError as error:
         if not settings.resample_to_reference:
-            raise SwinsegError(f"{error} (use --resample-to-reference to resample the prediction)") from None
+            raise SwinsegError(f"{error} (use --resample-to-reference to resample the prediction)") from error
         pred = resample_like(pred, ref)
     pred_labels = _label_array(pred.array, case.prediction)
     ref_labels = _label_array(ref.array, case.reference)

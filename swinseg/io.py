@@ -48,7 +48,8 @@ class Volume:
 
     `array`: SimpleITK index order ((z, y, x) or (y, x)). `spacing`: mm, in array order. `origin`,
     `direction` (flattened row-major ndim x ndim matrix): ITK order (x, y, z), LPS. `path`: where it was read
-    from. `normalized`: intensities are already scaled for the network (Synapse h5 images, in [0, 1]). The private fields keep the source header (NIfTI) and the kind of source, for `write_volume`.
+    from. `normalized`: intensities are already scaled for the network (Synapse h5 images, in [0, 1]).
+    `_nifti_header` keeps the source's NIfTI header, for `write_volume`.
     """
 
     array: np.ndarray
@@ -59,7 +60,6 @@ class Volume:
     normalized: bool = False
     spacing_known: bool = True  # False: read as 1 mm for want of a spacing (2-D images, h5 without one)
     _nifti_header: Any = field(default=None, repr=False, compare=False)
-    _kind: str = field(default="itk", repr=False, compare=False)  # nifti | itk | dicom | image2d | h5
 
     @property
     def ndim(self) -> int:
@@ -80,6 +80,15 @@ class Volume:
         if array.shape[array.ndim - self.ndim :] != self.array.shape[self.array.ndim - self.ndim :]:
             raise ValueError(f"array shape {array.shape} does not match volume shape {self.array.shape}")
         return dataclasses.replace(self, array=array)
+
+
+def itk() -> Any:
+    """SimpleITK, with ITK's own warning printer switched off: swinseg checks what those warnings are about
+    (slice gaps, unreadable files) itself and says it in one line."""
+    import SimpleITK as sitk
+
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    return sitk
 
 
 # ---------------------------------------------------------------------------------------------- atomic output
@@ -104,16 +113,32 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     suffix = _suffix(path)
     base = path.name[: len(path.name) - len(suffix)] if suffix else path.name
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise SwinsegError(f"{path}: cannot create its folder ({error.strerror or error})") from error
     tmp = path.parent / f".{base}.tmp-{secrets.token_hex(4)}{suffix}"
     try:
         yield tmp
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         tmp.unlink(missing_ok=True)
+        reason = _write_failure(error, tmp)
+        if reason is not None:
+            raise SwinsegError(f"{path}: cannot write ({reason})") from error
         raise
+
+
+def _write_failure(error: BaseException, tmp: Path) -> str | None:
+    """Why writing `tmp` failed, in words that do not name the hidden temporary file; None when `error` is
+    not about writing it (it is then re-raised as it is)."""
+    if isinstance(error, OSError) and error.filename in (None, str(tmp), tmp):
+        return error.strerror or str(error) or type(error).__name__
+    if isinstance(error, RuntimeError) and tmp.name in str(error):  # SimpleITK's writers
+        return str(_itk_reason(error)).replace(str(tmp), "the file")
+    return None
 
 
 # -------------------------------------------------------------------------------------------------- reading
@@ -169,8 +194,10 @@ def _read_nifti(path: Path, channel: int | None) -> Volume:
     except SwinsegError:
         raise
     except Exception as error:  # nibabel/gzip/zlib raise many types for bad files
-        raise _unreadable(path, error) from None
+        raise _unreadable(path, error) from error
     header = image.header
+    if np.iscomplexobj(data):
+        raise SwinsegError(f"{path}: complex-valued image ({data.dtype}); save its magnitude as a real-valued image")
     data = _select_nifti_channel(path, data, channel)
     spacing_xyz, origin, direction = _itk_geometry_from_affine(path, image.affine)
     return Volume(
@@ -180,7 +207,6 @@ def _read_nifti(path: Path, channel: int | None) -> Volume:
         direction=tuple(float(d) for d in direction.ravel()),
         path=path,
         _nifti_header=header,
-        _kind="nifti",
     )
 
 
@@ -199,7 +225,7 @@ def _read_h5(path: Path, dataset: str) -> Volume:
     except SwinsegError:
         raise
     except Exception as error:  # h5py raises OSError/KeyError/ValueError for bad files
-        raise _unreadable(path, error) from None
+        raise _unreadable(path, error) from error
     if array.ndim not in (2, 3) or len(spacing) != array.ndim:
         raise SwinsegError(f"{path}: dataset {dataset!r} has shape {array.shape}; expected a 2-D or 3-D array")
     ndim = array.ndim
@@ -211,7 +237,6 @@ def _read_h5(path: Path, dataset: str) -> Volume:
         path=path,
         normalized=dataset == "image" and array.dtype.kind == "f" and bool(array.min() >= 0 and array.max() <= 1),
         spacing_known=spacing_known,
-        _kind="h5",
     )
 
 
@@ -253,6 +278,8 @@ def _itk_geometry_from_affine(path: Path, affine: np.ndarray) -> tuple[np.ndarra
     if not np.all(spacing > 0) or not np.all(np.isfinite(affine)):
         raise SwinsegError(f"{path}: degenerate affine in the NIfTI header (zero or non-finite voxel size)")
     direction = linear / spacing
+    if abs(np.linalg.det(direction)) < 1e-3:
+        raise SwinsegError(f"{path}: singular affine in the NIfTI header (two voxel axes point the same way)")
     if not np.allclose(direction.T @ direction, np.eye(3), atol=1e-4):  # sheared: nearest rotation (as ITK)
         u, _, vt = np.linalg.svd(direction)
         direction = u @ vt
@@ -260,12 +287,12 @@ def _itk_geometry_from_affine(path: Path, affine: np.ndarray) -> tuple[np.ndarra
 
 
 def _read_itk(path: Path, channel: int | None, kind: str) -> Volume:
-    import SimpleITK as sitk
+    sitk = itk()
 
     try:
         image = sitk.ReadImage(str(path))
     except Exception as error:  # SimpleITK raises RuntimeError with a multi-line ITK message
-        raise _unreadable(path, _itk_reason(error)) from None
+        raise _unreadable(path, _itk_reason(error)) from error
     return _volume_from_sitk(image, path, channel, kind)
 
 
@@ -273,14 +300,15 @@ def _itk_reason(error: Exception) -> Exception:
     """A short RuntimeError from SimpleITK's multi-line message (the line after 'Description:' if any)."""
     text = str(error).strip()
     match = re.search(r"(?:Description|ERROR):\s*(.+)", text)
-    if match:
-        return RuntimeError(match.group(1).strip())
-    return RuntimeError(text.splitlines()[-1] if text else "")
+    line = match.group(1) if match else (text.splitlines()[-1] if text else "")
+    return RuntimeError(re.sub(r"\w+ ?\(0x[0-9a-fA-F]+\):\s*", "", line).strip().rstrip(":"))
 
 
 def _volume_from_sitk(image: Any, path: Path, channel: int | None, kind: str) -> Volume:
-    import SimpleITK as sitk
+    sitk = itk()
 
+    if "complex" in image.GetPixelIDTypeAsString():
+        raise SwinsegError(f"{path}: complex-valued image; save its magnitude as a real-valued image")
     components = image.GetNumberOfComponentsPerPixel()
     if image.GetDimension() == 4:
         count = image.GetSize()[3]
@@ -303,12 +331,11 @@ def _volume_from_sitk(image: Any, path: Path, channel: int | None, kind: str) ->
         direction=tuple(float(d) for d in image.GetDirection()),
         path=path,
         spacing_known=kind != "image2d",  # PNG/JPEG/TIFF hold no physical pixel size (DPI at most)
-        _kind=kind,
     )
 
 
 def _luminance_volume(image: Any, path: Path) -> Volume:
-    import SimpleITK as sitk
+    sitk = itk()
 
     rgb = sitk.GetArrayFromImage(image)  # (..., components)
     luminance = rgb[..., :3].astype(np.float64) @ np.asarray(_LUMINANCE)
@@ -322,50 +349,136 @@ def _luminance_volume(image: Any, path: Path) -> Volume:
         direction=tuple(float(d) for d in image.GetDirection()),
         path=path,
         spacing_known=False,
-        _kind="image2d",
     )
 
 
-def dicom_series(folder: str | Path) -> list[tuple[str, str, int]]:
-    """The DICOM series in a folder: (SeriesInstanceUID, SeriesDescription, number of slices) each."""
-    import SimpleITK as sitk
+@dataclass(frozen=True)
+class DicomSeries:
+    """One DICOM series of a folder: its files in GDCM's slice order and what identifies it to a user."""
 
+    uid: str
+    description: str
+    modality: str
+    files: tuple[str, ...]
+
+    def __str__(self) -> str:
+        modality = f" {self.modality}" if self.modality else ""
+        return f"{self.uid} '{self.description}'{modality} ({len(self.files)} slices)"
+
+
+def dicom_series(folder: str | Path) -> list[DicomSeries]:
+    """The DICOM series directly in a folder, in GDCM's order."""
+    sitk = itk()
     folder = Path(folder)
     found = []
     for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)):
-        files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)
-        description = ""
-        with contextlib.suppress(RuntimeError):
-            reader = sitk.ImageFileReader()
-            reader.SetFileName(files[0])
-            reader.LoadPrivateTagsOff()
-            reader.ReadImageInformation()
-            if reader.HasMetaDataKey("0008|103e"):
-                description = reader.GetMetaData("0008|103e").strip()
-        found.append((uid, description, len(files)))
+        files = tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid))
+        tags = _dicom_tags(files[0], ("0008|103e", "0008|0060")) or {}
+        found.append(DicomSeries(uid, tags.get("0008|103e", ""), tags.get("0008|0060", ""), files))
     return found
 
 
-def _read_dicom_series(folder: Path, series: str | None, channel: int | None) -> Volume:
-    import SimpleITK as sitk
+def _dicom_tags(file: str, keys: tuple[str, ...]) -> dict[str, str] | None:
+    """The header values of `keys` that `file` holds (pixel data not read); None when it is not readable."""
+    sitk = itk()
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(file)
+    reader.LoadPrivateTagsOff()
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return None
+    values = {key: reader.GetMetaData(key).strip() for key in keys if reader.HasMetaDataKey(key)}
+    values["size"] = "x".join(str(n) for n in reader.GetSize()[:2])
+    return values
 
+
+def _read_dicom_series(folder: Path, series: str | None, channel: int | None) -> Volume:
     available = dicom_series(folder)
     if not available:
         raise SwinsegError(f"{folder}: folder holds no DICOM series (and is not an image file)")
-    uids = [uid for uid, _, _ in available]
+    uids = [found.uid for found in available]
     if series is None and len(available) > 1:
-        listing = "; ".join(f"{uid} '{desc}' ({n} slices)" for uid, desc, n in available)
+        listing = "; ".join(str(found) for found in available)
         raise SwinsegError(f"{folder}: {len(available)} DICOM series, pick one with --series UID: {listing}")
     if series is not None and series not in uids:
         raise SwinsegError(f"{folder}: no DICOM series {series}; available: {', '.join(uids)}")
-    uid = series if series is not None else uids[0]
+    chosen = available[uids.index(series)] if series is not None else available[0]
+    _check_unlisted_dicom_files(folder, available)
+    _check_slice_geometry(folder, chosen)
+    sitk = itk()
     reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid))
+    reader.SetFileNames(list(chosen.files))
     try:
         image = reader.Execute()
     except Exception as error:
-        raise _unreadable(folder, _itk_reason(error)) from None
+        raise _unreadable(folder, _itk_reason(error)) from error
     return _volume_from_sitk(image, folder, channel, kind="dicom")
+
+
+def _check_unlisted_dicom_files(folder: Path, available: list[DicomSeries]) -> None:
+    """Refuse a folder with a DICOM file that no series lists because it cannot be parsed (truncated or corrupt):
+    the series would be stacked without that slice."""
+    listed = {Path(file).name for found in available for file in found.files}
+    for entry in sorted(folder.iterdir()):
+        if entry.name in listed or entry.name.startswith(".") or not entry.is_file():
+            continue
+        with open(entry, "rb") as handle:
+            is_dicom = handle.read(132)[128:] == b"DICM"
+        if is_dicom and _dicom_tags(str(entry), ()) is None:
+            raise SwinsegError(f"{entry}: unreadable DICOM file (truncated or corrupt) in the series folder; "
+                               "the series would be read without this slice")
+
+
+SLICE_GAP_TOLERANCE = 0.05  # relative deviation from the median slice distance accepted as rounding
+TILT_TOLERANCE_DEG = 0.5
+
+
+def _check_slice_geometry(folder: Path, series: DicomSeries) -> None:
+    """Refuse a series that ITK would stack onto a wrong grid: slices of different sizes or orientations,
+    two slices at one position, gantry tilt (slices shifted in-plane along the stack) and missing slices
+    (non-uniform slice positions, which ITK reads with one averaged spacing)."""
+    if len(series.files) < 2:
+        return
+    headers = [_dicom_tags(file, ("0020|0032", "0020|0037")) for file in series.files]
+    if any(header is None for header in headers):
+        bad = series.files[[header is None for header in headers].index(True)]
+        raise SwinsegError(f"{bad}: unreadable DICOM header in series {series.uid}")
+    sizes = sorted({header["size"] for header in headers})
+    if len(sizes) > 1:
+        raise SwinsegError(f"{folder}: DICOM series {series.uid} mixes slice sizes ({', '.join(sizes)})")
+    try:
+        positions = np.array([[float(v) for v in h["0020|0032"].split("\\")] for h in headers])
+        orientations = np.array([[float(v) for v in h["0020|0037"].split("\\")] for h in headers])
+    except (KeyError, ValueError):
+        return  # no patient geometry (e.g. secondary capture): nothing to check against
+    if positions.shape[1] != 3 or orientations.shape[1] != 6:
+        return
+    if not np.allclose(orientations, orientations[0], atol=1e-4):
+        raise SwinsegError(f"{folder}: the slices of DICOM series {series.uid} are not parallel "
+                           "(their image orientations differ)")
+    normal = np.cross(orientations[0, :3], orientations[0, 3:])
+    along = positions @ normal
+    order = np.argsort(along)
+    steps = np.diff(along[order])
+    spacing = float(np.median(steps))
+    if spacing <= 1e-6 or np.any(steps <= 1e-3 * spacing):
+        raise SwinsegError(f"{folder}: DICOM series {series.uid} has several slices at one position "
+                           "(duplicates, or several phases in one series)")
+    shifts = np.linalg.norm(np.diff(positions[order] - np.outer(along[order], normal), axis=0), axis=1)
+    tilt = float(np.degrees(np.arctan(np.max(shifts / steps))))
+    if tilt > TILT_TOLERANCE_DEG:
+        raise SwinsegError(f"{folder}: DICOM series {series.uid} has a gantry tilt of {tilt:.1f} degrees "
+                           "(slices shifted in-plane along the stack); resample it to an untilted grid first")
+    deviation = np.abs(steps - spacing) / spacing
+    if np.any(deviation > SLICE_GAP_TOLERANCE):
+        worst = int(np.argmax(deviation))
+        start, stop = along[order][worst], along[order][worst + 1]
+        missing = max(int(round(steps[worst] / spacing)) - 1, 0)
+        hint = f", {missing} slice(s) missing" if missing else ""
+        raise SwinsegError(
+            f"{folder}: gap in DICOM series {series.uid}: slices {start:.2f} and {stop:.2f} mm along the normal are "
+            f"{steps[worst]:.2f} mm apart, {spacing:.2f} mm elsewhere{hint}; the volume would be stacked wrongly")
 
 
 # -------------------------------------------------------------------------------------------------- writing
@@ -399,7 +512,7 @@ def write_volume(path: str | Path, array: np.ndarray, like: Volume) -> None:
     if suffix in _DETACHED_HEADER_SUFFIXES:
         _write_detached(path, image)
         return
-    import SimpleITK as sitk
+    sitk = itk()
 
     with atomic_output(path) as tmp:
         sitk.WriteImage(image, str(tmp), useCompression=suffix not in (".tif", ".tiff"))
@@ -464,7 +577,7 @@ def _nifti_header_from_geometry(like: Volume) -> Any:
 
 
 def _to_sitk(array: np.ndarray, like: Volume) -> Any:
-    import SimpleITK as sitk
+    sitk = itk()
 
     if array.ndim > like.ndim:  # leading channel axis -> vector pixels
         image = sitk.GetImageFromArray(np.ascontiguousarray(np.moveaxis(array, 0, -1)), isVector=True)
@@ -478,7 +591,7 @@ def _to_sitk(array: np.ndarray, like: Volume) -> Any:
 
 def _write_detached(path: Path, image: Any) -> None:
     """Write a header + data file pair (.mhd/.nhdr) in a hidden temp folder; move the data, then the header."""
-    import SimpleITK as sitk
+    sitk = itk()
 
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
@@ -532,7 +645,7 @@ def resample_like(moving: Volume, reference: Volume) -> Volume:
 
     The result has `reference`'s geometry and header (so it writes like `reference`), `moving`'s dtype and path.
     """
-    import SimpleITK as sitk
+    sitk = itk()
 
     if moving.ndim != reference.ndim or moving.array.ndim != moving.ndim:
         raise SwinsegError(
@@ -662,6 +775,4 @@ def find_images(folder: str | Path) -> list[Path]:
 
 
 def _has_dicom_series(folder: Path) -> bool:
-    import SimpleITK as sitk
-
-    return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+    return bool(itk().ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))

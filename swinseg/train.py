@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 import torch.distributed as torch_dist
-from rich.console import Console
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
@@ -37,7 +36,7 @@ from swinseg.device import autocast, precision_name, rank_device, resolve_device
 from swinseg.errors import SwinsegError
 from swinseg.losses import DiceCELoss
 from swinseg.train_config import FINETUNE_DEFAULTS, TrainConfig, resolve_config, write_config
-from swinseg.train_report import EpochProgress, epoch_line, plot_curves, write_metrics
+from swinseg.train_report import TrainingEvents, epoch_line, plot_curves, write_metrics
 from swinseg.train_state import capture_rng_state, load_training_state, restore_rng_state, save_training_state
 
 if TYPE_CHECKING:
@@ -263,7 +262,7 @@ def validate(
     scores = []
     for index in range(dist.rank, len(cases), dist.world_size):
         case = cases[index]
-        prediction, _ = predictor.predict_prepared(case.prepared)
+        prediction = predictor.predict_prepared(case.prepared)
         scores.append([dice(prediction == c, case.label == c) for c in range(1, len(card.classes))])
     model.train(was_training)
     everything = np.asarray([row for rows in dist.all_gather(scores) for row in rows], dtype=np.float64)
@@ -327,10 +326,10 @@ class Step:
 
 
 def train_epoch(
-    model: nn.Module, loader: Any, step: Step, dist: Distributed, progress: EpochProgress, epoch: int, epochs: int
+    model: nn.Module, loader: Any, step: Step, dist: Distributed, events: TrainingEvents, epoch: int, epochs: int
 ) -> dict[str, Any]:
     """One pass over the loader (batches of dict(image, label, name)); returns the epoch's metrics row."""
-    progress.start(epoch + 1, epochs, len(loader))
+    events.epoch_started(epoch + 1, epochs, len(loader))
     started = time.perf_counter()
     loss_sum = torch.zeros((), dtype=torch.float64, device=step.device)
     seen, shown = 0, started
@@ -339,8 +338,8 @@ def train_epoch(
         loss_sum += step(model, images, labels) * images.shape[0]
         seen += images.shape[0]
         now = time.perf_counter()
-        if progress.live and (now - shown > 0.5 or done == len(loader)):  # .item() waits for the GPU
-            progress.update(done, loss_sum.item() / seen, step.lr, seen * dist.world_size / (now - started))
+        if events.steps_wanted and (now - shown > 0.5 or done == len(loader)):  # .item() waits for the GPU
+            events.step(done, loss_sum.item() / seen, step.lr, seen * dist.world_size / (now - started))
             shown = now
     total_loss, total_seen = dist.sum([loss_sum.item(), float(seen)], step.device)
     seconds = time.perf_counter() - started
@@ -378,28 +377,29 @@ class Trainer:
     """A training run in one process of a (possibly one-process) job, set up from the config; `restore()`
     continues a last.pt state, `run()` trains the remaining epochs."""
 
-    def __init__(self, config: TrainConfig, dist: Distributed, device: torch.device, log: Callable[[str], None],
-                 progress: EpochProgress, resumed_card: ModelCard | None = None) -> None:
+    def __init__(self, config: TrainConfig, dist: Distributed, device: torch.device, events: TrainingEvents,
+                 resumed_card: ModelCard | None = None) -> None:
         """`resumed_card`: the card of the run being resumed; its network is built as is (the weights come
         from the state), without reading --checkpoint or --pretrained again."""
         from swinseg.model import SwinUnet
 
-        self.config, self.dist, self.device, self.log, self.progress = config, dist, device, log, progress
+        self.config, self.dist, self.device, self.events = config, dist, device, events
+        self.log = events.log
         self.run_dir = Path(config.output)
         self.dtype = resolve_precision(config.precision, device)
         _seed_process(_mix_seed(config.seed, dist.rank))
         if resumed_card is not None:
             self.model, self.card = SwinUnet(resumed_card.network), resumed_card
-            self.data = open_data(config, resumed_card, progress.loading, resumed=True)
+            self.data = open_data(config, resumed_card, events.loading, resumed=True)
         else:
             model, card = starting_point(config)
-            self.data = open_data(config, card, progress.loading)
+            self.data = open_data(config, card, events.loading)
             card = dataclasses.replace(card, preprocessing=self.data.preprocessing)
             classes = tuple(config.classes) if config.classes else (self.data.classes or card.classes)
             if self.data.classes and len(classes) != len(self.data.classes):
                 raise SwinsegError(f"--classes names {len(classes)} classes but {config.data} has "
                                    f"{len(self.data.classes)} ({', '.join(self.data.classes)})")
-            self.model, self.card = build_network(config, model, card, classes, log)
+            self.model, self.card = build_network(config, model, card, classes, self.log)
         if len(self.data.slices) < config.batch_size // dist.world_size:
             raise SwinsegError(f"{config.data}: {len(self.data.slices)} training slices, fewer than one batch")
         if config.freeze_encoder:
@@ -446,13 +446,13 @@ class Trainer:
         config = self.config
         for epoch in range(len(self.history), min(config.epochs, stop_after or config.epochs)):
             loader = epoch_loader(self.data, config, self.dist, epoch, self.device)
-            row = train_epoch(self.trained, loader, self.step, self.dist, self.progress, epoch, config.epochs)
+            row = train_epoch(self.trained, loader, self.step, self.dist, self.events, epoch, config.epochs)
             if self.validating and ((epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs):
-                self.progress.note(f"validating on {_count(len(self.data.volumes), 'volume')}")
+                self.events.validating(f"validating on {_count(len(self.data.volumes), 'volume')}")
                 self.validate(row)
             self.history.append(row)
             self.save()
-            self.progress.finish(epoch_line(row, config.epochs, self.best))
+            self.events.epoch_finished(epoch_line(row, config.epochs, self.best))
             self.dist.barrier()
         if len(self.history) == config.epochs:
             self.finish()
@@ -507,12 +507,13 @@ class Trainer:
 
 
 def train(
-    config: TrainConfig, *, resume: bool = False, console: Console | None = None, stop_after: int | None = None
+    config: TrainConfig, *, resume: bool = False, events: TrainingEvents | None = None,
+    stop_after: int | None = None,
 ) -> TrainResult:
     """Train (or finetune, when `config.checkpoint` is set) into `config.output`; see the module docstring.
 
-    `resume`: continue the run in `config.output` from its last.pt. `console`: where rank 0 prints (a
-    progress bar on a terminal, one line per epoch otherwise); None prints nothing. `stop_after`: end this
+    `resume`: continue the run in `config.output` from its last.pt. `events`: what rank 0 reports progress
+    and its log lines to (swinseg.train_report.TrainingEvents; None shows nothing). `stop_after`: end this
     call after that epoch, leaving a state that `resume` continues (jobs under a wall-time limit); the
     schedule stays the one of `config.epochs`.
     """
@@ -534,9 +535,9 @@ def train(
                                "processes")
         # rank 0 reads the state and hands it on: other machines of the job need not see the run directory
         state = dist.broadcast(load_training_state(run_dir / STATE_FILE) if resume and dist.is_main else None)
-        shown = console if dist.is_main else None
+        shown = events if events is not None and dist.is_main else TrainingEvents()
         card = ModelCard.from_dict(state["card"]) if state is not None else None
-        trainer = Trainer(config, dist, device, _printer(shown), EpochProgress(shown), resumed_card=card)
+        trainer = Trainer(config, dist, device, shown, resumed_card=card)
         if state is not None:
             trainer.restore(state)
         if dist.is_main:
@@ -568,12 +569,6 @@ def _remove_stale_temporaries(run_dir: Path) -> None:
     for name in (STATE_FILE, CONFIG_FILE, BEST_FILE, FINAL_FILE, METRICS_FILE, CURVES_FILE):
         for stale in run_dir.glob(f".{name.split('.')[0]}.tmp-*"):
             stale.unlink(missing_ok=True)
-
-
-def _printer(console: Console | None) -> Callable[[str], None]:
-    if console is None:
-        return lambda text: None
-    return lambda text: console.print(text, highlight=False, markup=False, soft_wrap=True)
 
 
 def _count(number: int, noun: str) -> str:

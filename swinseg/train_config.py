@@ -111,8 +111,9 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
         if base is float:
             return float(value)
         return str(value)
-    except (TypeError, ValueError):
-        raise SwinsegError(f"config key {name!r}: {value!r} is not a valid {getattr(base, '__name__', base)}") from None
+    except (TypeError, ValueError) as error:
+        kind = getattr(base, "__name__", base)
+        raise SwinsegError(f"config key {name!r}: {value!r} is not a valid {kind}") from error
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
@@ -123,7 +124,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     try:
         values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as error:
-        raise SwinsegError(f"{path}: not a valid YAML file ({type(error).__name__})") from None
+        raise SwinsegError(f"{path}: not a valid YAML file ({type(error).__name__})") from error
     if not isinstance(values, dict):
         raise SwinsegError(f"{path}: a training config must be a YAML mapping of option: value")
     known = {f.name for f in dataclasses.fields(TrainConfig)}

@@ -1,11 +1,10 @@
-"""What a training run shows and leaves: metrics.csv, curves.png, the progress bar and the per-epoch line."""
+"""What a training run shows and leaves: metrics.csv, curves.png, the events a front end renders (progress,
+the per-epoch line)."""
 from __future__ import annotations
 
 import math
 from pathlib import Path
 from typing import Any
-
-from rich.console import Console
 
 from swinseg.io import atomic_output
 
@@ -65,57 +64,29 @@ def plot_curves(path: Path, history: list[dict[str, Any]], classes: tuple[str, .
     plt.close(fig)
 
 
-class EpochProgress:
-    """A rich progress bar per epoch (loss, lr, slices/s, ETA) on a terminal; otherwise one line per epoch."""
+class TrainingEvents:
+    """What a training run reports as it goes, for a front end to show (swinseg's CLI draws a rich bar on a
+    terminal, one line per epoch otherwise). This base class shows nothing; other processes of a job get it."""
 
-    def __init__(self, console: Console | None) -> None:
-        self.console = console
-        self.live = console is not None and console.is_terminal
-        self._progress: Any = None
-        self._task: Any = None
+    steps_wanted = False  # `step` is called (which waits for the GPU, twice a second) only when True
 
-    def _bar(self, title: str, total: int) -> None:
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                   TimeRemainingColumn)
-
-        self._progress = Progress(
-            TextColumn(title), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=self.console, transient=True,
-        )
-        self._progress.start()
-        self._task = self._progress.add_task(title, total=total, info="")
+    def log(self, text: str) -> None:
+        """A line of the run's log (summary, notes, resume and finish messages)."""
 
     def loading(self, done: int, total: int, name: str) -> None:
-        """Progress callback of swinseg.data while the dataset's cases are read and checked."""
-        if not self.live:
-            return
-        if self._progress is None:
-            self._bar("reading cases", total)
-        self._progress.update(self._task, completed=done, info=name)
-        if done >= total:
-            self.finish(None)
+        """`done` of `total` cases read and checked, `name` the latest."""
 
-    def start(self, epoch: int, epochs: int, batches: int) -> None:
-        if self.live:
-            self._bar(f"epoch {epoch}/{epochs}", batches)
+    def epoch_started(self, epoch: int, epochs: int, batches: int) -> None:
+        """Epoch `epoch` (1-based) of `epochs` begins; it has `batches` steps."""
 
-    def update(self, done: int, loss: float, lr: float, slices_per_s: float) -> None:
-        if self._progress is not None:
-            info = f"loss {loss:.4f}  lr {lr:.2e}  {slices_per_s:.1f} slices/s"
-            self._progress.update(self._task, completed=done, info=info)
+    def step(self, done: int, loss: float, lr: float, slices_per_s: float) -> None:
+        """`done` steps of the epoch are finished; running mean loss, learning rate and speed."""
 
-    def note(self, text: str) -> None:
-        """Replace the bar's numbers by `text` (e.g. while validating)."""
-        if self._progress is not None:
-            self._progress.update(self._task, info=text)
+    def validating(self, text: str) -> None:
+        """Validation runs (`text` says on what)."""
 
-    def finish(self, line: str | None) -> None:
-        """Remove the bar and print `line` (if any)."""
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
-        if self.console is not None and line is not None:
-            self.console.print(line, highlight=False, markup=False, soft_wrap=True)
+    def epoch_finished(self, line: str) -> None:
+        """The epoch is saved; `line` is its one-line summary (loss, lr, speed, ETA, validation Dice)."""
 
 
 def epoch_line(row: dict[str, Any], epochs: int, best: dict[str, Any]) -> str:

@@ -61,7 +61,7 @@ def load_training_state(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - any unpickling failure means a foreign or damaged file
-        raise SwinsegError(f"{path}: not a readable swinseg training state ({type(error).__name__})") from None
+        raise SwinsegError(f"{path}: not a readable swinseg training state ({type(error).__name__})") from error
     if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
         raise SwinsegError(f"{path}: not a swinseg training state (version {STATE_VERSION} expected)")
     return state

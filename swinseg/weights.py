@@ -78,7 +78,7 @@ def read_weights(path: str | Path) -> WeightFile:
                 metadata = dict(handle.metadata() or {})
             raw: Any = load_file(str(path))
         except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-            raise SwinsegError(f"{path}: corrupt or truncated safetensors file ({_short(err)})") from None
+            raise SwinsegError(f"{path}: corrupt or truncated safetensors file ({_short(err)})") from err
     else:
         raw = _torch_load(path)
     state = _find_state_dict(raw, path)
@@ -105,11 +105,11 @@ def _torch_load(path: Path) -> Any:
             raise SwinsegError(
                 f"{path}: holds a pickled Python object ({found.group(1)}), not only tensors; "
                 "refusing to unpickle it (weights_only)"
-            ) from None
+            ) from err
         detail = "" if "Weights only load failed" in str(err) else f": {_short(err)}"
         raise SwinsegError(
             f"{path}: not a readable PyTorch or safetensors weight file (corrupt, truncated or another format{detail})"
-        ) from None
+        ) from err
 
 
 def _short(err: BaseException) -> str:
@@ -200,7 +200,8 @@ def infer_encoder(weights: WeightFile) -> dict[str, Any]:
     proj = state["patch_embed.proj.weight"]
     depths = _stage_depths(state)
     heads = [state[f"layers.{i}.blocks.0.attn.relative_position_bias_table"].shape[1] for i in range(len(depths))]
-    windows = [_table_window(state[f"layers.{i}.blocks.0.attn.relative_position_bias_table"]) for i in range(len(depths))]
+    tables = [state[f"layers.{i}.blocks.0.attn.relative_position_bias_table"] for i in range(len(depths))]
+    windows = [_table_window(table) for table in tables]
     window = max(windows)
     fc1 = state["layers.0.blocks.0.mlp.fc1.weight"]
     values: dict[str, Any] = {
@@ -252,7 +253,7 @@ def infer_unet_config(weights: WeightFile, base: SwinUnetConfig | None = None) -
     try:
         return SwinUnetConfig(**values)
     except SwinsegError as err:
-        raise SwinsegError(f"{weights.path}: inferred configuration is invalid: {err}") from None
+        raise SwinsegError(f"{weights.path}: inferred configuration is invalid: {err}") from err
 
 
 # -------------------------------------------------------------------------------------- checkpoints
@@ -296,10 +297,10 @@ def _card_from_metadata(weights: WeightFile) -> ModelCard:
     try:
         values = json.loads(weights.metadata["card"])
         return ModelCard.from_dict(values)
-    except (KeyError, TypeError, AttributeError, json.JSONDecodeError):
-        raise SwinsegError(f"{weights.path}: swinseg file without a valid model card in its metadata") from None
+    except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as error:
+        raise SwinsegError(f"{weights.path}: swinseg file without a valid model card in its metadata") from error
     except SwinsegError as err:
-        raise SwinsegError(f"{weights.path}: invalid model card in the metadata ({err})") from None
+        raise SwinsegError(f"{weights.path}: invalid model card in the metadata ({err})") from err
 
 
 def _merge_card(card: ModelCard | None, config: SwinUnetConfig, path: Path) -> ModelCard:
@@ -424,7 +425,8 @@ def init_from_imagenet(model: SwinUnet, path: str | Path) -> InitReport:
         if key not in current:
             continue
         target = current[key]
-        if value.shape != target.shape and key.endswith("relative_position_bias_table") and value.shape[1] == target.shape[1]:
+        is_table = key.endswith("relative_position_bias_table")
+        if value.shape != target.shape and is_table and value.shape[1] == target.shape[1]:
             window = model.get_submodule(key.rsplit(".", 1)[0]).window_size
             with warnings.catch_warnings():  # timm's interpolation warns about its own indexing style
                 warnings.simplefilter("ignore", UserWarning)

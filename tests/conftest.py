@@ -1,6 +1,12 @@
-"""Shared test settings."""
+"""Shared test settings and fixtures."""
+from pathlib import Path
+
 import pytest
 import torch
+
+from swinseg.config import load_card
+from swinseg.model import build_model
+from swinseg.weights import save_checkpoint
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -11,3 +17,13 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory) -> Path:
+    """A random-init swin_unet_test network saved in swinseg's format."""
+    torch.manual_seed(0)
+    card = load_card("swin_unet_test")
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    save_checkpoint(path, build_model(card.network), card)
+    return path

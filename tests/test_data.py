@@ -12,18 +12,12 @@ import pytest
 import scipy.ndimage
 from typer.testing import CliRunner
 
+from swinseg.augment import augment_slice, resize_pair, rotate_nearest
 from swinseg.cli import app
 from swinseg.config import Preprocessing, load_card
-from swinseg.data import (
-    augment_slice,
-    open_nnunet,
-    open_training_data,
-    preprocess_dataset,
-    read_dataset_json,
-    resize_pair,
-    rotate_nearest,
-    split_cases,
-)
+from swinseg.convert import preprocess_dataset
+from swinseg.data import open_training_data
+from swinseg.datasets import open_nnunet, read_dataset_json, split_cases
 from swinseg.errors import SwinsegError
 
 PREP = Preprocessing()  # CT window [-125, 275], LPS
@@ -204,7 +198,8 @@ def test_nnunet_layout_oriented_normalised_slices_and_volumes(tmp_path: Path) ->
 def test_nnunet_case_axes_permuted_and_scaled_intensities(tmp_path: Path) -> None:
     """A volume stored with its index axes permuted (x index runs superior, z index left) and CT stored as
     scaled floats: slices come out axial in LPS, spacing follows, memory holds int16."""
-    from swinseg.data import CaseFiles, load_case
+    from swinseg.data import load_case
+    from swinseg.datasets import CaseFiles
 
     affine = np.array([[0, 0, -2.0, 0], [0, -1.5, 0, 0], [3.0, 0, 0, 0], [0, 0, 0, 1]])  # RAS
     hu = np.random.default_rng(0).integers(-1000, 1000, size=(5, 7, 9)).astype(np.int16)  # (x, y, z) on disk

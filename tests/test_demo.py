@@ -2,7 +2,6 @@
 import json
 
 import nibabel as nib
-
 from typer.testing import CliRunner
 
 from swinseg.cli import app

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from medpy.metric import binary as medpy_binary
+from shared_files import EXAMPLE_SEG, needs_shared
 from typer.testing import CliRunner
 
 from swinseg import evaluate as ev
@@ -229,18 +230,14 @@ def test_synapse_paper_protocol_uses_voxel_units_and_paper_rules(dataset: dict) 
     assert header[:3] == ["Method", "DSC", "HD95"] and header[3] == "aorta" and len(row) == 11
 
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-REAL_SEG = SHARED / "data" / "ct_abdomen_a" / "example_seg_fast_force_split.nii.gz"
-
-
-@pytest.mark.skipif(not REAL_SEG.is_file(), reason=f"real data not available at {REAL_SEG}")
+@needs_shared
 def test_real_label_map_with_its_own_header_equals_medpy(tmp_path: Path) -> None:
     """A real CT label map (non-identity affine, 3 mm voxels) against a shifted copy written like it."""
-    ref = read_volume(REAL_SEG)
+    ref = read_volume(EXAMPLE_SEG)
     pred = np.roll(ref.array, (1, -1, 2), axis=(0, 1, 2))
     write_volume(tmp_path / "pred.nii.gz", pred, ref)
     labels = {1: "spleen", 2: "kidney_right", 5: "liver", 52: "aorta"}
-    result = ev.evaluate(tmp_path / "pred.nii.gz", REAL_SEG, labels=labels)
+    result = ev.evaluate(tmp_path / "pred.nii.gz", EXAMPLE_SEG, labels=labels)
     assert [row["class"] for row in result.rows()] == list(labels.values())
     for row in result.rows():
         p, r = pred == row["label"], ref.array == row["label"]

@@ -8,17 +8,15 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 import yaml
+from shared_files import GOLDEN, needs_shared
 
 from swinseg.config import load_card
 from swinseg.io import read_volume, write_volume
 from swinseg.phantom import write_phantom_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
-GOLDEN = ROOT.parent / "shared" / "reference" / "golden"
 TINY_SHAPE = ["--shape", "6", "64", "64"]
-needs_golden = pytest.mark.skipif(not GOLDEN.is_dir(), reason=f"reference files not found at {GOLDEN}")
 
 
 def run_example(name: str, tmp_path: Path, **variables: str) -> subprocess.CompletedProcess[str]:
@@ -42,7 +40,7 @@ def write_card(path: Path, **network: object) -> Path:
     return path
 
 
-@needs_golden
+@needs_shared
 def test_synapse_paper(tmp_path):
     phantoms(tmp_path / "nnunet", 3, seed=0)
     subprocess.run([sys.executable, "-m", "swinseg", "preprocess", str(tmp_path / "nnunet"), "-o",
@@ -60,7 +58,7 @@ def test_synapse_paper(tmp_path):
     assert "spleen" in result.stdout
 
 
-@needs_golden
+@needs_shared
 def test_reference_checkpoint(tmp_path):
     data = phantoms(tmp_path / "data", 1, seed=3)
     scans = tmp_path / "scans"

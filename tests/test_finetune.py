@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from shared_files import GOLDEN, needs_shared
 from typer.testing import CliRunner
 
 from swinseg.cli import app
@@ -15,7 +16,7 @@ from swinseg.phantom import write_phantom_dataset
 from swinseg.train import TrainConfig, adapt_classes, build_network, starting_point
 from swinseg.weights import load_checkpoint, save_checkpoint
 
-GOLDEN_UNET = Path(__file__).resolve().parents[2] / "shared" / "reference" / "golden" / "swin_unet_small_official.pth"
+GOLDEN_UNET = GOLDEN / "swin_unet_small_official.pth"
 PHANTOM_CLASSES = ("background", "liver", "spleen", "kidney_left", "kidney_right", "aorta")
 
 
@@ -79,7 +80,7 @@ def test_label_names_must_cover_the_dataset(phantoms, tmp_path):
         train(config)
 
 
-@pytest.mark.skipif(not GOLDEN_UNET.is_file(), reason=f"reference checkpoint {GOLDEN_UNET} not present")
+@needs_shared
 def test_reference_checkpoint_with_a_card_is_a_starting_point():
     config = TrainConfig(checkpoint=str(GOLDEN_UNET), model="swin_unet_tiny")
     model, card = starting_point(config)

@@ -8,6 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from shared_files import EXAMPLE_CT, needs_shared
 
 from swinseg import io
 from swinseg.errors import SwinsegError
@@ -23,10 +24,6 @@ from swinseg.io import (
     to_orientation,
     write_volume,
 )
-
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-EXAMPLE_CT = SHARED / "data" / "ct_abdomen_a" / "example_ct.nii.gz"
-needs_ct = pytest.mark.skipif(not EXAMPLE_CT.exists(), reason=f"real CT example absent: {EXAMPLE_CT}")
 
 # an oblique, permuted direction (columns = index axes) so that no test passes by identity
 
@@ -58,7 +55,7 @@ def assert_geometry(volume: Volume, image: sitk.Image) -> None:
 # ----------------------------------------------------------------------------------------------- round trips
 
 
-@needs_ct
+@needs_shared
 def test_real_ct_labels_keep_affine_codes_and_dtype(tmp_path: Path) -> None:
     source = nib.load(EXAMPLE_CT)
     assert not np.allclose(source.affine, np.eye(4))
@@ -82,7 +79,7 @@ def test_real_ct_labels_keep_affine_codes_and_dtype(tmp_path: Path) -> None:
         assert_geometry(back, sitk.ReadImage(str(out)))
 
 
-@needs_ct
+@needs_shared
 def test_probabilities_written_as_4d_class_last_float32(tmp_path: Path) -> None:
     ct = read_volume(EXAMPLE_CT)
     probs = np.random.default_rng(1).random((3, *ct.array.shape)).astype(np.float16)
@@ -213,7 +210,7 @@ def test_failed_write_leaves_no_file_and_no_temp(tmp_path: Path, monkeypatch: py
         raise OSError("No space left on device")
 
     monkeypatch.setattr(nib.Nifti1Image, "to_filename", fail_midway)
-    with pytest.raises(OSError):
+    with pytest.raises(SwinsegError, match=r"mask\.nii\.gz: cannot write \(No space left on device\)"):
         write_volume(tmp_path / "mask.nii.gz", np.zeros(volume.array.shape, np.uint8), volume)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scan.nii.gz"]
 
@@ -319,8 +316,8 @@ def test_dicom_folder_with_two_series(tmp_path: Path) -> None:
         read_volume(folder)
     message = str(raised.value)
     assert "patient" in message and "\n" not in message
-    assert "1.2.826.0.1.3680043.2.1125.11 'abdomen venous' (4 slices)" in message
-    assert "1.2.826.0.1.3680043.2.1125.12 'scout' (3 slices)" in message
+    assert "1.2.826.0.1.3680043.2.1125.11 'abdomen venous' CT (4 slices)" in message
+    assert "1.2.826.0.1.3680043.2.1125.12 'scout' CT (3 slices)" in message
     volume = read_volume(folder, series="1.2.826.0.1.3680043.2.1125.12")
     assert np.array_equal(volume.array, second)
     np.testing.assert_allclose(volume.spacing, (5.0, 0.8, 0.8), rtol=1e-6)
@@ -339,7 +336,7 @@ def test_dicom_folder_with_two_series(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------------ orientation
 
 
-@needs_ct
+@needs_shared
 def test_flipped_and_permuted_scan_reorients_to_the_same_array(tmp_path: Path) -> None:
     source = nib.load(EXAMPLE_CT).slicer[20:60, 10:45, 30:60]  # small real crop, real affine
     nib.save(source, tmp_path / "original.nii.gz")

@@ -2,18 +2,17 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from shared_files import GOLDEN, needs_shared
 from timm.models.swin_transformer import SwinTransformerBlock
 
 from swinseg.config import load_card
 from swinseg.errors import SwinsegError
 from swinseg.model import PatchExpand, SwinUnet, build_model, use_gather_windows
 
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "reference" / "golden"
 TEST_CONFIG = load_card("swin_unet_test").network
 
 
@@ -28,7 +27,7 @@ def test_published_tiny_has_the_reference_parameter_count():
     assert sum(p.numel() for p in model.encoder_parameters()) == 20_413_386
 
 
-@pytest.mark.skipif(not GOLDEN.is_dir(), reason=f"reference files not found at {GOLDEN.parent}")
+@needs_shared
 def test_reference_key_names_for_the_decoder():
     keys = set(build_model(TEST_CONFIG).state_dict())
     reference = {
@@ -40,7 +39,7 @@ def test_reference_key_names_for_the_decoder():
     assert reference and reference <= keys
 
 
-@pytest.mark.skipif(not GOLDEN.is_dir(), reason=f"reference golden files not found at {GOLDEN}")
+@needs_shared
 def test_reproduces_reference_logits():
     from swinseg.weights import load_checkpoint
 

@@ -1,18 +1,26 @@
 """Overlay pictures: slice choice, picture size and aspect, colours where the labels are, files and CLI."""
-from pathlib import Path
 
 import numpy as np
 import pytest
 from matplotlib.image import imread
+from shared_files import EXAMPLE_CT, EXAMPLE_SEG, needs_shared
 from typer.testing import CliRunner
 
 from swinseg.cli import app
 from swinseg.io import Volume, read_volume, write_volume
-from swinseg.overlay import (FILL_ALPHA, GAP_PX, HEADING_PX, PANEL_PX, TITLE_PX, choose_slices, label_color,
-                             overlay_files, parse_label_names, render_overlay)
+from swinseg.overlay import (
+    FILL_ALPHA,
+    GAP_PX,
+    HEADING_PX,
+    PANEL_PX,
+    TITLE_PX,
+    choose_slices,
+    label_color,
+    overlay_files,
+    parse_label_names,
+    render_overlay,
+)
 from swinseg.phantom import make_phantom, phantom_volume, write_phantom_dataset
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct_abdomen_a"
 
 
 def _coloured(png: np.ndarray) -> np.ndarray:
@@ -117,11 +125,11 @@ def test_overlay_command_on_a_phantom_dataset(tmp_path):
     assert onto_input.exit_code == 1 and mask.read_bytes() == before  # an input is never overwritten
 
 
-@pytest.mark.skipif(not SHARED.is_dir(), reason=f"real CT example not found at {SHARED}")
+@needs_shared
 def test_real_ct_with_its_segmentation(tmp_path):
-    out = overlay_files(SHARED / "example_ct.nii.gz", SHARED / "example_seg_fast_force_split.nii.gz",
-                        tmp_path / "real.png", class_names={5: "liver", 1: "spleen"}, n_slices=4)
+    out = overlay_files(EXAMPLE_CT, EXAMPLE_SEG, tmp_path / "real.png", class_names={5: "liver", 1: "spleen"},
+                        n_slices=4)
     png = imread(out)
     assert png.shape[1] == 4 * PANEL_PX + 5 * GAP_PX and _coloured(png).mean() > 0.05
-    scan = read_volume(SHARED / "example_ct.nii.gz")
+    scan = read_volume(EXAMPLE_CT)
     assert scan.direction[0] < 0  # stored RAS: the overlay had to reorient it

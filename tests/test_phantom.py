@@ -11,8 +11,17 @@ from swinseg.cli import app
 from swinseg.config import load_card
 from swinseg.errors import SwinsegError
 from swinseg.io import read_volume
-from swinseg.phantom import (AORTA, CLASSES, KIDNEY_LEFT, KIDNEY_RIGHT, LIVER, SPLEEN, case_seed, make_phantom,
-                             write_phantom_dataset)
+from swinseg.phantom import (
+    AORTA,
+    CLASSES,
+    KIDNEY_LEFT,
+    KIDNEY_RIGHT,
+    LIVER,
+    SPLEEN,
+    case_seed,
+    make_phantom,
+    write_phantom_dataset,
+)
 
 SMALL = (16, 48, 48)
 SMALL_SPACING = (15.0, 7.33, 7.33)  # with SMALL, about the default field of view (240 x 352 x 352 mm)

@@ -13,13 +13,13 @@ import torch
 
 from swinseg import io
 from swinseg.config import load_card
+from swinseg.device import rank_device, torchrun_rank
 from swinseg.errors import SwinsegError
 from swinseg.model import build_model
 from swinseg.postprocess import keep_classes, keep_largest_component, parse_classes
-from swinseg.device import rank_device, torchrun_rank
-from swinseg.predict import (
+from swinseg.predict import Predictor
+from swinseg.runner import (
     Case,
-    Predictor,
     RunOptions,
     parse_shard,
     plan_cases,
@@ -99,7 +99,7 @@ def test_reference_protocol_equals_the_published_loop(model, card, shape):
 
 def test_probabilities_sum_to_one_and_agree_with_labels(predictor):
     slices = slices_like()
-    labels, probabilities = predictor.predict_slices_with_probabilities(slices)
+    labels, probabilities = predictor.predict_slices(slices, probabilities=True)
     assert probabilities.dtype == np.float16 and probabilities.shape == (6, *slices.shape)
     np.testing.assert_allclose(probabilities.astype(np.float32).sum(axis=0), 1.0, atol=5e-3)
     assert (probabilities.argmax(axis=0) == labels).mean() > 0.999  # float16 ties aside
@@ -125,7 +125,7 @@ def test_invalid_settings_are_refused(model, card):
     with pytest.raises(SwinsegError, match="4 classes but the network predicts 6"):
         Predictor(model, card.with_classes(["background", "a", "b", "c"]), device="cpu")
     with pytest.raises(SwinsegError, match="probabilities"):
-        Predictor(model, card, device="cpu", protocol="reference").predict_slices_with_probabilities(slices_like())
+        Predictor(model, card, device="cpu", protocol="reference").predict_slices(slices_like(), probabilities=True)
 
 
 # ------------------------------------------------------------------------------ orientation round trip
@@ -329,7 +329,8 @@ def test_batchwise_normalisation_equals_the_training_preprocessing(predictor, ca
     )
     mr_predictor = Predictor(predictor.model, dataclasses.replace(card, preprocessing=prep), device="cpu")
     prepared = mr_predictor.prepare(volume)
-    np.testing.assert_array_equal(prepared.normalized(), normalize(io.to_orientation(volume, prep.orientation)[0], prep))
+    oriented = io.to_orientation(volume, prep.orientation)[0]
+    np.testing.assert_array_equal(prepared.normalized(), normalize(oriented, prep))
     image = io.Volume(np.array([[0, 51], [255, 102]], dtype=np.uint8), (1.0, 1.0), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0))
     np.testing.assert_allclose(mr_predictor.prepare(image).normalized()[0], [[0, 0.2], [1, 0.4]], rtol=1e-6)
 
@@ -346,7 +347,7 @@ def test_synapse_h5_images_are_taken_as_already_normalised(predictor, tmp_path):
 
 def test_volume_probabilities_agree_with_the_labels(predictor):
     volume = io.Volume(ct_like((4, 24, 16)), (2.5, 0.8, 0.7), (0.0, 0.0, 0.0), tuple(np.eye(3).ravel()))
-    labels, probabilities = predictor.predict_volume_with_probabilities(volume)
+    labels, probabilities = predictor.predict_volume(volume, probabilities=True)
     assert probabilities.shape == (predictor.num_classes, *volume.array.shape)
     np.testing.assert_allclose(probabilities.astype(np.float32).sum(axis=0), 1.0, atol=5e-3)
     np.testing.assert_array_equal(labels, predictor.predict_volume(volume))

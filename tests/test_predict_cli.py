@@ -10,26 +10,14 @@ import pytest
 import scipy.ndimage
 import SimpleITK as sitk
 import torch
+from shared_files import EXAMPLE_CT, needs_shared
 from typer.testing import CliRunner
 
 from swinseg.cli import app
 from swinseg.config import load_card
 from swinseg.model import build_model
 from swinseg.predict import Predictor
-from swinseg.weights import load_checkpoint, save_checkpoint
-
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-EXAMPLE_CT = SHARED / "data" / "ct_abdomen_a" / "example_ct.nii.gz"
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    """A random-init swin_unet_test network saved in swinseg's format."""
-    torch.manual_seed(0)
-    card = load_card("swin_unet_test")
-    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    save_checkpoint(path, build_model(card.network), card)
-    return path
+from swinseg.weights import load_checkpoint
 
 
 def run(*args: str | Path):
@@ -59,7 +47,7 @@ def one_error_line(result, *fragments: str) -> str:
     return errors[0]
 
 
-@pytest.mark.skipif(not EXAMPLE_CT.exists(), reason=f"real CT example absent: {EXAMPLE_CT}")
+@needs_shared
 def test_mask_has_the_geometry_of_a_real_ct(checkpoint, tmp_path):
     """The real header (RAS affine with an offset origin, qform 0 / sform 2), cropped to 10 axial slices."""
     real = nib.load(EXAMPLE_CT)
@@ -75,7 +63,8 @@ def test_mask_has_the_geometry_of_a_real_ct(checkpoint, tmp_path):
     assert mask.shape == scan_image.shape and mask.get_data_dtype() == np.uint8
     np.testing.assert_allclose(mask.affine, scan_image.affine, atol=1e-6)
     for form in ("qform", "sform"):
-        assert getattr(mask.header, f"get_{form}")(coded=True)[1] == getattr(scan_image.header, f"get_{form}")(coded=True)[1]
+        code = getattr(mask.header, f"get_{form}")(coded=True)[1]
+        assert code == getattr(scan_image.header, f"get_{form}")(coded=True)[1]
     assert summary["status"] == "done" and summary["shape"] == list(scan_image.shape)
     assert summary["spacing"] == [3.0, 3.0, 3.0] and set(summary["voxels"]) <= set(load_card("swin_unet_test").classes)
     labels = np.asarray(mask.dataobj)
@@ -203,9 +192,10 @@ def test_model_source_errors(checkpoint, tmp_path):
     )
     state = tmp_path / "state.pth"
     torch.save(build_model("swin_unet_test").state_dict(), state)
-    one_error_line(run(source, "--model", card_file, "--weights", state, "-o", tmp_path / "m.nii.gz"), "state.pth", "6", "4")
+    mask = tmp_path / "m.nii.gz"
+    one_error_line(run(source, "--model", card_file, "--weights", state, "-o", mask), "state.pth", "6", "4")
     one_error_line(run(source, "-o", tmp_path / "m.nii.gz"), "--checkpoint")
-    one_error_line(run(source, "-c", checkpoint, "--protocol", "reference", "--tta", "-o", tmp_path / "m.nii.gz"), "--tta")
+    one_error_line(run(source, "-c", checkpoint, "--protocol", "reference", "--tta", "-o", mask), "--tta")
     one_error_line(run(source, "-c", checkpoint, "--classes", "heart", "-o", tmp_path / "m.nii.gz"), "heart", "liver")
     one_error_line(run(source, "-c", checkpoint, "--shard", "2/2", "-o", tmp_path / "m.nii.gz"), "--shard")
     assert not (tmp_path / "m.nii.gz").exists()

@@ -12,8 +12,18 @@ from torch import nn
 
 from swinseg import io
 from swinseg.config import ModelCard, Preprocessing, SwinUnetConfig, load_card
-from swinseg.data import (CaseFiles, GridSlices, LoadedCase, SliceDataset, load_case, open_training_data,
-                          resolve_intensities, resolve_spacing, set_bounds, to_grid_case)
+from swinseg.data import (
+    GridSlices,
+    LoadedCase,
+    SliceDataset,
+    load_case,
+    open_training_data,
+    resolve_intensities,
+    resolve_spacing,
+    set_bounds,
+    to_grid_case,
+)
+from swinseg.datasets import CaseFiles
 from swinseg.errors import SwinsegError
 from swinseg.phantom import make_phantom, phantom_volume, write_phantom_dataset
 from swinseg.predict import Predictor
@@ -79,7 +89,7 @@ def test_tiles_reassemble_seamlessly():
     model = ConstantModel()
     predictor = Predictor(model, card_for((1.0, 1.0)), device="cpu", batch_size=5)
     slices = np.random.default_rng(0).random((3, 70, 21)).astype(np.float32)
-    labels, probabilities = predictor.predict_slices_with_probabilities(slices, spacing=(1.0, 1.0))
+    labels, probabilities = predictor.predict_slices(slices, spacing=(1.0, 1.0), probabilities=True)
     expected = torch.softmax(torch.tensor([0.3, -0.2]), 0).numpy()
     np.testing.assert_allclose(probabilities[:, 0], np.broadcast_to(expected[:, None, None], (2, 70, 21)), atol=1e-3)
     assert (labels == 0).all()

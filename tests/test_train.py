@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from shared_files import GOLDEN, needs_shared
 from typer.testing import CliRunner
 
 from swinseg.cli import app
@@ -22,7 +23,6 @@ from swinseg.phantom import write_phantom_dataset
 from swinseg.train import TrainConfig, build_network, poly_schedule, resolve_config, starting_point, train
 from swinseg.train_state import capture_rng_state, load_training_state, restore_rng_state, save_training_state
 
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "reference" / "golden"
 CLASSIFIER = GOLDEN / "swin_classifier_small_official.pth"
 TINY = dict(model="swin_unet_test", batch_size=4, val_fraction=0.34, num_workers=0, device="cpu")
 
@@ -175,7 +175,7 @@ def test_train_command_writes_a_predict_ready_run(phantoms, tmp_path):
     assert refused.exit_code == 1 and "already holds a training run" in refused.output
 
 
-@pytest.mark.skipif(not CLASSIFIER.is_file(), reason=f"reference classifier {CLASSIFIER} not present")
+@needs_shared
 def test_pretrained_initialises_encoder_and_decoder(tmp_path):
     card = tmp_path / "small.yaml"
     card.write_text(yaml.safe_dump({"name": "small", "classes": ["background", "liver"], "network": {

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from shared_files import GOLDEN, needs_shared
 
 from swinseg.config import SwinUnetConfig, load_card
 from swinseg.errors import SwinsegError
@@ -22,11 +23,9 @@ from swinseg.weights import (
     save_checkpoint,
 )
 
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "reference" / "golden"
 CLASSIFIER = GOLDEN / "swin_classifier_small_official.pth"
 UNET = GOLDEN / "swin_unet_small_official.pth"
 SMALL = SwinUnetConfig(embed_dim=24, num_heads=(1, 2, 4, 8), drop_path_rate=0.0)
-needs_golden = pytest.mark.skipif(not GOLDEN.is_dir(), reason=f"reference golden files not found at {GOLDEN}")
 
 
 def logits(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
@@ -46,13 +45,13 @@ def timm_classifier(tmp_path_factory) -> Path:
     return path
 
 
-@needs_golden
+@needs_shared
 def test_classifier_reproduces_reference_logits_through_the_conversion():
     io = np.load(GOLDEN / "swin_classifier_small_official_io.npz")
     assert np.abs(logits(load_swin_classifier(CLASSIFIER), io["input"]) - io["logits"]).max() <= 1e-4
 
 
-@needs_golden
+@needs_shared
 def test_imagenet_init_reproduces_the_reference_initialisation():
     info = json.loads((GOLDEN / "imagenet_init.json").read_text())
     model = SwinUnet(SMALL)
@@ -68,7 +67,7 @@ def test_imagenet_init_reproduces_the_reference_initialisation():
     assert np.abs(logits(model, io["input"]) - io["logits"]).max() <= 1e-4
 
 
-@needs_golden
+@needs_shared
 def test_timm_layout_gives_the_same_initialisation(timm_classifier):
     assert read_weights(timm_classifier).layout == "swin-timm"
     torch.manual_seed(0)
@@ -81,7 +80,7 @@ def test_timm_layout_gives_the_same_initialisation(timm_classifier):
         assert torch.equal(x, y), name
 
 
-@needs_golden
+@needs_shared
 @pytest.mark.filterwarnings("ignore:Using a non-tuple sequence")
 def test_other_window_interpolates_relative_position_tables():
     from timm.layers import resize_rel_pos_bias_table
@@ -97,7 +96,7 @@ def test_other_window_interpolates_relative_position_tables():
     assert torch.equal(model.layers_up[3].blocks[1].attn.relative_position_bias_table.detach(), expected)
 
 
-@needs_golden
+@needs_shared
 def test_one_channel_model_gets_the_summed_patch_embedding():
     torch.manual_seed(1)
     rgb = SwinUnet(SMALL)
@@ -110,7 +109,7 @@ def test_one_channel_model_gets_the_summed_patch_embedding():
     assert np.abs(logits(grey, x) - logits(rgb, x)).max() <= 1e-4
 
 
-@needs_golden
+@needs_shared
 @pytest.mark.parametrize("prefix", ["", "swin_unet.", "module.swin_unet."])
 def test_reference_checkpoint_imports_with_any_prefix(tmp_path, prefix):
     state = torch.load(UNET, map_location="cpu", weights_only=True)
@@ -123,7 +122,7 @@ def test_reference_checkpoint_imports_with_any_prefix(tmp_path, prefix):
     assert np.abs(logits(model, io["input"]) - io["logits"]).max() <= 1e-4
 
 
-@needs_golden
+@needs_shared
 def test_reference_import_takes_classes_from_the_card_and_checks_them():
     _, card = load_checkpoint(UNET, "swin_unet_tiny")
     assert card.classes[1] == "aorta" and card.network.embed_dim == 24
@@ -131,7 +130,7 @@ def test_reference_import_takes_classes_from_the_card_and_checks_them():
         load_checkpoint(UNET, "swin_unet_test")
 
 
-@needs_golden
+@needs_shared
 @pytest.mark.parametrize(("change", "message"), [("drop", "missing \\(1\\)"), ("add", "unexpected \\(1\\)")])
 def test_incomplete_import_lists_missing_and_unexpected_keys(tmp_path, change, message):
     state = torch.load(UNET, map_location="cpu", weights_only=True)
@@ -201,7 +200,7 @@ def test_bad_files_give_one_line_errors(tmp_path, kind):
     assert "\n" not in message and str(path) in message
 
 
-@needs_golden
+@needs_shared
 def test_classifier_is_not_a_segmentation_checkpoint():
     with pytest.raises(SwinsegError, match="classifier"):
         load_checkpoint(CLASSIFIER)

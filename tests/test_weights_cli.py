@@ -1,19 +1,16 @@
 """`swinseg weights info` / `swinseg weights convert`."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from shared_files import GOLDEN, needs_shared
 from typer.testing import CliRunner
 
 from swinseg.cli import app
 from swinseg.weights import load_checkpoint
 
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "reference" / "golden"
 UNET = GOLDEN / "swin_unet_small_official.pth"
-needs_golden = pytest.mark.skipif(not GOLDEN.is_dir(), reason=f"reference golden files not found at {GOLDEN}")
 runner = CliRunner()
 
 
@@ -21,7 +18,7 @@ def run(*args: str):
     return runner.invoke(app, ["weights", *args])
 
 
-@needs_golden
+@needs_shared
 def test_info_describes_reference_checkpoint_and_classifier():
     result = run("info", str(UNET))
     assert result.exit_code == 0, result.output
@@ -30,7 +27,7 @@ def test_info_describes_reference_checkpoint_and_classifier():
     assert result.exit_code == 0 and "classifier" in result.output and "1000" in result.output
 
 
-@needs_golden
+@needs_shared
 def test_convert_then_load_needs_nothing_else(tmp_path):
     out = tmp_path / "synapse.safetensors"
     names = "background,aorta,gallbladder,kidney_left,kidney_right,liver,pancreas,spleen,stomach"
@@ -47,7 +44,7 @@ def test_convert_then_load_needs_nothing_else(tmp_path):
     assert again.exit_code == 1 and "already exists" in again.output
 
 
-@needs_golden
+@needs_shared
 def test_convert_refuses_wrong_class_count_and_classifiers(tmp_path):
     result = run("convert", str(UNET), "-o", str(tmp_path / "x.safetensors"), "--classes", "a", "--classes", "b")
     assert result.exit_code == 1 and "2 names given" in result.output

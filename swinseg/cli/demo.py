@@ -3,11 +3,10 @@
 Heavy imports stay inside the command bodies."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import json
 import shlex
 import time
+from pathlib import Path
 
 import click
 import typer
@@ -74,10 +73,11 @@ def _geometry_args(shape: tuple[int, ...], spacing: tuple[float, ...]) -> list[s
 @cli_errors
 def demo(
     ctx: typer.Context,
-    out_dir: Path = typer.Option(Path("demo_output"), "--output", "--out", "-o", help="Folder for data, model and results."),
+    out_dir: Path = typer.Option(Path("demo_output"), "--output", "--out", "-o",
+                                 help="Folder for data, model and results."),
     train_cases: int = typer.Option(16, "--train-cases", min=2, help="Phantom cases to train on."),
     test_cases: int = typer.Option(4, "--test-cases", min=1, help="Held-out phantom cases to predict."),
-    epochs: int = typer.Option(15, "--epochs", min=1, help="Training epochs."),
+    epochs: int = typer.Option(25, "--epochs", min=1, help="Training epochs."),
     shape: tuple[int, int, int] = typer.Option(
         (48, 128, 128), "--shape",
         help="Phantom size Z Y X in voxels (the field of view stays 240x352x352 mm; 128 in-plane = 2.75 mm pixels).",
@@ -95,7 +95,8 @@ def demo(
     data, run, report = out_dir / "data", out_dir / "run", out_dir / "report"
     overlays = out_dir / "overlays"
     if (run / "last.pt").exists() or (run / "final.safetensors").exists():
-        raise SwinsegError(f"{out_dir}: holds an earlier demo; remove it or pass -o NEW_FOLDER (make demo DEMO_OUT=NEW_FOLDER)")
+        raise SwinsegError(f"{out_dir}: holds an earlier demo; remove it or pass -o NEW_FOLDER "
+                           "(make demo DEMO_OUT=NEW_FOLDER)")
     spacing = _demo_spacing(shape)
     nz, ny, nx = shape
     variants = {  # held-out set name -> (shape, spacing, what it shows)

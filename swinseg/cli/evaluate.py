@@ -10,7 +10,6 @@ import typer
 
 from swinseg.cli._common import cli_errors, err, fail, out
 
-
 _DIGITS = {"dice": 3, "iou": 3, "hd95": 2, "assd": 2, "pred_ml": 1, "ref_ml": 1}  # terminal table
 _HEADERS = {"dice": "Dice", "iou": "IoU", "hd95": "HD95 ({unit})", "assd": "ASSD ({unit})", "pred_ml": "pred ml",
             "ref_ml": "ref ml"}  # fmt: skip
@@ -99,7 +98,8 @@ def evaluate_command(
         written = ev.write_reports(result, output, summary)
         if images is not None:
             written += ev.write_worst_overlays(result, images, output)
-        err.print(f"reports written to {output}/ ({', '.join(str(p.relative_to(output)) for p in written)})", highlight=False)
+        names = ", ".join(str(p.relative_to(output)) for p in written)
+        err.print(f"reports written to {output}/ ({names})", highlight=False)
     if as_json:
         typer.echo(json.dumps(ev.json_safe(summary), indent=2, allow_nan=False))
     else:

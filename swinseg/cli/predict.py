@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import traceback
 from enum import Enum
 from pathlib import Path
 from typing import Any, List, Optional
@@ -11,7 +12,7 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from swinseg.cli._common import cli_errors, err, out
+from swinseg.cli._common import cli_errors, err, out, state
 
 
 class Plane(str, Enum):
@@ -78,7 +79,8 @@ def predict(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     precision: Precision = typer.Option(Precision.auto, "--precision", help="auto: bf16/fp16 on CUDA, fp32 on CPU."),
     batch_size: Optional[int] = typer.Option(
-        None, "--batch-size", "-b", min=1, help="Network inputs (tiles or whole slices) per forward pass (default 16; 1 with --protocol reference)."
+        None, "--batch-size", "-b", min=1,
+        help="Network inputs (tiles or whole slices) per forward pass (default 16; 1 with --protocol reference).",
     ),
     series: Optional[str] = typer.Option(None, "--series", help="SeriesInstanceUID in a multi-series DICOM folder."),
     channel: Optional[int] = typer.Option(None, "--channel", min=0, help="Channel/volume of a 4-D or vector image."),
@@ -91,6 +93,7 @@ def predict(
 ) -> None:
     """Segment scans: label maps with the scans' own geometry (same affine, shape, spacing)."""
     from swinseg import predict as lib
+    from swinseg import runner
     from swinseg.device import precision_name, rank_device, torchrun_rank
     from swinseg.errors import SwinsegError
     from swinseg.postprocess import parse_classes
@@ -99,22 +102,22 @@ def predict(
         raise SwinsegError("--protocol reference predicts one slice per pass; drop --batch-size")
     if protocol is Protocol.reference and (tta or save_probabilities):
         raise SwinsegError("--protocol reference is the published path: no --tta or --save-probabilities")
-    shard_of = lib.parse_shard(shard) if shard else None
+    shard_of = runner.parse_shard(shard) if shard else None
     rank = torchrun_rank()
     if rank is not None:
         if shard_of is not None:
             raise SwinsegError("--shard is set by torchrun (RANK/WORLD_SIZE) already; drop --shard")
         shard_of = (rank[0], rank[1])
         device = rank_device(device, rank[2])
-    cases = lib.plan_cases(inputs, output, probabilities=save_probabilities)
+    cases = runner.plan_cases(inputs, output, probabilities=save_probabilities)
     if shard_of is not None:
-        cases = lib.shard_cases(cases, *shard_of)
+        cases = runner.shard_cases(cases, *shard_of)
     show = _Reporter(quiet=quiet, as_json=as_json, rank=rank[0] if rank else None)
     if not cases:
         show.note(f"shard {shard_of[0]}/{shard_of[1]}: no cases" if shard_of else "no cases")
         return
-    pending = [case for case in cases if overwrite or not lib.is_finished(case)]
-    options = lib.RunOptions(plane=axis.value if axis else None, series=series, channel=channel, overwrite=overwrite,
+    pending = [case for case in cases if overwrite or not runner.is_finished(case)]
+    options = runner.RunOptions(plane=axis.value if axis else None, series=series, channel=channel, overwrite=overwrite,
                              keep_largest=keep_largest)
     with show.progress(len(cases)) as progress:
         if pending:
@@ -134,10 +137,10 @@ def predict(
                 f"{len(pending)} of {len(cases)} case(s) to predict"
                 + (f" (shard {shard_of[0]}/{shard_of[1]})" if shard_of else "")
             )
-            run = lib.predict_cases(predictor, cases, options, on_start=progress.start_case,
+            run = runner.predict_cases(predictor, cases, options, on_start=progress.start_case,
                                     on_slices=progress.slices_done)
         else:
-            run = (lib.CaseResult.skipped(case) for case in cases)
+            run = (runner.CaseResult.skipped(case) for case in cases)
         for result in run:
             progress.case_done()
             show.result(result)
@@ -211,6 +214,8 @@ class _Reporter:
             if str(result.case.input) not in message and result.case.input.name not in message:
                 message = f"{result.case.input}: {message}"
             err.print(f"[red]failed:[/red] {escape(self.prefix + message)}", highlight=False, soft_wrap=True)
+            if state.debug and result.error is not None:
+                err.print("".join(traceback.format_exception(result.error)), highlight=False, markup=False)
             return
         if self.quiet or self.as_json:
             return

@@ -29,7 +29,7 @@ def preprocess(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from swinseg.config import load_card
-    from swinseg.data import preprocess_dataset
+    from swinseg.convert import preprocess_dataset
 
     held_out = [name.strip() for name in test_cases.split(",") if name.strip()] if test_cases else None
     if test_cases is not None and not held_out:

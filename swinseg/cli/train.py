@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from swinseg.cli._common import cli_errors, out
 
-RECIPE = "published recipe"
 # name -> (type, help); the default of every option is None = "not given" (the config file or the recipe decides).
 OPTIONS: dict[str, tuple[Any, str]] = {
     "data": (Path, "Dataset folder: Synapse layout (train_npz/, test_vol_h5/, lists) or nnU-Net/MSD "
@@ -117,7 +118,61 @@ def _run(finetune: bool, options: dict[str, Any]) -> None:
     if finetune and resume is None and "checkpoint" not in overrides:
         raise SwinsegError("finetune needs --checkpoint MODEL (a trained swinseg model or a reference checkpoint)")
     config = resolve_config(config_file, overrides, finetune=finetune and resume is None)
-    train(config, resume=resume is not None, console=out)
+    train(config, resume=resume is not None, events=ConsoleEvents(out))
+
+
+class ConsoleEvents:
+    """Training events (swinseg.train_report.TrainingEvents) on a console: a rich bar per epoch (loss, lr,
+    slices/s, ETA) on a terminal, then the epoch's line; only the lines otherwise (logs, pipes)."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.steps_wanted = console.is_terminal
+        self._bar: Progress | None = None
+        self._task: Any = None
+
+    def _start(self, title: str, total: int) -> None:
+        self._bar = Progress(
+            TextColumn(title), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=self.console, transient=True,
+        )
+        self._bar.start()
+        self._task = self._bar.add_task(title, total=total, info="")
+
+    def _stop(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+    def log(self, text: str) -> None:
+        self.console.print(text, highlight=False, markup=False, soft_wrap=True)
+
+    def loading(self, done: int, total: int, name: str) -> None:
+        if not self.steps_wanted:
+            return
+        if self._bar is None:
+            self._start("reading cases", total)
+        assert self._bar is not None
+        self._bar.update(self._task, completed=done, info=name)
+        if done >= total:
+            self._stop()
+
+    def epoch_started(self, epoch: int, epochs: int, batches: int) -> None:
+        if self.steps_wanted:
+            self._start(f"epoch {epoch}/{epochs}", batches)
+
+    def step(self, done: int, loss: float, lr: float, slices_per_s: float) -> None:
+        if self._bar is not None:
+            info = f"loss {loss:.4f}  lr {lr:.2e}  {slices_per_s:.1f} slices/s"
+            self._bar.update(self._task, completed=done, info=info)
+
+    def validating(self, text: str) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, info=text)
+
+    def epoch_finished(self, line: str) -> None:
+        self._stop()
+        self.log(line)
 
 
 def register(app: typer.Typer) -> None:

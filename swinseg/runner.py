@@ -1,0 +1,287 @@
+"""Running many cases with one Predictor: which inputs go to which outputs, shards, resuming (finished outputs
+are skipped), failures isolated per case, and the next case read (the previous one written) in background
+threads while the network runs."""
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from swinseg import io
+from swinseg.errors import SwinsegError
+
+if TYPE_CHECKING:
+    from swinseg.predict import Predictor, SliceProgress
+    from swinseg.preprocess import PreparedVolume
+
+
+@dataclass(frozen=True)
+class Case:
+    """One input scan and where its mask (and optionally its probabilities) go."""
+
+    input: Path
+    output: Path
+    probabilities: Path | None = None
+
+    def outputs(self) -> list[Path]:
+        return [self.output] + ([self.probabilities] if self.probabilities else [])
+
+
+@dataclass
+class CaseResult:
+    """What happened to a case: status "done", "skipped" or "failed" (with `message`)."""
+
+    case: Case
+    status: str
+    message: str = ""
+    shape: tuple[int, ...] = ()  # array order
+    spacing: tuple[float, ...] = ()  # array order, mm
+    seconds: float = 0.0
+    voxels: dict[str, int] = field(default_factory=dict)  # foreground class name -> voxel count
+    error: BaseException | None = field(default=None, repr=False, compare=False)  # why it failed (for --debug)
+
+    @classmethod
+    def failed(cls, case: Case, error: BaseException) -> CaseResult:
+        message = str(error) if isinstance(error, SwinsegError) else f"{type(error).__name__}: {error}"
+        return cls(case, "failed", message, error=error)
+
+    @classmethod
+    def skipped(cls, case: Case) -> CaseResult:
+        return cls(case, "skipped", "output exists (use --overwrite to replace it)")
+
+    def volumes_ml(self) -> dict[str, float]:
+        voxel_ml = float(np.prod(self.spacing)) / 1000.0 if self.spacing else 0.0
+        return {name: round(count * voxel_ml, 3) for name, count in self.voxels.items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary; shape and spacing in (x, y, z) order as viewers show them."""
+        result: dict[str, Any] = {
+            "input": str(self.case.input),
+            "output": str(self.case.output),
+            "status": self.status,
+        }
+        if self.case.probabilities:
+            result["probabilities"] = str(self.case.probabilities)
+        if self.message:
+            result["message"] = self.message
+        if self.status == "done":
+            result.update(
+                shape=list(self.shape[::-1]),
+                spacing=[round(s, 6) for s in self.spacing[::-1]],
+                seconds=round(self.seconds, 3),
+                voxels=self.voxels,
+                volume_ml=self.volumes_ml(),
+            )
+        return result
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Per-case settings of a prediction run."""
+
+    plane: str | None = None
+    classes: Sequence[int] | None = None
+    keep_largest: bool = False
+    series: str | None = None
+    channel: int | None = None
+    overwrite: bool = False
+
+
+def _output_name(source: Path) -> str:
+    """Case name (nnU-Net `_0000` stripped) + .nii.gz, or .png for 2-D image inputs."""
+    suffix = ".png" if source.name.lower().endswith(io.IMAGE_2D_SUFFIXES) else ".nii.gz"
+    return io.case_name(source, strip_channel=True) + suffix
+
+
+def probabilities_path(output: Path) -> Path:
+    """`mask.nii.gz` -> `mask_probabilities.nii.gz` (NIfTI when the mask is a 2-D image format)."""
+    name = output.name
+    lower = name.lower()
+    suffix = next((s for s in io.SUPPORTED_SUFFIXES if lower.endswith(s)), "")
+    stem = name[: len(name) - len(suffix)] if suffix else name
+    if suffix in io.IMAGE_2D_SUFFIXES or not suffix:
+        suffix = ".nii.gz"
+    return output.with_name(f"{stem}_probabilities{suffix}")
+
+
+def plan_cases(inputs: Sequence[str | Path], output: str | Path, *, probabilities: bool = False) -> list[Case]:
+    """Cases for input files, DICOM series folders and folders of scans.
+
+    One input scan: `output` is the mask file, or a folder (existing, or written with a trailing slash).
+    Several scans or a folder of scans: `output` is a folder, outputs are named after the cases. Raises for
+    an output that would overwrite an input, an output folder that is an input folder (outputs would be read
+    as inputs on the next run), and two cases writing the same file.
+    """
+    if not inputs:
+        raise SwinsegError("no input given")
+    output_text = str(output)
+    output = Path(output)
+    sources: list[Path] = []
+    folder_mode = len(inputs) > 1
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found = io.find_images(item)
+            if not found:
+                kinds = ", ".join(io.SUPPORTED_SUFFIXES)
+                raise SwinsegError(f"{item}: folder holds no scans ({kinds}) or DICOM series")
+            folder_mode = folder_mode or found != [item]
+            if found != [item] and output.resolve() == item.resolve():
+                raise SwinsegError(f"-o {output}: the output folder is an input folder; choose another")
+            sources.extend(found)
+        else:
+            sources.append(item)
+    has_image_suffix = output_text.lower().endswith(io.SUPPORTED_SUFFIXES)
+    to_folder = folder_mode or output.is_dir() or output_text.endswith(("/", os.sep)) or not has_image_suffix
+    if to_folder and output.exists() and not output.is_dir():
+        raise SwinsegError(f"-o {output}: is a file, but {len(sources)} case(s) need an output folder")
+    if to_folder and has_image_suffix and not output.is_dir():
+        raise SwinsegError(f"-o {output}: give a folder when predicting {len(sources)} cases")
+    if not to_folder and output_text.lower().endswith((".jpg", ".jpeg")):
+        raise SwinsegError(f"-o {output}: JPEG is lossy and cannot hold labels; use .png")
+    cases: list[Case] = []
+    seen: dict[Path, Path] = {}
+    for source in sources:
+        target = output / _output_name(source) if to_folder else output
+        if target.resolve() in seen:
+            raise SwinsegError(f"{seen[target.resolve()]} and {source} would both write {target}; rename one")
+        seen[target.resolve()] = source
+        if target.resolve() == source.resolve():
+            raise SwinsegError(f"{source}: the output would overwrite this input; choose another -o")
+        cases.append(Case(source, target, probabilities_path(target) if probabilities else None))
+    return cases
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'i/n' (0 <= i < n) -> (i, n)."""
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError as error:
+        raise SwinsegError(f"--shard {text!r}: expected i/n, e.g. 0/4") from error
+    if count < 1 or not 0 <= index < count:
+        raise SwinsegError(f"--shard {text}: need n >= 1 and 0 <= i < n (shards are numbered from 0)")
+    return index, count
+
+
+def shard_cases(cases: Sequence[Case], index: int, count: int) -> list[Case]:
+    """Every `count`-th case starting at `index` (stable over reruns: skipping happens after sharding)."""
+    return list(cases[index::count])
+
+
+def is_finished(case: Case) -> bool:
+    return all(path.exists() for path in case.outputs())
+
+
+@dataclass
+class _Loaded:
+    volume: io.Volume
+    prepared: PreparedVolume
+    seconds: float
+
+
+def predict_cases(
+    predictor: Predictor,
+    cases: Sequence[Case],
+    options: RunOptions = RunOptions(),
+    *,
+    on_start: Callable[[Case, int], None] | None = None,
+    on_slices: SliceProgress | None = None,
+) -> Iterator[CaseResult]:
+    """Predict each case, yielding its result (done, skipped or failed) as soon as it is known.
+
+    Finished cases (all outputs present) are skipped unless `options.overwrite`. A failing case yields a
+    "failed" result with a one-line message and the run goes on. The next case is read and prepared, and the
+    previous one written, in background threads while the network runs. `on_start(case, n_slices)` and
+    `on_slices(n)` report progress.
+    """
+    todo: list[Case] = []
+    for case in cases:
+        if not options.overwrite and is_finished(case):
+            yield CaseResult.skipped(case)
+        else:
+            todo.append(case)
+    if not todo:
+        return
+
+    def load(case: Case) -> _Loaded:
+        began = time.perf_counter()
+        volume = io.read_volume(case.input, series=options.series, channel=options.channel)
+        io.check_finite(volume)
+        return _Loaded(volume, predictor.prepare(volume, options.plane), time.perf_counter() - began)
+
+    with ThreadPoolExecutor(1, thread_name_prefix="swinseg-read") as reader, ThreadPoolExecutor(
+        1, thread_name_prefix="swinseg-write"
+    ) as writer:
+        loading: Future[_Loaded] = reader.submit(load, todo[0])
+        writing: Future[CaseResult] | None = None
+        for position, case in enumerate(todo):
+            try:
+                loaded: _Loaded | BaseException = loading.result()
+            except Exception as error:  # noqa: BLE001 - isolate the case, report it, go on
+                loaded = error
+            if position + 1 < len(todo):
+                loading = reader.submit(load, todo[position + 1])
+            if isinstance(loaded, BaseException):
+                yield CaseResult.failed(case, loaded)
+                continue
+            try:
+                result, labels, probabilities = _predict_loaded(predictor, case, loaded, options, on_start, on_slices)
+            except Exception as error:  # noqa: BLE001
+                yield CaseResult.failed(case, error)
+                continue
+            if writing is not None:
+                yield writing.result()
+            writing = writer.submit(_write_case, result, loaded.volume, labels, probabilities)
+        if writing is not None:
+            yield writing.result()
+
+
+def _predict_loaded(
+    predictor: Predictor,
+    case: Case,
+    loaded: _Loaded,
+    options: RunOptions,
+    on_start: Callable[[Case, int], None] | None,
+    on_slices: SliceProgress | None,
+) -> tuple[CaseResult, np.ndarray, np.ndarray | None]:
+    began = time.perf_counter()
+    if on_start is not None:
+        on_start(case, loaded.prepared.slices.shape[0])
+    if case.probabilities is None:
+        labels, probabilities = predictor.predict_prepared(loaded.prepared, progress=on_slices), None
+    else:
+        labels, probabilities = predictor.predict_prepared(loaded.prepared, probabilities=True, progress=on_slices)
+    labels = predictor.postprocess(labels, options.classes, options.keep_largest)
+    counts = np.bincount(labels.ravel(), minlength=predictor.num_classes)
+    names = predictor.card.classes
+    voxels = {names[k]: int(counts[k]) for k in range(1, len(names)) if counts[k]}
+    restore = loaded.prepared.restore
+    result = CaseResult(
+        case,
+        "done",
+        shape=loaded.volume.array.shape,
+        spacing=loaded.volume.spacing,
+        seconds=loaded.seconds + time.perf_counter() - began,
+        voxels=voxels,
+    )
+    return result, restore(labels), None if probabilities is None else restore(probabilities)
+
+
+def _write_case(
+    result: CaseResult, volume: io.Volume, labels: np.ndarray, probabilities: np.ndarray | None
+) -> CaseResult:
+    began = time.perf_counter()
+    case = result.case
+    try:
+        if probabilities is not None and case.probabilities is not None:
+            io.write_volume(case.probabilities, probabilities, volume)
+        io.write_volume(case.output, labels, volume)
+    except Exception as error:  # noqa: BLE001
+        return CaseResult.failed(case, error)
+    result.seconds += time.perf_counter() - began
+    return result

@@ -1,0 +1,161 @@
+"""Inputs that would give a wrong result are refused in one line, and every command keeps errors to one line:
+no raw ITK/numpy warning, no traceback (unless --debug, which then shows the cause)."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from shared_files import EXAMPLE_CT
+from typer.testing import CliRunner
+
+from swinseg.cli import app
+from swinseg.errors import SwinsegError
+from swinseg.io import read_volume, write_volume
+
+
+def dicom_series(folder: Path, array: np.ndarray, spacing: float = 2.0, tilt_mm: float = 0.0,
+                 uid: str = "1.2.826.0.1.3680043.2.1125.7") -> list[Path]:
+    """Write (z, y, x) int16 `array` as a CT series, one file per slice; slice k sits k*spacing along z and,
+    with `tilt_mm`, k*tilt_mm along y (a gantry tilt). Returns the files in slice order."""
+    folder.mkdir(parents=True, exist_ok=True)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    files = []
+    for k, plane in enumerate(array):
+        image = sitk.GetImageFromArray(plane[np.newaxis])
+        position = (-10.0, 20.0 + k * tilt_mm, k * spacing)
+        tags = {"0008|0060": "CT", "0020|000d": "1.2.826.0.1.3680043.2.1125.1", "0020|000e": uid,
+                "0008|103e": "abdomen", "0020|0013": str(k + 1), "0020|0032": "\\".join(map(str, position)),
+                "0020|0037": "1\\0\\0\\0\\1\\0", "0008|0018": f"{uid}.{k + 1}", "0028|0030": "0.8\\0.8"}
+        for key, value in tags.items():
+            image.SetMetaData(key, value)
+        files.append(folder / f"slice_{k:03d}.dcm")
+        writer.SetFileName(str(files[-1]))
+        writer.Execute(image)
+    return files
+
+
+@pytest.fixture(scope="module")
+def ct_slab() -> np.ndarray:
+    """10 slices of the real CT (or of a random volume where ../shared is absent), int16 HU."""
+    if EXAMPLE_CT.exists():
+        return sitk.GetArrayFromImage(sitk.ReadImage(str(EXAMPLE_CT)))[50:60].astype(np.int16)
+    return np.random.default_rng(0).integers(-1000, 1000, (10, 32, 32)).astype(np.int16)
+
+
+def test_a_complete_series_reads_with_its_spacing(tmp_path, ct_slab):
+    dicom_series(tmp_path / "ok", ct_slab)
+    volume = read_volume(tmp_path / "ok")
+    assert np.array_equal(volume.array, ct_slab)
+    np.testing.assert_allclose(volume.spacing[0], 2.0, rtol=1e-6)
+
+
+def test_a_missing_slice_is_a_gap_error(tmp_path, ct_slab):
+    files = dicom_series(tmp_path / "gap", ct_slab)
+    files[4].unlink()
+    with pytest.raises(SwinsegError, match=r"gap in DICOM series .*4\.00 mm apart, 2\.00 mm elsewhere, 1 slice"):
+        read_volume(tmp_path / "gap")
+
+
+def test_a_truncated_slice_is_named(tmp_path, ct_slab):
+    files = dicom_series(tmp_path / "trunc", ct_slab)
+    files[5].write_bytes(files[5].read_bytes()[:-300])
+    with pytest.raises(SwinsegError, match=r"slice_005\.dcm: unreadable DICOM file"):
+        read_volume(tmp_path / "trunc")
+
+
+def test_gantry_tilt_duplicates_and_mixed_sizes_are_refused(tmp_path, ct_slab):
+    dicom_series(tmp_path / "tilt", ct_slab, tilt_mm=0.5)  # atan(0.5 / 2) = 14 degrees
+    with pytest.raises(SwinsegError, match=r"gantry tilt of 14\.0 degrees"):
+        read_volume(tmp_path / "tilt")
+    files = dicom_series(tmp_path / "dup", ct_slab)
+    shutil.copy(files[3], files[3].with_name("copy.dcm"))
+    with pytest.raises(SwinsegError, match="several slices at one position"):
+        read_volume(tmp_path / "dup")
+    files = dicom_series(tmp_path / "mixed", ct_slab)
+    dicom_series(tmp_path / "small", ct_slab[:, :16, :16])
+    shutil.copy(tmp_path / "small" / "slice_009.dcm", files[0].with_name("slice_010.dcm"))
+    with pytest.raises(SwinsegError, match="mixes slice sizes"):
+        read_volume(tmp_path / "mixed")
+
+
+def test_complex_and_singular_nifti_are_refused(tmp_path):
+    nib.save(nib.Nifti1Image(np.ones((4, 4, 3), np.complex64), np.eye(4)), tmp_path / "complex.nii.gz")
+    with pytest.raises(SwinsegError, match=r"complex\.nii\.gz: complex-valued image"):
+        read_volume(tmp_path / "complex.nii.gz")
+    affine = np.eye(4)
+    affine[:3, 1] = affine[:3, 0]  # the y voxel axis points along x
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 3), np.int16), affine), tmp_path / "singular.nii.gz")
+    with pytest.raises(SwinsegError, match=r"singular\.nii\.gz: singular affine"):
+        read_volume(tmp_path / "singular.nii.gz")
+
+
+def test_write_errors_name_the_requested_output(tmp_path):
+    volume = read_volume_like(tmp_path)
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(SwinsegError, match=r"a_file/sub/mask\.nii\.gz: cannot create its folder"):
+        write_volume(tmp_path / "a_file" / "sub" / "mask.nii.gz", volume.array, volume)
+    for suffix in (".nii.gz", ".nrrd"):  # nibabel and SimpleITK writers
+        with pytest.raises(SwinsegError) as raised:
+            write_volume(Path("/proc") / f"mask{suffix}", volume.array, volume)
+        assert f"/proc/mask{suffix}: cannot write" in str(raised.value)
+        assert ".tmp-" not in str(raised.value) and "0x" not in str(raised.value)
+
+
+def read_volume_like(tmp_path: Path):
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 3), np.uint8), np.eye(4)), tmp_path / "like.nii.gz")
+    return read_volume(tmp_path / "like.nii.gz")
+
+
+# ------------------------------------------------------------------------- every command: one line per error
+
+
+def command_lines(tmp: Path, checkpoint: Path) -> dict[str, list[str]]:
+    empty = tmp / "empty"
+    empty.mkdir(exist_ok=True)
+    missing = str(tmp / "missing.nii.gz")
+    gap = tmp / "gap"
+    files = dicom_series(gap, np.random.default_rng(1).integers(-500, 500, (6, 32, 32)).astype(np.int16))
+    files[2].unlink()
+    ckpt, out = str(checkpoint), str(tmp / "out")
+    return {
+        "predict empty folder": ["predict", str(empty), "-c", ckpt, "-o", out],
+        "predict missing file": ["predict", missing, "-c", ckpt, "-o", str(tmp / "m.nii.gz")],
+        "predict DICOM gap": ["predict", str(gap), "-c", ckpt, "-o", str(tmp / "m.nii.gz")],
+        "train empty folder": ["train", "--data", str(empty), "--model", "swin_unet_test", "-o", out],
+        "finetune missing checkpoint": ["finetune", "--data", str(empty), "--checkpoint", missing, "-o", out],
+        "preprocess empty folder": ["preprocess", str(empty), "-o", out],
+        "evaluate empty folders": ["evaluate", str(empty), str(empty), "-o", out],
+        "overlay missing scan": ["overlay", missing, missing, "-o", str(tmp / "o.png")],
+        "weights missing file": ["weights", "info", missing],
+    }
+
+
+COMMANDS = ["predict empty folder", "predict missing file", "predict DICOM gap", "train empty folder",
+            "finetune missing checkpoint", "preprocess empty folder", "evaluate empty folders",
+            "overlay missing scan", "weights missing file"]
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_every_command_reports_an_error_in_one_line(name, tmp_path, checkpoint, capfd):
+    args = command_lines(tmp_path, checkpoint)[name]
+    result = CliRunner().invoke(app, args)
+    captured = capfd.readouterr()  # what C++ libraries (ITK) write to the process's own stderr
+    assert result.exit_code not in (0, None), result.output
+    assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith(("error:", "failed:"))]
+    assert len(errors) == 1, result.stderr
+    assert "WARNING" not in captured.err + result.stderr, captured.err
+    assert all(line in errors or line.startswith(("warning:", "swin_unet", "0 of", "1 case")) for line in lines), lines
+
+
+def test_debug_shows_the_cause_of_a_failed_case(tmp_path, checkpoint):
+    result = CliRunner().invoke(app, ["--debug", "predict", str(tmp_path / "missing.nii.gz"), "-c", str(checkpoint),
+                                      "-o", str(tmp_path / "m.nii.gz")])
+    assert result.exit_code != 0
+    assert "Traceback" in result.stderr and "file not found" in result.stderr
