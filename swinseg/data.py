@@ -38,6 +38,7 @@ from swinseg.datasets import (
 )
 from swinseg.errors import SwinsegError
 from swinseg.io import check_same_geometry, itk, oriented_spacing, read_volume
+from swinseg.labels import label_map
 from swinseg.preprocess import (
     PreparedVolume,
     grid_size,
@@ -294,10 +295,10 @@ def _label_array(label: np.ndarray, where: Path | str) -> np.ndarray:
     """Labels as uint8; SwinsegError for non-integer or out-of-range values."""
     if label.dtype == np.uint8:
         return label
-    rounded = np.rint(label) if not np.issubdtype(label.dtype, np.integer) else label
-    if (rounded != label).any() or (label.size and (label.min() < 0 or label.max() > 255)):
+    label = label_map(label, where)
+    if label.size and label.max() > 255:
         raise SwinsegError(f"{where}: labels must be integers 0-255")
-    return rounded.astype(np.uint8)
+    return label.astype(np.uint8)
 
 
 def load_case(case: CaseFiles, prep: Preprocessing, num_classes: int | None = None) -> LoadedCase:

@@ -24,6 +24,7 @@ import numpy as np
 
 from swinseg import __version__, metrics
 from swinseg.errors import SwinsegError
+from swinseg.labels import label_map, parse_labels
 
 METRICS = ("dice", "iou", "hd95", "assd", "pred_ml", "ref_ml")
 CSV_COLUMNS = (
@@ -244,25 +245,6 @@ def _match_keys(side: dict[str, Path], other: dict[str, Path]) -> dict[str, str]
 # ---------------------------------------------------------------------------------------------- labels
 
 
-def parse_labels(values: Sequence[str]) -> dict[int, str | None]:
-    """`--labels` values ("1,2,3", "1=liver,2=spleen", repeated or mixed) -> {id: name or None}."""
-    labels: dict[int, str | None] = {}
-    for item in (part.strip() for value in values for part in value.split(",")):
-        if not item:
-            continue
-        ident, _, name = item.partition("=")
-        try:
-            label = int(ident.strip())
-        except ValueError as error:
-            raise SwinsegError(f"--labels: {item!r} is not an id or id=name (e.g. 1,2 or 1=liver)") from error
-        if label <= 0:
-            raise SwinsegError(f"--labels: label ids must be positive (0 is background), got {label}")
-        labels[label] = name.strip() or None
-    if not labels:
-        raise SwinsegError("--labels: no label ids given")
-    return labels
-
-
 def dataset_json_labels(path: str | Path) -> dict[int, str]:
     """Foreground labels {id: name} from an nnU-Net dataset.json (v2 name -> id, or v1/MSD id -> name)."""
     from swinseg.config import read_dataset_labels
@@ -306,8 +288,8 @@ def evaluate_case(case: Case, labels: Sequence[int] | None, settings: Settings) 
         if not settings.resample_to_reference:
             raise SwinsegError(f"{error} (use --resample-to-reference to resample the prediction)") from error
         pred = resample_like(pred, ref)
-    pred_labels = _label_array(pred.array, case.prediction)
-    ref_labels = _label_array(ref.array, case.reference)
+    pred_labels = label_map(pred.array, case.prediction)
+    ref_labels = label_map(ref.array, case.reference)
     spacing = None if settings.voxel_units else ref.spacing
     scores = metrics.score_labels(pred_labels, ref_labels, labels, spacing, hd95=settings.hd95, empty=settings.empty)
     voxel_ml = metrics.volume_ml(1, ref.spacing) if ref.ndim == 3 else math.nan  # a 2-D image has no volume
@@ -386,21 +368,6 @@ def _run(
                 future.cancel()
             raise
     return results
-
-
-def _label_array(array: np.ndarray, path: Path) -> np.ndarray:
-    """An integer label map; float files are accepted when every value is a whole number."""
-    if array.dtype == bool:
-        return array.view(np.uint8)
-    if np.issubdtype(array.dtype, np.floating):
-        if not np.all(np.isfinite(array)) or not np.array_equal(array, np.round(array)):
-            raise SwinsegError(f"{path}: not a label map (non-integer values); give integer label images")
-        array = array.astype(np.int64)
-    elif not np.issubdtype(array.dtype, np.integer):
-        raise SwinsegError(f"{path}: not a label map (dtype {array.dtype})")
-    if array.size and array.min() < 0:
-        raise SwinsegError(f"{path}: negative label values; label ids must be >= 0")
-    return array
 
 
 def preview(names: list[str], count: int = 5) -> str:

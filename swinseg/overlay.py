@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from swinseg.errors import SwinsegError
+from swinseg.labels import label_map
 
 PANEL_PX = 256  # width of one slice panel in pixels
 TITLE_PX = 22  # title band above each panel
@@ -190,24 +191,6 @@ def render_overlay(
     return out_png
 
 
-def parse_label_names(text: str) -> dict[int, str]:
-    """Class names from the command line: 'liver,spleen' names labels 1, 2, ...; '1=liver,5=aorta' names
-    the given ids."""
-    items = [item.strip() for item in text.split(",") if item.strip()]
-    if not items:
-        raise SwinsegError("--labels: give class names like 'liver,spleen' or '1=liver,5=aorta'")
-    names: dict[int, str] = {}
-    for position, item in enumerate(items, start=1):
-        key, sep, name = item.partition("=")
-        if not sep:
-            names[position] = item
-            continue
-        if not key.strip().isdigit() or not name.strip():
-            raise SwinsegError(f"--labels: {item!r} is not ID=name (like 5=aorta)")
-        names[int(key)] = name.strip()
-    return names
-
-
 def dataset_label_names(mask_path: str | Path) -> dict[int, str] | None:
     """Class names from an nnU-Net dataset.json next to the mask or one folder up (labelsTr/..), if any."""
     from swinseg.config import read_dataset_labels
@@ -253,11 +236,7 @@ def overlay_files(
         spacing = oriented_spacing(image, "LPS")
     else:
         arrays, spacing = [image.array] + [mask.array for mask in masks], image.spacing
-    for volume, array in zip(masks, arrays[1:]):
-        if not (np.issubdtype(array.dtype, np.integer) or np.array_equal(array, np.rint(array))):
-            raise SwinsegError(f"{volume.name}: not a label map (non-integer values)")
-        if array.size and array.min() < 0:
-            raise SwinsegError(f"{volume.name}: not a label map (negative values; is it the scan?)")
+    arrays[1:] = [label_map(array, volume.name) for volume, array in zip(masks, arrays[1:])]
     if isinstance(window, str):
         window = (-125.0, 275.0) if float(arrays[0].min()) < -500 else None
     if class_names is None:

@@ -7,6 +7,7 @@ import numpy as np
 import scipy.ndimage
 
 from swinseg.errors import SwinsegError
+from swinseg.labels import split_list
 
 
 def parse_classes(spec: str | Iterable[str | int], class_names: Sequence[str]) -> list[int]:
@@ -14,7 +15,7 @@ def parse_classes(spec: str | Iterable[str | int], class_names: Sequence[str]) -
 
     Names match case-insensitively; background (0) is allowed but has no effect.
     """
-    items = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else [str(s).strip() for s in spec]
+    items = split_list(spec if isinstance(spec, str) else [str(s) for s in spec])
     lookup = {name.lower(): index for index, name in enumerate(class_names)}
     ids: list[int] = []
     for item in filter(None, items):

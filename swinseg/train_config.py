@@ -16,6 +16,7 @@ import yaml
 
 from swinseg.errors import SwinsegError
 from swinseg.io import atomic_output
+from swinseg.labels import split_list
 
 # Finetuning starts from a trained network: a fifth of the published learning rate, a third of the epochs.
 # The network, classes and preprocessing come from the checkpoint unless --model / --classes say otherwise.
@@ -96,8 +97,7 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
     base = next((a for a in args if a is not type(None)), hint)
     try:
         if typing.get_origin(base) is list:
-            items = value.split(",") if isinstance(value, str) else list(value)
-            return [str(item).strip() for item in items if str(item).strip()]
+            return split_list(value)
         if base is bool:
             if isinstance(value, str):
                 if value.lower() not in ("true", "false", "yes", "no", "1", "0"):

@@ -102,8 +102,9 @@ def test_parallel_jobs_give_the_same_rows(dataset: dict) -> None:
 
 def test_labels_from_options_card_and_dataset_json(tmp_path: Path) -> None:
     assert ev.parse_labels(["1,2", "5=liver"]) == {1: None, 2: None, 5: "liver"}
+    assert ev.parse_labels(["liver,spleen"]) == {1: "liver", 2: "spleen"}  # overlay's meaning too
     with pytest.raises(SwinsegError, match="--labels"):
-        ev.parse_labels(["liver"])
+        ev.parse_labels(["x=liver"])
     with pytest.raises(SwinsegError, match="positive"):
         ev.parse_labels(["0"])
     v2 = tmp_path / "v2.json"

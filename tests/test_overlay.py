@@ -8,6 +8,7 @@ from typer.testing import CliRunner
 
 from swinseg.cli import app
 from swinseg.io import Volume, read_volume, write_volume
+from swinseg.labels import parse_labels
 from swinseg.overlay import (
     FILL_ALPHA,
     GAP_PX,
@@ -17,7 +18,6 @@ from swinseg.overlay import (
     choose_slices,
     label_color,
     overlay_files,
-    parse_label_names,
     render_overlay,
 )
 from swinseg.phantom import make_phantom, phantom_volume, write_phantom_dataset
@@ -81,8 +81,8 @@ def test_two_dimensional_input_and_bad_input(tmp_path):
     with pytest.raises(Exception, match="shape"):
         render_overlay(image, labels[:10], tmp_path / "bad.png")
     assert not (tmp_path / "bad.png").exists()
-    assert parse_label_names("liver, spleen") == {1: "liver", 2: "spleen"}
-    assert parse_label_names("5=aorta,1=liver") == {5: "aorta", 1: "liver"}
+    assert parse_labels("liver, spleen") == {1: "liver", 2: "spleen"}
+    assert parse_labels("5=aorta,1=liver") == {5: "aorta", 1: "liver"}
 
 
 def test_files_are_shown_in_lps_whatever_their_orientation(tmp_path):

@@ -22,7 +22,8 @@ def overlay(
         None, "--model", "-m", help="Model card (name or YAML) whose class names label the legend."
     ),
     labels: Optional[str] = typer.Option(
-        None, "--labels", help="Class names for labels 1, 2, ... ('liver,spleen') or 'ID=name' pairs ('5=aorta')."
+        None, "--labels",
+        help="Label names: 'liver,spleen' (labels 1, 2, ...) or 'ID=name' pairs ('5=aorta'), as evaluate's --labels.",
     ),
     window: Optional[tuple[float, float]] = typer.Option(
         None, "--window", help="Display window LO HI (HU). Default: the card's CT window, or -125 275 for CT-like "
@@ -35,12 +36,14 @@ def overlay(
     Class names: --model, --labels, or an nnU-Net dataset.json beside the mask (or one folder up).
     """
     from swinseg.config import load_card
-    from swinseg.overlay import overlay_files, parse_label_names
+    from swinseg.labels import parse_labels
+    from swinseg.overlay import overlay_files
 
     if model is not None and labels is not None:
         fail("give --model or --labels, not both")
     card = load_card(model) if model is not None else None
-    class_names = card.classes if card is not None else parse_label_names(labels) if labels else None
+    named = {k: name or f"label_{k}" for k, name in parse_labels(labels).items()} if labels else None
+    class_names = card.classes if card is not None else named
     if window is None:
         window = card.preprocessing.window if card is not None else "auto"
     title = f"{image.name}: {mask.name}" + (f" vs {reference.name}" if reference is not None else "")

@@ -30,8 +30,9 @@ def preprocess(
 
     from swinseg.config import load_card
     from swinseg.convert import preprocess_dataset
+    from swinseg.labels import split_list
 
-    held_out = [name.strip() for name in test_cases.split(",") if name.strip()] if test_cases else None
+    held_out = split_list(test_cases) if test_cases else None
     if test_cases is not None and not held_out:
         fail("--test-cases: give case names separated by commas")
     if held_out is not None and test_fraction is not None:

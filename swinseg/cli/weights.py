@@ -41,7 +41,9 @@ def info(file: Path = typer.Argument(..., help="Weight file (.safetensors, .pth,
 
 def _class_names(values: list[str]) -> list[str]:
     """`--classes a --classes b` or `--classes a,b`."""
-    return [name.strip() for value in values for name in value.split(",") if name.strip()]
+    from swinseg.labels import split_list
+
+    return split_list(values)
 
 
 @cli_errors
