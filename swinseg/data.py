@@ -404,7 +404,7 @@ def check_grid_fits_in_memory(root: Path, cases: Sequence[LoadedCase], target: t
 
 
 def _available_memory() -> int | None:
-    """MemAvailable in bytes (Linux), or None where it cannot be read."""
+    """MemAvailable in bytes from /proc/meminfo: Linux only; elsewhere None, and the memory checks are skipped."""
     try:
         with open("/proc/meminfo", encoding="ascii") as meminfo:
             for line in meminfo:

@@ -64,7 +64,9 @@ class Settings:
 
 
 @dataclass(frozen=True)
-class Case:
+class CasePair:
+    """A prediction and its reference, matched by case name."""
+
     name: str
     prediction: Path
     reference: Path
@@ -74,14 +76,16 @@ class Case:
 class CaseMatch:
     """Cases found in both places, and the names found on one side only."""
 
-    cases: list[Case]
+    cases: list[CasePair]
     missing: list[str] = field(default_factory=list)  # references without a prediction
     extra: list[str] = field(default_factory=list)  # predictions without a reference
 
 
 @dataclass
-class CaseResult:
-    case: Case
+class PairScores:
+    """The scores of one pair, per label."""
+
+    case: CasePair
     scores: dict[int, metrics.Scores]
     voxel_ml: float  # volume of one voxel in ml (from the reference's spacing); NaN for 2-D images
 
@@ -94,7 +98,7 @@ class Evaluation:
     reference: Path
     labels: dict[int, str]
     settings: Settings
-    results: list[CaseResult]
+    results: list[PairScores]
     missing: list[str] = field(default_factory=list)
     extra: list[str] = field(default_factory=list)
     labels_only_in_predictions: list[int] = field(default_factory=list)
@@ -195,7 +199,7 @@ def match_cases(prediction: str | Path, reference: str | Path) -> CaseMatch:
     if prediction.is_file() and reference.is_file():
         from swinseg.io import case_name
 
-        return CaseMatch([Case(case_name(reference, strip_channel=True), prediction, reference)])
+        return CaseMatch([CasePair(case_name(reference, strip_channel=True), prediction, reference)])
     if prediction.is_file() or reference.is_file():
         raise SwinsegError(f"give two files or two folders, not a mix ({prediction}, {reference})")
     preds = _names(find_images(prediction), prediction)
@@ -207,7 +211,7 @@ def match_cases(prediction: str | Path, reference: str | Path) -> CaseMatch:
     matched = sorted(set(pred_keys.values()) & set(ref_keys.values()))
     by_key_pred = {key: name for name, key in pred_keys.items()}
     by_key_ref = {key: name for name, key in ref_keys.items()}
-    cases = [Case(key, preds[by_key_pred[key]], refs[by_key_ref[key]]) for key in matched]
+    cases = [CasePair(key, preds[by_key_pred[key]], refs[by_key_ref[key]]) for key in matched]
     missing = sorted(name for name, key in ref_keys.items() if key not in by_key_pred)
     extra = sorted(name for name, key in pred_keys.items() if key not in by_key_ref)
     return CaseMatch(cases, missing, extra)
@@ -226,7 +230,7 @@ def _names(paths: list[Path], folder: Path) -> dict[str, Path]:
 
 
 def _match_keys(side: dict[str, Path], other: dict[str, Path]) -> dict[str, str]:
-    """Case key of each name: the name itself if the other side has it, else the name without `_0000`."""
+    """CasePair key of each name: the name itself if the other side has it, else the name without `_0000`."""
     from swinseg.io import case_name
 
     other_keys = set(other) | {case_name(name, strip_channel=True) for name in other}
@@ -276,7 +280,7 @@ def resolve_labels(
 # ---------------------------------------------------------------------------------------------- running
 
 
-def evaluate_case(case: Case, labels: Sequence[int] | None, settings: Settings) -> CaseResult:
+def evaluate_case(case: CasePair, labels: Sequence[int] | None, settings: Settings) -> PairScores:
     """Read one prediction/reference pair, check geometry (or resample) and score `labels` (None: every
     label present in either map)."""
     from swinseg.io import check_same_geometry, read_volume, resample_like
@@ -293,7 +297,7 @@ def evaluate_case(case: Case, labels: Sequence[int] | None, settings: Settings) 
     spacing = None if settings.voxel_units else ref.spacing
     scores = metrics.score_labels(pred_labels, ref_labels, labels, spacing, hd95=settings.hd95, empty=settings.empty)
     voxel_ml = metrics.volume_ml(1, ref.spacing) if ref.ndim == 3 else math.nan  # a 2-D image has no volume
-    return CaseResult(case, scores, voxel_ml)
+    return PairScores(case, scores, voxel_ml)
 
 
 def evaluate(
@@ -303,7 +307,7 @@ def evaluate(
     labels: dict[int, str] | None = None,
     settings: Settings | None = None,
     jobs: int = 1,
-    progress: Callable[[int, int, CaseResult | None], None] | None = None,
+    progress: Callable[[int, int, PairScores | None], None] | None = None,
 ) -> Evaluation:
     """Score every matched case; `labels` None = every non-zero label present in the references.
 
@@ -341,12 +345,12 @@ def evaluate(
 
 
 def _run(
-    cases: list[Case],
+    cases: list[CasePair],
     labels: list[int] | None,
     settings: Settings,
     jobs: int,
-    progress: Callable[[int, int, CaseResult | None], None] | None,
-) -> list[CaseResult]:
+    progress: Callable[[int, int, PairScores | None], None] | None,
+) -> list[PairScores]:
     jobs = (os.cpu_count() or 1) if jobs <= 0 else jobs
     jobs = min(jobs, len(cases))
     results = []
@@ -441,7 +445,7 @@ def write_worst_overlays(evaluation: Evaluation, images: str | Path, folder: str
     if len(scan_files) == 1 and len(evaluation.results) == 1:  # one scan for one case, whatever its name
         scans = {evaluation.results[0].case.name: scan_files[0]}
 
-    def mean_dice(result: CaseResult) -> float:
+    def mean_dice(result: PairScores) -> float:
         values = [s.dice for s in result.scores.values() if not math.isnan(s.dice)]
         return sum(values) / len(values) if values else math.inf
 

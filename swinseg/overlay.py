@@ -71,17 +71,15 @@ def _display_window(image: np.ndarray, window: tuple[float, float] | None) -> tu
 
 def _panel_rgb(image: np.ndarray, labels: np.ndarray, size: tuple[int, int], window: tuple[float, float]) -> np.ndarray:
     """One slice resized to `size` (height, width): windowed grey with the labels filled and outlined."""
+    from skimage.segmentation import find_boundaries
+
     from swinseg.preprocess import nearest_indices, resize_array, scale_intensities
 
     grey = scale_intensities(resize_array(image.astype(np.float32), size, order=1), *window)
     rows, cols = nearest_indices(labels.shape[0], size[0]), nearest_indices(labels.shape[1], size[1])
     panel_labels = labels[rows[:, None], cols[None, :]]
     rgb = np.repeat(grey[..., None], 3, axis=2)
-    edge = np.zeros(size, dtype=bool)  # pixels whose 4-neighbourhood holds another label
-    edge[:-1] |= panel_labels[:-1] != panel_labels[1:]
-    edge[1:] |= panel_labels[1:] != panel_labels[:-1]
-    edge[:, :-1] |= panel_labels[:, :-1] != panel_labels[:, 1:]
-    edge[:, 1:] |= panel_labels[:, 1:] != panel_labels[:, :-1]
+    edge = find_boundaries(panel_labels, connectivity=1, mode="thick")  # 4-neighbourhood holds another label
     for label in np.unique(panel_labels):
         if label == 0:
             continue

@@ -150,3 +150,15 @@ def test_gathered_windows_equal_timm_roll_and_partition(window):
     assert torch.allclose(fast, slow, atol=1e-6)
     assert all(torch.allclose(a, p.grad, atol=1e-6) for a, p in zip(fast_grads, model.parameters()))
 
+
+
+def test_timm_blocks_route_attention_through_the_overridden_attn(monkeypatch):
+    """GatherWindowBlock relies on timm's SwinTransformerBlock.forward calling the private `_attn`: if a timm
+    release stops doing so, the gathered windows (and their speed) would silently be bypassed."""
+    from swinseg.model import GatherWindowBlock
+
+    calls = []
+    original = GatherWindowBlock._attn
+    monkeypatch.setattr(GatherWindowBlock, "_attn", lambda self, x: calls.append(1) or original(self, x))
+    SwinUnet(TEST_CONFIG)(torch.rand(1, 1, 64, 64))
+    assert calls
