@@ -14,10 +14,10 @@ from typing import Any
 
 import yaml
 
+from swinseg.choices import PLANES
 from swinseg.errors import SwinsegError
 
 SKIP_SCALES = (4, 8, 16)
-PLANES = ("axial", "coronal", "sagittal")
 AUTO = "auto"
 _ORIENTATION_AXIS = {"L": 0, "R": 0, "A": 1, "P": 1, "S": 2, "I": 2}
 

@@ -7,9 +7,8 @@ from typing import Iterator
 
 import torch
 
+from swinseg.choices import PRECISIONS
 from swinseg.errors import SwinsegError
-
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 
 def resolve_device(spec: str = "auto") -> torch.device:

@@ -18,20 +18,8 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
-HD95_DEFINITIONS = {
-    "medpy": "95th percentile (numpy linear interpolation) of the pooled surface distances of both directions "
-    "(medpy.metric.binary.hd95; what the Swin-Unet and TransUNet papers report)",
-    "max": "larger of the two directed 95th percentiles (numpy linear interpolation), as MONAI and "
-    "DeepMind surface-distance",
-}
-EMPTY_POLICIES = {
-    "worst": "both empty: Dice 1, IoU 1, HD95 0, ASSD 0; exactly one empty: Dice 0, IoU 0, HD95 and ASSD = "
-    "the reference image's diagonal (flagged)",
-    "nan": "undefined values are NaN (both empty: all NaN; one empty: Dice 0, IoU 0, HD95/ASSD NaN), "
-    "left out of means and counted",
-    "paper": "Swin-Unet/TransUNet: prediction non-empty and reference empty -> Dice 1, HD95 0; prediction "
-    "empty -> Dice 0, HD95 0 (IoU and ASSD follow Dice and HD95)",
-}
+from swinseg.choices import EMPTY_POLICIES, HD95_DEFINITIONS
+
 ASSD_DEFINITION = "mean of the pooled surface distances of both directions (medpy.metric.binary.assd)"
 
 Box = tuple[slice, ...]

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from swinseg import io, postprocess
+from swinseg.choices import PROTOCOLS
 from swinseg.config import ModelCard, load_card
 from swinseg.device import autocast, resolve_device, resolve_precision
 from swinseg.errors import SwinsegError
@@ -45,7 +46,6 @@ from swinseg.preprocess import (
     tile_corners,
 )
 
-PROTOCOLS = ("fast", "reference")
 TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))  # none, left-right, up-down, both
 SliceProgress = Callable[[int], None]
 

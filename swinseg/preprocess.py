@@ -33,7 +33,8 @@ import numpy as np
 import scipy.ndimage
 import scipy.sparse
 
-from swinseg.config import AUTO, PLANES, Preprocessing
+from swinseg.choices import PLANES
+from swinseg.config import AUTO, Preprocessing
 from swinseg.errors import SwinsegError
 
 if TYPE_CHECKING:

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
+from enum import Enum
 from typing import Any, Callable, TypeVar
 
 import typer
@@ -51,6 +53,11 @@ def cli_errors(command: F) -> F:
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def choice_type(name: str, values: Iterable[str]) -> Any:
+    """A str Enum for a typer option whose values are `values` (swinseg.choices), so the CLI copies none."""
+    return Enum(name, {value.replace("-", "_"): value for value in values}, type=str)
 
 
 def fail(message: str) -> None:

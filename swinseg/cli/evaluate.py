@@ -2,32 +2,22 @@
 from __future__ import annotations
 
 import json
-from enum import Enum
 from pathlib import Path
 from typing import Any, List, Optional
 
 import typer
 
-from swinseg.cli._common import cli_errors, err, fail, out
+from swinseg.choices import EMPTY_POLICIES, EVALUATION_PROTOCOLS, HD95_DEFINITIONS
+from swinseg.cli._common import choice_type, cli_errors, err, fail, out
 
 _DIGITS = {"dice": 3, "iou": 3, "hd95": 2, "assd": 2, "pred_ml": 1, "ref_ml": 1}  # terminal table
 _HEADERS = {"dice": "Dice", "iou": "IoU", "hd95": "HD95 ({unit})", "assd": "ASSD ({unit})", "pred_ml": "pred ml",
             "ref_ml": "ref ml"}  # fmt: skip
 
 
-class HD95Definition(str, Enum):
-    medpy = "medpy"
-    max = "max"
-
-
-class EmptyPolicy(str, Enum):
-    worst = "worst"
-    nan = "nan"
-    paper = "paper"
-
-
-class Protocol(str, Enum):
-    synapse_paper = "synapse-paper"
+HD95Definition = choice_type("HD95Definition", HD95_DEFINITIONS)
+EmptyPolicy = choice_type("EmptyPolicy", EMPTY_POLICIES)
+Protocol = choice_type("Protocol", EVALUATION_PROTOCOLS)
 
 
 @cli_errors

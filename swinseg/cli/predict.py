@@ -4,7 +4,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import traceback
-from enum import Enum
 from pathlib import Path
 from typing import Any, List, Optional
 
@@ -12,25 +11,12 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from swinseg.cli._common import cli_errors, err, out, state
+from swinseg.choices import PLANES, PRECISIONS, PROTOCOLS
+from swinseg.cli._common import choice_type, cli_errors, err, out, state
 
-
-class Plane(str, Enum):
-    axial = "axial"
-    coronal = "coronal"
-    sagittal = "sagittal"
-
-
-class Protocol(str, Enum):
-    fast = "fast"
-    reference = "reference"
-
-
-class Precision(str, Enum):
-    auto = "auto"
-    bf16 = "bf16"
-    fp16 = "fp16"
-    fp32 = "fp32"
+Plane = choice_type("Plane", PLANES)
+Protocol = choice_type("Protocol", PROTOCOLS)
+Precision = choice_type("Precision", PRECISIONS)
 
 
 def register(app: typer.Typer) -> None:
