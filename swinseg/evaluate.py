@@ -23,8 +23,11 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from swinseg import __version__, metrics
+from swinseg.config import load_card, read_dataset_labels
 from swinseg.errors import SwinsegError
+from swinseg.io import atomic_output, case_name, check_same_geometry, find_images, read_volume, resample_like
 from swinseg.labels import label_map, parse_labels
+from swinseg.overlay import overlay_files
 
 METRICS = ("dice", "iou", "hd95", "assd", "pred_ml", "ref_ml")
 CSV_COLUMNS = (
@@ -190,15 +193,11 @@ def match_cases(prediction: str | Path, reference: str | Path) -> CaseMatch:
 
     A name matches as is, or with nnU-Net's channel suffix (`CASE_0000`) removed on either side.
     """
-    from swinseg.io import find_images
-
     prediction, reference = Path(prediction), Path(reference)
     for path, what in ((prediction, "prediction"), (reference, "reference")):
         if not path.exists():
             raise SwinsegError(f"{path}: {what} not found")
     if prediction.is_file() and reference.is_file():
-        from swinseg.io import case_name
-
         return CaseMatch([CasePair(case_name(reference, strip_channel=True), prediction, reference)])
     if prediction.is_file() or reference.is_file():
         raise SwinsegError(f"give two files or two folders, not a mix ({prediction}, {reference})")
@@ -218,8 +217,6 @@ def match_cases(prediction: str | Path, reference: str | Path) -> CaseMatch:
 
 
 def _names(paths: list[Path], folder: Path) -> dict[str, Path]:
-    from swinseg.io import case_name
-
     names: dict[str, Path] = {}
     for path in paths:
         name = case_name(path)
@@ -231,8 +228,6 @@ def _names(paths: list[Path], folder: Path) -> dict[str, Path]:
 
 def _match_keys(side: dict[str, Path], other: dict[str, Path]) -> dict[str, str]:
     """CasePair key of each name: the name itself if the other side has it, else the name without `_0000`."""
-    from swinseg.io import case_name
-
     other_keys = set(other) | {case_name(name, strip_channel=True) for name in other}
     keys = {}
     for name in side:
@@ -251,15 +246,11 @@ def _match_keys(side: dict[str, Path], other: dict[str, Path]) -> dict[str, str]
 
 def dataset_json_labels(path: str | Path) -> dict[int, str]:
     """Foreground labels {id: name} from an nnU-Net dataset.json (v2 name -> id, or v1/MSD id -> name)."""
-    from swinseg.config import read_dataset_labels
-
     return {label: name for label, name in read_dataset_labels(path).items() if label > 0}
 
 
 def card_labels(card: str) -> dict[int, str]:
     """Foreground labels {id: name} of a model card (class index = label id)."""
-    from swinseg.config import load_card
-
     return {i: name for i, name in enumerate(load_card(card).classes) if i > 0}
 
 
@@ -283,8 +274,6 @@ def resolve_labels(
 def evaluate_case(case: CasePair, labels: Sequence[int] | None, settings: Settings) -> PairScores:
     """Read one prediction/reference pair, check geometry (or resample) and score `labels` (None: every
     label present in either map)."""
-    from swinseg.io import check_same_geometry, read_volume, resample_like
-
     pred, ref = read_volume(case.prediction), read_volume(case.reference, dataset="label")
     try:
         check_same_geometry(pred, ref)
@@ -407,8 +396,6 @@ def _stats(values: list[float]) -> dict[str, float | int]:
 def write_reports(evaluation: Evaluation, folder: str | Path, summary: dict[str, Any] | None = None) -> list[Path]:
     """Write per_case.csv, summary.json, summary.md and dice_hd95.png into `folder` (each atomically);
     `summary`: the evaluation's summary if already computed."""
-    from swinseg.io import atomic_output
-
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise SwinsegError(f"{folder}: report folder is a file")
@@ -436,9 +423,6 @@ def write_reports(evaluation: Evaluation, folder: str | Path, summary: dict[str,
 def write_worst_overlays(evaluation: Evaluation, images: str | Path, folder: str | Path, count: int = 3) -> list[Path]:
     """Overlay pictures (prediction | reference) of the `count` cases with the lowest mean Dice into
     `folder`/overlays/, the scans taken from `images` (a scan file, or a folder matched by case name)."""
-    from swinseg.io import case_name, find_images
-    from swinseg.overlay import overlay_files
-
     images = Path(images)
     scan_files = [images] if images.is_file() else find_images(images)
     scans = {case_name(path, strip_channel=True): path for path in scan_files}

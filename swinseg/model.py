@@ -13,6 +13,8 @@ alone and has no fusion Linear (``concat_back_dim.i`` is an Identity, as for the
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 from timm.layers import PatchEmbed, calculate_drop_path_rates, trunc_normal_
@@ -248,8 +250,6 @@ def _init_weights(module: nn.Module) -> None:
 
 def build_model(card_name_or_config: str | SwinUnetConfig, num_classes: int | None = None) -> SwinUnet:
     """A randomly initialised SwinUnet from a model card name / YAML path or a SwinUnetConfig."""
-    import dataclasses
-
     if isinstance(card_name_or_config, SwinUnetConfig):
         config = card_name_or_config
     else:

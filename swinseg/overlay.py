@@ -9,13 +9,17 @@ titles and legend.
 """
 from __future__ import annotations
 
+import colorsys
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from swinseg.config import read_dataset_labels
 from swinseg.errors import SwinsegError
+from swinseg.io import atomic_output, check_same_geometry, oriented_spacing, read_volume, to_orientation
 from swinseg.labels import label_map
+from swinseg.preprocess import nearest_indices, resize_array, scale_intensities
 
 PANEL_PX = 256  # width of one slice panel in pixels
 TITLE_PX = 22  # title band above each panel
@@ -38,8 +42,6 @@ PALETTE = np.array([
 def label_color(label: int) -> np.ndarray:
     """RGB in [0, 1] of a label id (>= 1); the same label has the same colour in every picture. Beyond the
     palette, hues step by the golden angle so that neighbouring ids differ."""
-    import colorsys
-
     if label <= len(PALETTE):
         return PALETTE[int(label) - 1]
     hue = (0.13 + 0.618034 * label) % 1.0
@@ -72,8 +74,6 @@ def _display_window(image: np.ndarray, window: tuple[float, float] | None) -> tu
 def _panel_rgb(image: np.ndarray, labels: np.ndarray, size: tuple[int, int], window: tuple[float, float]) -> np.ndarray:
     """One slice resized to `size` (height, width): windowed grey with the labels filled and outlined."""
     from skimage.segmentation import find_boundaries
-
-    from swinseg.preprocess import nearest_indices, resize_array, scale_intensities
 
     grey = scale_intensities(resize_array(image.astype(np.float32), size, order=1), *window)
     rows, cols = nearest_indices(labels.shape[0], size[0]), nearest_indices(labels.shape[1], size[1])
@@ -134,8 +134,6 @@ def render_overlay(
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
-    from swinseg.io import atomic_output
-
     image, labels = _as_volume(image, "image"), _as_volume(labels, "labels")
     masks = [labels] if reference is None else [labels, _as_volume(reference, "reference")]
     for mask in masks:
@@ -191,8 +189,6 @@ def render_overlay(
 
 def dataset_label_names(mask_path: str | Path) -> dict[int, str] | None:
     """Class names from an nnU-Net dataset.json next to the mask or one folder up (labelsTr/..), if any."""
-    from swinseg.config import read_dataset_labels
-
     mask_path = Path(mask_path).resolve()
     for folder in (mask_path.parent, mask_path.parent.parent):
         if (folder / "dataset.json").is_file():
@@ -218,8 +214,6 @@ def overlay_files(
     to LPS for the radiological view, and takes the spacing from the header. `class_names` default: an
     nnU-Net dataset.json beside the mask. `window="auto"`: -125..275 HU for CT-like scans (minimum below
     -500), the image's percentiles otherwise."""
-    from swinseg.io import check_same_geometry, oriented_spacing, read_volume, to_orientation
-
     if Path(out_png).suffix.lower() != ".png":
         raise SwinsegError(f"-o {out_png}: the overlay is a PNG picture; name it *.png")
     inputs = [p for p in (image_path, mask_path, reference_path) if p is not None]

@@ -23,14 +23,11 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from swinseg.errors import SwinsegError
-
-if TYPE_CHECKING:
-    from swinseg.io import Volume
+from swinseg.io import Volume, atomic_output, write_volume
 
 CLASSES = ("background", "liver", "spleen", "kidney_left", "kidney_right", "aorta")
 LIVER, SPLEEN, KIDNEY_LEFT, KIDNEY_RIGHT, AORTA = 1, 2, 3, 4, 5
@@ -375,8 +372,6 @@ def phantom_volume(array: np.ndarray, spacing: tuple[float, float, float], seed:
     """A Volume with a scanner-like header for a phantom array: LPS-aligned axes (identity ITK direction;
     a RAS NIfTI affine with negative x and y), spacing in (z, y, x), and an origin centred in-plane on the
     table with a seed-dependent table position along z."""
-    from swinseg.io import Volume
-
     nz, ny, nx = array.shape
     table = np.random.default_rng(seed).uniform(-700.0, -400.0)
     origin = (-(nx - 1) / 2 * spacing[2], -(ny - 1) / 2 * spacing[1] - 20.0, round(float(table), 1))
@@ -399,8 +394,6 @@ def write_phantom_dataset(
     Every file is written atomically; phantom cases left from an earlier, larger run are removed so the
     folder always holds exactly this dataset. `progress` is called with each case's name once written.
     """
-    from swinseg.io import atomic_output, write_volume
-
     shape, spacing = _check_geometry(shape, spacing)
     if n_cases < 1:
         raise SwinsegError(f"--cases must be at least 1, got {n_cases}")

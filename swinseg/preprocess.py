@@ -33,6 +33,7 @@ import numpy as np
 import scipy.ndimage
 import scipy.sparse
 
+from swinseg import io
 from swinseg.choices import PLANES
 from swinseg.config import AUTO, Preprocessing
 from swinseg.errors import SwinsegError
@@ -83,8 +84,6 @@ def prepare_volume(volume: Volume, prep: Preprocessing, plane: str | None = None
 
     2-D 8-bit images (PNG/JPEG) are display images: scaled from [0, 255] instead.
     """
-    from swinseg import io
-
     plane = (plane or prep.plane).lower()
     if plane not in PLANES:
         raise SwinsegError(f"--axis {plane!r}: expected one of {', '.join(PLANES)}")
