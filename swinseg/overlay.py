@@ -17,7 +17,7 @@ import numpy as np
 
 from swinseg.config import read_dataset_labels
 from swinseg.errors import SwinsegError
-from swinseg.io import atomic_output, check_same_geometry, oriented_spacing, read_volume, to_orientation
+from swinseg.io import Volume, atomic_output, check_same_geometry, oriented_spacing, read_volume, to_orientation
 from swinseg.labels import label_map
 from swinseg.preprocess import nearest_indices, resize_array, scale_intensities
 
@@ -221,6 +221,23 @@ def overlay_files(
         raise SwinsegError(f"-o {out_png}: is one of the inputs; refusing to overwrite it")
     image = read_volume(image_path)
     masks = [read_volume(mask_path)] + ([read_volume(reference_path)] if reference_path is not None else [])
+    if class_names is None:
+        class_names = dataset_label_names(mask_path)
+    return overlay_volumes(image, masks, out_png, class_names=class_names, window=window, n_slices=n_slices,
+                           title=title)
+
+
+def overlay_volumes(
+    image: Volume,
+    masks: Sequence[Volume],
+    out_png: str | Path,
+    *,
+    class_names: Sequence[str] | dict[int, str] | None = None,
+    window: tuple[float, float] | None | str = "auto",
+    n_slices: int = 8,
+    title: str | None = None,
+) -> Path:
+    """`overlay_files` for volumes in memory: a label map, optionally followed by its reference (same grid)."""
     for mask in masks:
         check_same_geometry(image, mask)
     if image.ndim == 3:
@@ -231,10 +248,8 @@ def overlay_files(
     arrays[1:] = [label_map(array, volume.name) for volume, array in zip(masks, arrays[1:])]
     if isinstance(window, str):
         window = (-125.0, 275.0) if float(arrays[0].min()) < -500 else None
-    if class_names is None:
-        class_names = dataset_label_names(mask_path)
     return render_overlay(
         arrays[0], arrays[1].astype(np.int64), out_png, class_names=class_names,
-        reference=arrays[2].astype(np.int64) if reference_path is not None else None,
+        reference=arrays[2].astype(np.int64) if len(arrays) > 2 else None,
         window=window, n_slices=n_slices, spacing=spacing, title=title,
     )

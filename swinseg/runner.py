@@ -3,6 +3,8 @@ are skipped), failures isolated per case, and the next case read (the previous o
 threads while the network runs."""
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -15,22 +17,27 @@ import numpy as np
 
 from swinseg import io
 from swinseg.errors import SwinsegError
+from swinseg.overlay import overlay_volumes
+from swinseg.statistics import class_statistics, write_statistics_json
 
 if TYPE_CHECKING:
+    from swinseg.config import ModelCard
     from swinseg.predict import Predictor, SliceProgress
     from swinseg.preprocess import PreparedVolume
 
 
 @dataclass(frozen=True)
 class Case:
-    """One input scan and where its mask (and optionally its probabilities) go."""
+    """One input scan and where its mask (and optionally its probabilities, statistics and preview) go."""
 
     input: Path
     output: Path
     probabilities: Path | None = None
+    statistics: Path | None = None
+    preview: Path | None = None
 
     def outputs(self) -> list[Path]:
-        return [self.output] + ([self.probabilities] if self.probabilities else [])
+        return [self.output] + [p for p in (self.probabilities, self.statistics, self.preview) if p is not None]
 
 
 @dataclass
@@ -44,6 +51,7 @@ class CaseResult:
     spacing: tuple[float, ...] = ()  # array order, mm
     seconds: float = 0.0
     voxels: dict[str, int] = field(default_factory=dict)  # foreground class name -> voxel count
+    statistics: list[dict[str, Any]] = field(default_factory=list)  # swinseg.statistics rows, with --statistics
     error: BaseException | None = field(default=None, repr=False, compare=False)  # why it failed (for --debug)
 
     @classmethod
@@ -99,18 +107,33 @@ def _output_name(source: Path) -> str:
     return io.case_name(source, strip_channel=True) + suffix
 
 
+def _stem(output: Path) -> tuple[str, str]:
+    """(name without its image suffix, the suffix) of a mask path."""
+    name = output.name
+    suffix = next((s for s in io.SUPPORTED_SUFFIXES if name.lower().endswith(s)), "")
+    return (name[: len(name) - len(suffix)] if suffix else name), suffix
+
+
 def probabilities_path(output: Path) -> Path:
     """`mask.nii.gz` -> `mask_probabilities.nii.gz` (NIfTI when the mask is a 2-D image format)."""
-    name = output.name
-    lower = name.lower()
-    suffix = next((s for s in io.SUPPORTED_SUFFIXES if lower.endswith(s)), "")
-    stem = name[: len(name) - len(suffix)] if suffix else name
+    stem, suffix = _stem(output)
     if suffix in io.IMAGE_2D_SUFFIXES or not suffix:
         suffix = ".nii.gz"
     return output.with_name(f"{stem}_probabilities{suffix}")
 
 
-def plan_cases(inputs: Sequence[str | Path], output: str | Path, *, probabilities: bool = False) -> list[Case]:
+def statistics_path(output: Path) -> Path:
+    """`mask.nii.gz` -> `mask_statistics.json`."""
+    return output.with_name(f"{_stem(output)[0]}_statistics.json")
+
+
+def preview_path(output: Path) -> Path:
+    """`mask.nii.gz` -> `mask_preview.png`."""
+    return output.with_name(f"{_stem(output)[0]}_preview.png")
+
+
+def plan_cases(inputs: Sequence[str | Path], output: str | Path, *, probabilities: bool = False,
+               statistics: bool = False, preview: bool = False) -> list[Case]:
     """Cases for input files, DICOM series folders and folders of scans.
 
     One input scan: `output` is the mask file, or a folder (existing, or written with a trailing slash).
@@ -153,8 +176,23 @@ def plan_cases(inputs: Sequence[str | Path], output: str | Path, *, probabilitie
         seen[target.resolve()] = source
         if target.resolve() == source.resolve():
             raise SwinsegError(f"{source}: the output would overwrite this input; choose another -o")
-        cases.append(Case(source, target, probabilities_path(target) if probabilities else None))
+        cases.append(Case(source, target, probabilities_path(target) if probabilities else None,
+                          statistics_path(target) if statistics else None, preview_path(target) if preview else None))
     return cases
+
+
+def statistics_table(results: Sequence[CaseResult]) -> dict[str, list[dict[str, Any]]]:
+    """Case name -> statistics rows of the cases that have them: computed in this run, or read from the JSON an
+    earlier run wrote (skipped cases)."""
+    table: dict[str, list[dict[str, Any]]] = {}
+    for result in results:
+        path = result.case.statistics
+        if result.status == "done" and path is not None:
+            table[io.case_name(result.case.output)] = result.statistics
+        elif result.status == "skipped" and path is not None and path.is_file():
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                table[io.case_name(result.case.output)] = json.loads(path.read_text(encoding="utf-8"))["classes"]
+    return table
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -236,7 +274,7 @@ def predict_cases(
                 continue
             if writing is not None:
                 yield writing.result()
-            writing = writer.submit(_write_case, result, loaded.volume, labels, probabilities)
+            writing = writer.submit(_write_case, result, loaded.volume, labels, probabilities, predictor.card)
         if writing is not None:
             yield writing.result()
 
@@ -273,13 +311,21 @@ def _predict_loaded(
 
 
 def _write_case(
-    result: CaseResult, volume: io.Volume, labels: np.ndarray, probabilities: np.ndarray | None
+    result: CaseResult, volume: io.Volume, labels: np.ndarray, probabilities: np.ndarray | None,
+    card: ModelCard,
 ) -> CaseResult:
+    """Write the case's outputs, the mask last (its presence marks the case as finished)."""
     began = time.perf_counter()
     case = result.case
     try:
         if probabilities is not None and case.probabilities is not None:
             io.write_volume(case.probabilities, probabilities, volume)
+        if case.statistics is not None:
+            result.statistics = class_statistics(volume, labels, card.classes)
+            write_statistics_json(case.statistics, io.case_name(case.output), result.statistics)
+        if case.preview is not None:
+            overlay_volumes(volume, [volume.with_array(labels)], case.preview, class_names=card.classes,
+                            title=f"{case.input.name}: {card.name} prediction")
         io.write_volume(case.output, labels, volume)
     except Exception as error:  # noqa: BLE001
         return CaseResult.failed(case, error)

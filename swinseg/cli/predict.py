@@ -44,6 +44,12 @@ def predict(
     save_probabilities: bool = typer.Option(
         False, "--save-probabilities", help="Also write softmax probabilities per class: <mask>_probabilities."
     ),
+    statistics: bool = typer.Option(
+        False, "--statistics",
+        help="Also write <mask>_statistics.json per case (volume ml, intensities under the mask, centroid, bounding "
+        "box, border contact), and statistics.csv for an output folder.",
+    ),
+    preview: bool = typer.Option(False, "--preview", help="Also write <mask>_preview.png: the mask over the scan."),
     keep_largest: bool = typer.Option(
         False, "--keep-largest", help="Keep only the largest 3-D connected component of each class."
     ),
@@ -83,6 +89,7 @@ def predict(
     from swinseg.device import precision_name, rank_device, torchrun_rank
     from swinseg.errors import SwinsegError
     from swinseg.postprocess import parse_classes
+    from swinseg.statistics import write_statistics_csv
 
     if protocol is Protocol.reference and batch_size not in (None, 1):
         raise SwinsegError("--protocol reference predicts one slice per pass; drop --batch-size")
@@ -95,7 +102,8 @@ def predict(
             raise SwinsegError("--shard is set by torchrun (RANK/WORLD_SIZE) already; drop --shard")
         shard_of = (rank[0], rank[1])
         device = rank_device(device, rank[2])
-    cases = runner.plan_cases(inputs, output, probabilities=save_probabilities)
+    cases = runner.plan_cases(inputs, output, probabilities=save_probabilities, statistics=statistics,
+                              preview=preview)
     if shard_of is not None:
         cases = runner.shard_cases(cases, *shard_of)
     show = _Reporter(quiet=quiet, as_json=as_json, rank=rank[0] if rank else None)
@@ -127,9 +135,17 @@ def predict(
                                     on_slices=progress.slices_done)
         else:
             run = (runner.CaseResult.skipped(case) for case in cases)
+        results = []
         for result in run:
             progress.case_done()
             show.result(result)
+            results.append(result)
+    if statistics and shard_of is None and (len(cases) > 1 or Path(output).is_dir()):
+        table = runner.statistics_table(results)
+        if table:
+            csv_path = cases[0].output.parent / "statistics.csv"
+            write_statistics_csv(csv_path, table)
+            show.note(f"statistics of {len(table)} case(s): {csv_path}")
     show.summary()
     if show.counts["failed"]:
         raise typer.Exit(1)
