@@ -6,6 +6,7 @@ PLANES = ("axial", "coronal", "sagittal")  # slicing planes (the card's `plane`,
 PROTOCOLS = ("fast", "reference")  # predict --protocol
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")  # --precision
 EVALUATION_PROTOCOLS = ("synapse-paper",)  # evaluate --protocol
+OUTPUT_TYPES = ("auto", "dicom-seg")  # predict --output-type: auto = NIfTI (PNG for 2-D images), or DICOM SEG
 
 HD95_DEFINITIONS = {  # evaluate --hd95
     "medpy": "95th percentile (numpy linear interpolation) of the pooled surface distances of both directions "

@@ -59,6 +59,7 @@ class Volume:
     path: Path | None = None
     normalized: bool = False
     spacing_known: bool = True  # False: read as 1 mm for want of a spacing (2-D images, h5 without one)
+    source_files: tuple[str, ...] = field(default=(), repr=False, compare=False)  # DICOM: file of each slice
     _nifti_header: Any = field(default=None, repr=False, compare=False)
 
     @property
@@ -413,7 +414,7 @@ def _read_dicom_series(folder: Path, series: str | None, channel: int | None) ->
         image = reader.Execute()
     except Exception as error:
         raise _unreadable(folder, _itk_reason(error)) from error
-    return _volume_from_sitk(image, folder, channel, kind="dicom")
+    return dataclasses.replace(_volume_from_sitk(image, folder, channel, kind="dicom"), source_files=chosen.files)
 
 
 def _check_unlisted_dicom_files(folder: Path, available: list[DicomSeries]) -> None:

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from swinseg import io
+from swinseg import dicom_seg, io
+from swinseg.choices import OUTPUT_TYPES
 from swinseg.errors import SwinsegError
 from swinseg.overlay import overlay_volumes
 from swinseg.statistics import class_statistics, write_statistics_json
@@ -101,23 +102,26 @@ class RunOptions:
     overwrite: bool = False
 
 
-def _output_name(source: Path) -> str:
-    """Case name (nnU-Net `_0000` stripped) + .nii.gz, or .png for 2-D image inputs."""
-    suffix = ".png" if source.name.lower().endswith(io.IMAGE_2D_SUFFIXES) else ".nii.gz"
+def _output_name(source: Path, output_type: str) -> str:
+    """Case name (nnU-Net `_0000` stripped) + .nii.gz (.png for 2-D image inputs), or .dcm for DICOM SEG."""
+    if output_type == "dicom-seg":
+        suffix = dicom_seg.SUFFIX
+    else:
+        suffix = ".png" if source.name.lower().endswith(io.IMAGE_2D_SUFFIXES) else ".nii.gz"
     return io.case_name(source, strip_channel=True) + suffix
 
 
 def _stem(output: Path) -> tuple[str, str]:
     """(name without its image suffix, the suffix) of a mask path."""
     name = output.name
-    suffix = next((s for s in io.SUPPORTED_SUFFIXES if name.lower().endswith(s)), "")
+    suffix = next((s for s in (*io.SUPPORTED_SUFFIXES, dicom_seg.SUFFIX) if name.lower().endswith(s)), "")
     return (name[: len(name) - len(suffix)] if suffix else name), suffix
 
 
 def probabilities_path(output: Path) -> Path:
     """`mask.nii.gz` -> `mask_probabilities.nii.gz` (NIfTI when the mask is a 2-D image format)."""
     stem, suffix = _stem(output)
-    if suffix in io.IMAGE_2D_SUFFIXES or not suffix:
+    if suffix in (*io.IMAGE_2D_SUFFIXES, dicom_seg.SUFFIX) or not suffix:
         suffix = ".nii.gz"
     return output.with_name(f"{stem}_probabilities{suffix}")
 
@@ -133,7 +137,7 @@ def preview_path(output: Path) -> Path:
 
 
 def plan_cases(inputs: Sequence[str | Path], output: str | Path, *, probabilities: bool = False,
-               statistics: bool = False, preview: bool = False) -> list[Case]:
+               statistics: bool = False, preview: bool = False, output_type: str = "auto") -> list[Case]:
     """Cases for input files, DICOM series folders and folders of scans.
 
     One input scan: `output` is the mask file, or a folder (existing, or written with a trailing slash).
@@ -159,7 +163,9 @@ def plan_cases(inputs: Sequence[str | Path], output: str | Path, *, probabilitie
             sources.extend(found)
         else:
             sources.append(item)
-    has_image_suffix = output_text.lower().endswith(io.SUPPORTED_SUFFIXES)
+    if output_type not in OUTPUT_TYPES:
+        raise SwinsegError(f"--output-type {output_type!r}: expected one of {', '.join(OUTPUT_TYPES)}")
+    has_image_suffix = output_text.lower().endswith((*io.SUPPORTED_SUFFIXES, dicom_seg.SUFFIX))
     to_folder = folder_mode or output.is_dir() or output_text.endswith(("/", os.sep)) or not has_image_suffix
     if to_folder and output.exists() and not output.is_dir():
         raise SwinsegError(f"-o {output}: is a file, but {len(sources)} case(s) need an output folder")
@@ -170,10 +176,13 @@ def plan_cases(inputs: Sequence[str | Path], output: str | Path, *, probabilitie
     cases: list[Case] = []
     seen: dict[Path, Path] = {}
     for source in sources:
-        target = output / _output_name(source) if to_folder else output
+        target = output / _output_name(source, output_type) if to_folder else output
         if target.resolve() in seen:
             raise SwinsegError(f"{seen[target.resolve()]} and {source} would both write {target}; rename one")
         seen[target.resolve()] = source
+        if target.name.lower().endswith(dicom_seg.SUFFIX) and not source.is_dir():
+            raise SwinsegError(f"{source}: a DICOM SEG references its source DICOM series, and this input is not "
+                               "one; write .nii.gz (or another image format) for it")
         if target.resolve() == source.resolve():
             raise SwinsegError(f"{source}: the output would overwrite this input; choose another -o")
         cases.append(Case(source, target, probabilities_path(target) if probabilities else None,
@@ -326,7 +335,10 @@ def _write_case(
         if case.preview is not None:
             overlay_volumes(volume, [volume.with_array(labels)], case.preview, class_names=card.classes,
                             title=f"{case.input.name}: {card.name} prediction")
-        io.write_volume(case.output, labels, volume)
+        if case.output.name.lower().endswith(dicom_seg.SUFFIX):
+            dicom_seg.write_dicom_seg(case.output, labels, volume, card)
+        else:
+            io.write_volume(case.output, labels, volume)
     except Exception as error:  # noqa: BLE001
         return CaseResult.failed(case, error)
     result.seconds += time.perf_counter() - began

@@ -11,12 +11,13 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from swinseg.choices import PLANES, PRECISIONS, PROTOCOLS
+from swinseg.choices import OUTPUT_TYPES, PLANES, PRECISIONS, PROTOCOLS
 from swinseg.cli._common import choice_type, cli_errors, err, out, state
 
 Plane = choice_type("Plane", PLANES)
 Protocol = choice_type("Protocol", PROTOCOLS)
 Precision = choice_type("Precision", PRECISIONS)
+OutputType = choice_type("OutputType", OUTPUT_TYPES)
 
 
 def register(app: typer.Typer) -> None:
@@ -43,6 +44,11 @@ def predict(
     tta: bool = typer.Option(False, "--tta", help="Average the softmax over flips (4 passes per slice)."),
     save_probabilities: bool = typer.Option(
         False, "--save-probabilities", help="Also write softmax probabilities per class: <mask>_probabilities."
+    ),
+    output_type: OutputType = typer.Option(
+        OutputType.auto, "--output-type",
+        help="Mask format for an output folder: auto (NIfTI; PNG for 2-D images) or dicom-seg (DICOM series "
+        "inputs; a single -o mask.dcm does the same).",
     ),
     statistics: bool = typer.Option(
         False, "--statistics",
@@ -103,7 +109,7 @@ def predict(
         shard_of = (rank[0], rank[1])
         device = rank_device(device, rank[2])
     cases = runner.plan_cases(inputs, output, probabilities=save_probabilities, statistics=statistics,
-                              preview=preview)
+                              preview=preview, output_type=output_type.value)
     if shard_of is not None:
         cases = runner.shard_cases(cases, *shard_of)
     show = _Reporter(quiet=quiet, as_json=as_json, rank=rank[0] if rank else None)

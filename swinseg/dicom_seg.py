@@ -1,0 +1,84 @@
+"""DICOM SEG output: a predicted label map as a Segmentation object that references its source DICOM series
+(study, frame of reference, one frame per source slice), ready for PACS and viewers (OHIF, 3D Slicer).
+
+Segments are the card's foreground classes (segment number = label id), coded with SNOMED CT where the class is
+a known organ (otherwise generic "Tissue"), coloured as swinseg's overlays, with swinseg as the algorithm.
+highdicom and pydicom are imported only when a SEG is written."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from swinseg import __version__
+from swinseg.config import ModelCard
+from swinseg.errors import SwinsegError
+from swinseg.io import Volume, atomic_output
+from swinseg.overlay import label_color
+
+SUFFIX = ".dcm"
+# class name -> the attribute of pydicom's SNOMED CT code dictionary (codes.SCT) for it
+ORGAN_CODES = {
+    "liver": "Liver", "spleen": "Spleen", "kidney_left": "Kidney", "kidney_right": "Kidney", "kidney": "Kidney",
+    "aorta": "Aorta", "gallbladder": "Gallbladder", "pancreas": "Pancreas", "stomach": "Stomach",
+    "colon": "Colon", "esophagus": "Esophagus", "duodenum": "Duodenum", "heart": "Heart", "lung": "Lung",
+    "inferior_vena_cava": "InferiorVenaCava", "portal_vein": "PortalVein", "adrenal_gland": "AdrenalGland",
+}
+
+
+def _hd() -> Any:
+    try:
+        import highdicom
+    except ImportError as error:
+        raise SwinsegError("DICOM SEG output needs highdicom: pip install 'swinseg[dicom]'") from error
+    return highdicom
+
+
+def segment_descriptions(card: ModelCard) -> list[Any]:
+    """One highdicom SegmentDescription per foreground class of the card (segment number = label id)."""
+    hd = _hd()
+    from pydicom.sr.codedict import codes
+
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name="swinseg", version=__version__, family=codes.cid7162.ArtificialIntelligence,
+        parameters={"model": card.name},
+    )
+    descriptions = []
+    for label, name in enumerate(card.classes[1:], start=1):
+        organ = ORGAN_CODES.get(name.lower())
+        category = codes.SCT.AnatomicalStructure if organ else codes.SCT.Tissue
+        kind = getattr(codes.SCT, organ) if organ else codes.SCT.Tissue
+        red, green, blue = (float(v) * 255.0 for v in label_color(label))
+        descriptions.append(hd.seg.SegmentDescription(
+            segment_number=label, segment_label=name, segmented_property_category=category,
+            segmented_property_type=kind, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm, display_color=hd.color.CIELabColor.from_rgb(red, green, blue),
+        ))
+    return descriptions
+
+
+def write_dicom_seg(path: str | Path, labels: np.ndarray, volume: Volume, card: ModelCard) -> None:
+    """Write `labels` (the volume's array order) as a DICOM SEG referencing the series `volume` was read from."""
+    if not volume.source_files:
+        where = volume.path if volume.path is not None else "the input"
+        raise SwinsegError(f"{where}: not a DICOM series; a DICOM SEG references its source images, so write "
+                           "NIfTI/NRRD for this input")
+    if labels.max(initial=0) >= len(card.classes):
+        raise SwinsegError(f"label {int(labels.max())} beyond the card's {len(card.classes)} classes")
+    hd = _hd()
+    import pydicom
+
+    sources = [pydicom.dcmread(file, stop_before_pixels=True) for file in volume.source_files]
+    try:
+        seg = hd.seg.Segmentation(
+            source_images=sources, pixel_array=np.ascontiguousarray(labels, dtype=np.uint8),
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=segment_descriptions(card),
+            series_instance_uid=hd.UID(), series_number=9901, sop_instance_uid=hd.UID(), instance_number=1,
+            manufacturer="swinseg", manufacturer_model_name=card.name, software_versions=__version__,
+            device_serial_number="1", series_description=f"swinseg {card.name}", omit_empty_frames=False,
+        )
+    except (ValueError, AttributeError, TypeError) as error:
+        raise SwinsegError(f"{volume.path}: cannot build a DICOM SEG on this series ({error})") from error
+    with atomic_output(path) as tmp:
+        seg.save_as(tmp)

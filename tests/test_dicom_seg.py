@@ -1,0 +1,70 @@
+"""DICOM SEG output: predict a DICOM series to a Segmentation object that reads back, frame by frame on the
+source images, exactly as the NIfTI mask of the same run."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import highdicom as hd
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+from shared_files import EXAMPLE_CT
+from test_inputs import dicom_series
+from typer.testing import CliRunner
+
+from swinseg.cli import app
+from swinseg.config import load_card
+from swinseg.io import read_volume
+
+
+@pytest.fixture(scope="module")
+def series(tmp_path_factory) -> Path:
+    """12 slices of the real CT (random HU where ../shared is absent) as a CT DICOM series."""
+    if EXAMPLE_CT.exists():
+        ct = sitk.GetArrayFromImage(sitk.ReadImage(str(EXAMPLE_CT)))[60:72].astype(np.int16)
+    else:
+        ct = np.random.default_rng(0).integers(-1000, 1000, (12, 40, 48)).astype(np.int16)
+    folder = tmp_path_factory.mktemp("dicom") / "patient"
+    dicom_series(folder, ct)
+    return folder
+
+
+def test_seg_reads_back_as_the_nifti_mask(series, checkpoint, tmp_path):
+    nifti, seg_path = tmp_path / "mask.nii.gz", tmp_path / "mask.dcm"
+    for out in (nifti, seg_path):
+        result = CliRunner().invoke(app, ["predict", str(series), "-c", str(checkpoint), "-o", str(out)])
+        assert result.exit_code == 0, result.output
+    mask = np.asarray(nib.load(nifti).dataobj).T  # (z, y, x) as the series' slices
+    volume = read_volume(series)
+    seg = hd.seg.segread(seg_path)
+    uids = [pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in volume.source_files]
+    frames = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, combine_segments=True)
+    np.testing.assert_array_equal(frames, mask)
+    assert mask.any()
+    card = load_card("swin_unet_test")
+    names = [seg.get_segment_description(k).segment_label for k in seg.segment_numbers]
+    assert names == list(card.classes[1:])
+    liver = seg.get_segment_description(card.classes.index("liver"))
+    assert liver.segmented_property_type.value == "10200004"  # SNOMED CT liver
+    source = pydicom.dcmread(volume.source_files[0], stop_before_pixels=True)
+    assert seg.StudyInstanceUID == source.StudyInstanceUID
+    assert seg.FrameOfReferenceUID == source.FrameOfReferenceUID
+    assert seg.ManufacturerModelName == card.name
+
+
+def test_seg_of_a_nifti_input_is_refused_before_predicting(checkpoint, tmp_path):
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 2), np.int16), np.eye(4)), tmp_path / "scan.nii.gz")
+    result = CliRunner().invoke(app, ["predict", str(tmp_path / "scan.nii.gz"), "-c", str(checkpoint),
+                                      "-o", str(tmp_path / "mask.dcm")])
+    assert result.exit_code == 1
+    assert "scan.nii.gz: a DICOM SEG references its source DICOM series" in result.stderr
+    assert not (tmp_path / "mask.dcm").exists()
+
+
+def test_output_type_names_seg_files_in_a_folder(series, checkpoint, tmp_path):
+    result = CliRunner().invoke(app, ["predict", str(series.parent), "-c", str(checkpoint), "-o",
+                                      str(tmp_path / "out"), "--output-type", "dicom-seg"])
+    assert result.exit_code == 0, result.output
+    assert hd.seg.segread(tmp_path / "out" / "patient.dcm").NumberOfFrames > 0
