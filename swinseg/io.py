@@ -40,6 +40,7 @@ _DETACHED_HEADER_SUFFIXES = (".mhd", ".nhdr")  # header + separate data file
 _LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])
 _LUMINANCE = (0.299, 0.587, 0.114)  # ITU-R BT.601, as PIL's "L" mode
 _AXIS_LETTERS = ("LR", "PA", "SI")  # physical axis -> (letter for +, letter for -) in LPS
+MAX_SERIES_DEPTH = 4  # patient/study/series/... folders searched below a folder given to predict
 
 
 @dataclass
@@ -757,8 +758,9 @@ def case_name(path: str | Path, *, strip_channel: bool = False) -> str:
 
 
 def find_images(folder: str | Path) -> list[Path]:
-    """Supported image files directly in `folder`, plus its sub-folders that hold a DICOM series (one entry
-    each; `folder` itself if it holds one), sorted by name. Hidden files (e.g. temp outputs) are skipped."""
+    """Supported image files directly in `folder`, plus the folders below it that hold a DICOM series (one entry
+    each, found up to MAX_SERIES_DEPTH levels down, as in patient/study/series trees; `folder` itself if it holds
+    one), sorted by name. Hidden files and folders (e.g. temp outputs) are skipped."""
     folder = Path(folder)
     if not folder.is_dir():
         raise SwinsegError(f"{folder}: not a folder")
@@ -768,11 +770,21 @@ def find_images(folder: str | Path) -> list[Path]:
             continue
         if entry.is_file() and _suffix(entry) in READABLE_SUFFIXES:
             found.append(entry)
-        elif entry.is_dir() and _has_dicom_series(entry):
-            found.append(entry)
+        elif entry.is_dir():
+            found.extend(_series_folders(entry, MAX_SERIES_DEPTH))
     if not found and _has_dicom_series(folder):
         found.append(folder)
     return found
+
+
+def _series_folders(folder: Path, depth: int) -> list[Path]:
+    """`folder` if it holds a DICOM series, else the series folders nested in it (up to `depth` levels)."""
+    if _has_dicom_series(folder):
+        return [folder]
+    if depth <= 1:
+        return []
+    nested = [entry for entry in sorted(folder.iterdir()) if entry.is_dir() and not entry.name.startswith(".")]
+    return [found for entry in nested for found in _series_folders(entry, depth - 1)]
 
 
 def _has_dicom_series(folder: Path) -> bool:

@@ -167,3 +167,14 @@ def test_debug_shows_the_cause_of_a_failed_case(tmp_path, checkpoint):
                                       "-o", str(tmp_path / "m.nii.gz")])
     assert result.exit_code != 0
     assert "Traceback" in result.stderr and "file not found" in result.stderr
+
+
+def test_nested_series_folders_are_found(tmp_path, ct_slab):
+    from swinseg.io import find_images
+
+    dicom_series(tmp_path / "patient1" / "study" / "ct_venous", ct_slab[:3], uid="1.2.826.0.1.3680043.2.1125.31")
+    dicom_series(tmp_path / "patient2" / "ct", ct_slab[:4], uid="1.2.826.0.1.3680043.2.1125.32")
+    (tmp_path / "notes").mkdir()
+    found = find_images(tmp_path)
+    assert found == [tmp_path / "patient1" / "study" / "ct_venous", tmp_path / "patient2" / "ct"]
+    assert [read_volume(path).array.shape[0] for path in found] == [3, 4]
