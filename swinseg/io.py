@@ -198,6 +198,7 @@ def _read_nifti(path: Path, channel: int | None) -> Volume:
     except Exception as error:  # nibabel/gzip/zlib raise many types for bad files
         raise _unreadable(path, error) from error
     header = image.header
+    _check_qform_sform(path, header)
     if np.iscomplexobj(data):
         raise SwinsegError(f"{path}: complex-valued image ({data.dtype}); save its magnitude as a real-valued image")
     data = _select_nifti_channel(path, data, channel)
@@ -240,6 +241,24 @@ def _read_h5(path: Path, dataset: str) -> Volume:
         normalized=dataset == "image" and array.dtype.kind == "f" and bool(array.min() >= 0 and array.max() <= 1),
         spacing_known=spacing_known,
     )
+
+
+def _check_qform_sform(path: Path, header: Any) -> None:
+    """Refuse a header whose qform and sform are both set but place the voxels differently: nibabel (and this
+    reader) would take the sform, ITK, 3D Slicer and ITK-SNAP may take the qform, so masks written as NRRD/MHA
+    or viewed there would sit elsewhere than on the scan."""
+    qform, qcode = header.get_qform(coded=True)
+    sform, scode = header.get_sform(coded=True)
+    if qform is None or sform is None or not qcode or not scode:
+        return
+    corners = np.array([[i, j, k, 1.0] for i in (0, 1) for j in (0, 1) for k in (0, 1)]) * np.r_[
+        np.maximum(np.asarray(header.get_data_shape()[:3], dtype=float) - 1, 1), 1.0]
+    moved = float(np.abs(corners @ (qform - sform).T)[:, :3].max())
+    if moved > 1e-3:
+        raise SwinsegError(
+            f"{path}: the NIfTI qform (code {int(qcode)}) and sform (code {int(scode)}) disagree by up to "
+            f"{moved:.3g} mm at the volume's corners; viewers and ITK may use the qform, nibabel the sform. Make "
+            "them agree (e.g. nibabel: img.set_qform(img.get_sform(), code=1)) with the one you trust")
 
 
 def _nifti_header_size(raw: bytes) -> int:

@@ -178,3 +178,22 @@ def test_nested_series_folders_are_found(tmp_path, ct_slab):
     found = find_images(tmp_path)
     assert found == [tmp_path / "patient1" / "study" / "ct_venous", tmp_path / "patient2" / "ct"]
     assert [read_volume(path).array.shape[0] for path in found] == [3, 4]
+
+
+def test_nifti_whose_qform_and_sform_disagree_is_refused(tmp_path):
+    affine = np.diag([0.8, 0.8, 2.0, 1.0])
+    affine[:3, 3] = (-100.0, 50.0, 20.0)
+    image = nib.Nifti1Image(np.zeros((6, 5, 3), np.int16), affine)
+    image.set_qform(affine, code=1)
+    shifted = affine.copy()
+    shifted[0, 3] += 4.0  # sform says 4 mm further right
+    image.set_sform(shifted, code=2)
+    nib.save(image, tmp_path / "disagree.nii.gz")
+    with pytest.raises(SwinsegError, match=r"disagree\.nii\.gz: the NIfTI qform \(code 1\) and sform \(code 2\) "
+                                           r"disagree by up to 4 mm"):
+        read_volume(tmp_path / "disagree.nii.gz")
+    image.set_sform(affine, code=2)  # both set and agreeing: read, and exactly where ITK puts it
+    nib.save(image, tmp_path / "agree.nii.gz")
+    volume, itk_image = read_volume(tmp_path / "agree.nii.gz"), sitk.ReadImage(str(tmp_path / "agree.nii.gz"))
+    np.testing.assert_allclose(volume.origin, itk_image.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(volume.direction, itk_image.GetDirection(), atol=1e-6)
