@@ -103,3 +103,23 @@ def test_multi_gpu_on_two_cpu_processes(tmp_path):
                 PREDICT_ARGS="--device cpu")
     assert sorted(p.name for p in (tmp_path / "run" / "predictions").iterdir()) == [
         f"phantom_00{i}.nii.gz" for i in range(3)]
+
+
+def test_into_pacs(tmp_path, checkpoint):
+    import highdicom as hd
+    import SimpleITK as sitk
+    from shared_files import EXAMPLE_CT
+    from test_inputs import dicom_series
+
+    if EXAMPLE_CT.exists():
+        ct = sitk.GetArrayFromImage(sitk.ReadImage(str(EXAMPLE_CT)))[60:68].astype(np.int16)
+    else:
+        ct = np.random.default_rng(0).integers(-1000, 1000, (8, 48, 48)).astype(np.int16)
+    dicom_series(tmp_path / "incoming" / "patient42" / "ct", ct, spacing=3.0, pixel_mm=3.0)
+    run_example("into_pacs", tmp_path, SERIES=str(tmp_path / "incoming"), CHECKPOINT=str(checkpoint),
+                OUT=str(tmp_path / "pacs_out"))
+    out = tmp_path / "pacs_out"
+    seg = hd.seg.segread(out / "ct.dcm")
+    assert seg.Modality == "SEG" and len(seg.segment_numbers) == 5
+    assert json.loads((out / "ct_statistics.json").read_text(encoding="utf-8"))["case"] == "ct"
+    assert (out / "ct_preview.png").read_bytes()[:4] == b"\x89PNG" and (out / "statistics.csv").is_file()
