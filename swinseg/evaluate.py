@@ -47,8 +47,11 @@ class Settings:
     voxel_units: bool = False
     resample_to_reference: bool = False
     protocol: str | None = None
+    nsd_tolerance: float | None = None  # normalised surface Dice at this tolerance (mm, or voxels); None: no NSD
 
     def __post_init__(self) -> None:
+        if self.nsd_tolerance is not None and not self.nsd_tolerance >= 0:
+            raise SwinsegError(f"--nsd {self.nsd_tolerance}: the tolerance must be >= 0")
         for value, choices, option in (
             (self.hd95, metrics.HD95_DEFINITIONS, "--hd95"),
             (self.empty, metrics.EMPTY_POLICIES, "--empty"),
@@ -59,6 +62,11 @@ class Settings:
     @property
     def unit(self) -> str:
         return "voxels" if self.voxel_units else "mm"
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """The per-case metrics these settings compute (METRICS, and "nsd" with a tolerance)."""
+        return METRICS + (("nsd",) if self.nsd_tolerance is not None else ())
 
     @classmethod
     def synapse_paper(cls, resample_to_reference: bool = False) -> Settings:
@@ -119,6 +127,8 @@ class Evaluation:
                     "pred_voxels": score.pred_voxels, "ref_voxels": score.ref_voxels, "flag": score.flag,
                     "prediction": str(result.case.prediction), "reference": str(result.case.reference),
                 })  # fmt: skip
+                if self.settings.nsd_tolerance is not None:
+                    rows[-1]["nsd"] = score.nsd
         return rows
 
     def summary(self, worst: int = 5) -> dict[str, Any]:
@@ -128,12 +138,12 @@ class Evaluation:
         for label, name in self.labels.items():
             mine = [row for row in rows if row["label"] == label]
             entry: dict[str, Any] = {"name": name}
-            entry.update({metric: _stats([row[metric] for row in mine]) for metric in METRICS})
+            entry.update({metric: _stats([row[metric] for row in mine]) for metric in self.settings.metrics})
             entry["flags"] = {flag: sum(row["flag"] == flag for row in mine) for flag in FLAGS}
             per_class[str(label)] = entry
         over_classes = {
             metric: _mean([per_class[str(label)][metric]["mean"] for label in self.labels])
-            for metric in ("dice", "iou", "hd95", "assd")
+            for metric in ("dice", "iou", "hd95", "assd", *self.settings.metrics[len(METRICS):])
         }
         return {
             "swinseg_version": __version__,
@@ -158,7 +168,12 @@ class Evaluation:
 
     def definitions(self) -> dict[str, str]:
         unit = self.settings.unit
-        return {
+        nsd = {} if self.settings.nsd_tolerance is None else {
+            "nsd": f"normalised surface Dice at {self.settings.nsd_tolerance:g} {unit}: share of both masks' surface "
+                   "voxels within the tolerance of the other surface (MONAI compute_surface_dice, voxel surfaces); "
+                   "empty masks as Dice",
+        }
+        return nsd | {
             "dice": "2|P∩R| / (|P|+|R|) (medpy.metric.binary.dc)",
             "iou": "|P∩R| / |P∪R| (medpy.metric.binary.jc)",
             "hd95": self.settings.hd95,
@@ -284,7 +299,8 @@ def evaluate_case(case: CasePair, labels: Sequence[int] | None, settings: Settin
     pred_labels = label_map(pred.array, case.prediction)
     ref_labels = label_map(ref.array, case.reference)
     spacing = None if settings.voxel_units else ref.spacing
-    scores = metrics.score_labels(pred_labels, ref_labels, labels, spacing, hd95=settings.hd95, empty=settings.empty)
+    scores = metrics.score_labels(pred_labels, ref_labels, labels, spacing, hd95=settings.hd95, empty=settings.empty,
+                                  nsd_tolerance=settings.nsd_tolerance)
     voxel_ml = metrics.volume_ml(1, ref.spacing) if ref.ndim == 3 else math.nan  # a 2-D image has no volume
     return PairScores(case, scores, voxel_ml)
 
@@ -404,9 +420,11 @@ def write_reports(evaluation: Evaluation, folder: str | Path, summary: dict[str,
     written = []
     with atomic_output(folder / "per_case.csv") as tmp:
         with open(tmp, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
+            columns = CSV_COLUMNS if evaluation.settings.nsd_tolerance is None else (
+                *CSV_COLUMNS[:CSV_COLUMNS.index("assd") + 1], "nsd", *CSV_COLUMNS[CSV_COLUMNS.index("assd") + 1:])
+            writer = csv.DictWriter(handle, fieldnames=columns)
             writer.writeheader()
-            writer.writerows({key: _csv_value(row[key]) for key in CSV_COLUMNS} for row in rows)
+            writer.writerows({key: _csv_value(row[key]) for key in columns} for row in rows)
     written.append(folder / "per_case.csv")
     with atomic_output(folder / "summary.json") as tmp:
         tmp.write_text(json.dumps(json_safe(summary), indent=2, allow_nan=False) + "\n", encoding="utf-8")

@@ -36,6 +36,7 @@ class Scores:
     pred_voxels: int
     ref_voxels: int
     flag: str = ""
+    nsd: float = math.nan  # normalised surface Dice at the tolerance asked for (NaN when none was)
 
     def to_dict(self) -> dict[str, float | int | str]:
         return asdict(self)
@@ -106,8 +107,10 @@ def score_masks(
     hd95: str = "medpy",
     empty: str = "worst",
     worst_distance: float | None = None,
+    nsd_tolerance: float | None = None,
 ) -> Scores:
-    """Dice, IoU, HD95 (definition `hd95`), ASSD and voxel counts of one binary class.
+    """Dice, IoU, HD95 (definition `hd95`), ASSD and voxel counts of one binary class, and with
+    `nsd_tolerance` (in the unit of `spacing`) the normalised surface Dice (see `nsd`).
 
     `empty` names the policy for empty masks (see EMPTY_POLICIES); `worst_distance` defaults to the
     image diagonal in the unit of `spacing`.
@@ -117,9 +120,9 @@ def score_masks(
     if worst_distance is None:
         worst_distance = image_diagonal(p.shape, None if spacing is None else _sampling(spacing, p.ndim))
     if box_p is None or box_r is None:
-        return empty_scores(np.count_nonzero(p), np.count_nonzero(r), empty, worst_distance)
+        return empty_scores(np.count_nonzero(p), np.count_nonzero(r), empty, worst_distance, nsd_tolerance)
     box = _union_box(box_p, box_r, p.shape)
-    return _score_crop(p[box], r[box], _sampling(spacing, p.ndim), hd95)
+    return _score_crop(p[box], r[box], _sampling(spacing, p.ndim), hd95, nsd_tolerance)
 
 
 def score_labels(
@@ -131,6 +134,7 @@ def score_labels(
     hd95: str = "medpy",
     empty: str = "worst",
     worst_distance: float | None = None,
+    nsd_tolerance: float | None = None,
 ) -> dict[int, Scores]:
     """Scores of each label id in `labels` (None: every non-zero label present in either map) between two
     label maps of the same shape.
@@ -154,16 +158,17 @@ def score_labels(
         if box_p is None or box_r is None:
             n_pred = np.count_nonzero(pred[box_p] == label) if box_p else 0
             n_ref = np.count_nonzero(ref[box_r] == label) if box_r else 0
-            scores[int(label)] = empty_scores(n_pred, n_ref, empty, worst_distance)
+            scores[int(label)] = empty_scores(n_pred, n_ref, empty, worst_distance, nsd_tolerance)
             continue
         box = _union_box(box_p, box_r, ref.shape)
-        scores[int(label)] = _score_crop(pred[box] == label, ref[box] == label, sampling, hd95)
+        scores[int(label)] = _score_crop(pred[box] == label, ref[box] == label, sampling, hd95, nsd_tolerance)
     return scores
 
 
-def empty_scores(n_pred: int, n_ref: int, policy: str, worst_distance: float) -> Scores:
+def empty_scores(n_pred: int, n_ref: int, policy: str, worst_distance: float,
+                 nsd_tolerance: float | None = None) -> Scores:
     """Scores when at least one mask is empty, by policy (see EMPTY_POLICIES); `worst_distance` is used by
-    the "worst" policy when exactly one mask is empty."""
+    the "worst" policy when exactly one mask is empty. NSD (when a tolerance is given) follows Dice."""
     _check_choice(policy, EMPTY_POLICIES, "empty")
     flag = "both_empty" if not (n_pred or n_ref) else ("pred_empty" if not n_pred else "ref_empty")
     nan = float("nan")
@@ -173,13 +178,16 @@ def empty_scores(n_pred: int, n_ref: int, policy: str, worst_distance: float) ->
         values = (nan, nan, nan, nan) if flag == "both_empty" else (0.0, 0.0, nan, nan)
     else:  # paper
         values = (1.0, 1.0, 0.0, 0.0) if flag == "ref_empty" else (0.0, 0.0, 0.0, 0.0)
-    return Scores(*(float(v) for v in values), pred_voxels=int(n_pred), ref_voxels=int(n_ref), flag=flag)
+    nsd = values[0] if nsd_tolerance is not None else nan
+    return Scores(*(float(v) for v in values), pred_voxels=int(n_pred), ref_voxels=int(n_ref), flag=flag,
+                  nsd=float(nsd))
 
 
 # ---------------------------------------------------------------- internals
 
 
-def _score_crop(p: np.ndarray, r: np.ndarray, sampling: np.ndarray | None, definition: str) -> Scores:
+def _score_crop(p: np.ndarray, r: np.ndarray, sampling: np.ndarray | None, definition: str,
+                nsd_tolerance: float | None = None) -> Scores:
     """All scores of two non-empty boolean masks on a crop that holds both with a margin."""
     _check_choice(definition, HD95_DEFINITIONS, "hd95")
     inter, n_pred, n_ref = np.count_nonzero(p & r), np.count_nonzero(p), np.count_nonzero(r)
@@ -191,7 +199,20 @@ def _score_crop(p: np.ndarray, r: np.ndarray, sampling: np.ndarray | None, defin
         assd=_assd(to_ref, to_pred),
         pred_voxels=int(n_pred),
         ref_voxels=int(n_ref),
+        nsd=math.nan if nsd_tolerance is None else _nsd(to_ref, to_pred, nsd_tolerance),
     )
+
+
+def nsd(pred: np.ndarray, ref: np.ndarray, tolerance: float, spacing: Sequence[float] | float | None = None) -> float:
+    """Normalised surface Dice at `tolerance` (unit of `spacing`): the share of both masks' surface voxels
+    (medpy's surfaces, as for HD95) that lie within `tolerance` of the other mask's surface, as MONAI's
+    compute_surface_dice counts it (surface voxels, not sub-voxel surfels). ValueError when a mask is empty."""
+    return _nsd(*surface_distances(pred, ref, spacing), tolerance)
+
+
+def _nsd(to_ref: np.ndarray, to_pred: np.ndarray, tolerance: float) -> float:
+    within = np.count_nonzero(to_ref <= tolerance) + np.count_nonzero(to_pred <= tolerance)
+    return float(within) / float(to_ref.size + to_pred.size)
 
 
 def _crop_distances(p: np.ndarray, r: np.ndarray, sampling: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:

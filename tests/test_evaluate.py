@@ -245,3 +245,24 @@ def test_real_label_map_with_its_own_header_equals_medpy(tmp_path: Path) -> None
         assert row["dice"] == medpy_binary.dc(p, r)
         assert row["hd95"] == medpy_binary.hd95(p, r, ref.spacing)
         assert row["ref_ml"] == pytest.approx(r.sum() * 27 / 1000)  # 3 mm isotropic voxels
+
+
+def test_cli_nsd_goes_into_the_reports(dataset: dict, tmp_path: Path) -> None:
+    from swinseg.io import read_volume
+    from swinseg.metrics import nsd
+
+    args = ["evaluate", str(dataset["preds"]), str(dataset["refs"]), "--nsd", "1.5", "-o", str(tmp_path / "r")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    with open(tmp_path / "r" / "per_case.csv", newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    row = next(r for r in rows if r["case"] == "case_a" and r["label"] == "1")
+    ref = read_volume(dataset["refs"] / "case_a.nii.gz")
+    pred, reference = dataset["arrays"]["case_a"]
+    expected = nsd(pred == 1, reference == 1, 1.5, ref.spacing)
+    assert float(row["nsd"]) == pytest.approx(expected, rel=1e-5)
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text(encoding="utf-8"))
+    assert "1.5 mm" in summary["definitions"]["nsd"] and "nsd" in summary["mean_over_classes"]
+    plain = runner.invoke(app, args[:3] + ["-o", str(tmp_path / "p")])
+    assert "nsd" not in (tmp_path / "p" / "per_case.csv").read_text(encoding="utf-8").splitlines()[0]
+    assert plain.exit_code == 0

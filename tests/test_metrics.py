@@ -200,3 +200,38 @@ def test_errors_and_volumes() -> None:
     with pytest.raises(ValueError, match="integer label map"):
         metrics.score_labels(some.astype(np.float32), some.astype(np.uint8), [1])
     assert metrics.volume_ml(1000, (3.0, 0.8, 0.8)) == pytest.approx(1.92)
+
+
+def _independent_nsd(pred, ref, tolerance, spacing):
+    """NSD from scratch on the full arrays: surfaces by erosion, distances by an EDT of the other surface."""
+    from scipy import ndimage as ndi
+
+    structure = ndi.generate_binary_structure(pred.ndim, 1)
+    surface_p = pred & ~ndi.binary_erosion(pred, structure)
+    surface_r = ref & ~ndi.binary_erosion(ref, structure)
+    to_r = ndi.distance_transform_edt(~surface_r, sampling=spacing)[surface_p]
+    to_p = ndi.distance_transform_edt(~surface_p, sampling=spacing)[surface_r]
+    return (np.sum(to_r <= tolerance) + np.sum(to_p <= tolerance)) / (to_r.size + to_p.size)
+
+
+def test_nsd_equals_an_independent_computation_and_known_cases():
+    from swinseg.metrics import nsd, score_labels
+
+    square = np.zeros((30, 30), bool)
+    square[5:15, 5:15] = True
+    shifted = np.roll(square, 2, axis=1)
+    assert nsd(square, shifted, 2.0) == 1.0  # every surface voxel within 2 of the other surface
+    assert nsd(square, square, 0.0) == 1.0
+    assert 0.0 < nsd(square, shifted, 1.0) < 1.0
+    rng = np.random.default_rng(3)
+    for trial in range(6):
+        field = ndimage.gaussian_filter(rng.normal(size=(12, 40, 36)), 2.0)
+        pred, ref = field > 0.05, np.roll(field, trial, axis=2) > 0.0
+        spacing = (2.5, 0.8, 0.7)
+        for tolerance in (0.0, 1.0, 3.0):
+            assert nsd(pred, ref, tolerance, spacing) == pytest.approx(_independent_nsd(pred, ref, tolerance, spacing))
+    labels_p, labels_r = pred.astype(np.uint8), ref.astype(np.uint8)
+    labels_r[0, :3, :3] = 2  # label 2 only in the reference: NSD follows Dice (0) under every policy
+    scores = score_labels(labels_p, labels_r, [1, 2], spacing, nsd_tolerance=1.0)
+    assert scores[1].nsd == pytest.approx(_independent_nsd(pred, labels_r == 1, 1.0, spacing))
+    assert scores[2].nsd == 0.0 and np.isnan(score_labels(labels_p, labels_r, [1], spacing)[1].nsd)

@@ -10,9 +10,9 @@ import typer
 from swinseg.choices import EMPTY_POLICIES, EVALUATION_PROTOCOLS, HD95_DEFINITIONS
 from swinseg.cli._common import choice_type, cli_errors, err, fail, out
 
-_DIGITS = {"dice": 3, "iou": 3, "hd95": 2, "assd": 2, "pred_ml": 1, "ref_ml": 1}  # terminal table
+_DIGITS = {"dice": 3, "iou": 3, "hd95": 2, "assd": 2, "pred_ml": 1, "ref_ml": 1, "nsd": 3}  # terminal table
 _HEADERS = {"dice": "Dice", "iou": "IoU", "hd95": "HD95 ({unit})", "assd": "ASSD ({unit})", "pred_ml": "pred ml",
-            "ref_ml": "ref ml"}  # fmt: skip
+            "ref_ml": "ref ml", "nsd": "NSD"}  # fmt: skip
 
 
 HD95Definition = choice_type("HD95Definition", HD95_DEFINITIONS)
@@ -47,6 +47,10 @@ def evaluate_command(
         "the paper's table.",
     ),
     voxel_units: bool = typer.Option(False, "--voxel-units", help="Distances in voxels (unit spacing), not mm."),
+    nsd: Optional[float] = typer.Option(
+        None, "--nsd", min=0.0, metavar="TOL",
+        help="Also report the normalised surface Dice at this tolerance (mm; voxels with --voxel-units).",
+    ),
     resample: bool = typer.Option(
         False, "--resample-to-reference", help="Resample predictions onto the reference grid (nearest neighbour) "
         "when their geometry differs, instead of failing.",
@@ -75,6 +79,7 @@ def evaluate_command(
             empty=(empty or EmptyPolicy.worst).value,
             voxel_units=voxel_units,
             resample_to_reference=resample,
+            nsd_tolerance=nsd,
         )
         label_names = ev.resolve_labels(labels, model, dataset_json)
     if jobs < 0:
@@ -136,8 +141,11 @@ def _print_tables(ev: Any, summary: dict[str, Any], worst: int) -> None:
         out.print(paper)
 
     # all columns on wide terminals; the reports always hold everything
-    shown = ev.METRICS if out.width >= 130 else ("dice", "hd95", "pred_ml", "ref_ml") if out.width >= 100 else (
-        "dice", "hd95")
+    with_nsd = ("nsd",) if "nsd" in definitions else ()
+    if out.width >= 130:
+        shown: tuple[str, ...] = (*ev.METRICS, *with_nsd)
+    else:
+        shown = ("dice", "hd95", *with_nsd, "pred_ml", "ref_ml") if out.width >= 100 else ("dice", "hd95", *with_nsd)
     table = Table(title=f"{summary['n_cases']} cases: mean ± std over cases")
     table.add_column("class")
     table.add_column("n", justify="right")
