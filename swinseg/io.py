@@ -61,6 +61,7 @@ class Volume:
     normalized: bool = False
     spacing_known: bool = True  # False: read as 1 mm for want of a spacing (2-D images, h5 without one)
     source_files: tuple[str, ...] = field(default=(), repr=False, compare=False)  # DICOM: file of each slice
+    notes: tuple[str, ...] = ()  # what reading changed that the user should be told (e.g. slices interpolated)
     _nifti_header: Any = field(default=None, repr=False, compare=False)
 
     @property
@@ -147,21 +148,23 @@ def _write_failure(error: BaseException, tmp: Path) -> str | None:
 
 
 def read_volume(
-    path: str | Path, *, series: str | None = None, channel: int | None = None, dataset: str = "image"
+    path: str | Path, *, series: str | None = None, channel: int | None = None, dataset: str = "image",
+    allow_gaps: bool = False,
 ) -> Volume:
     """Read a NIfTI, NRRD, MHA/MHD file, a DICOM series folder, a 2-D PNG/JPEG/TIFF image or a Synapse
     `.npy.h5` volume.
 
     `series`: the SeriesInstanceUID to read from a folder holding several DICOM series. `channel`: the
     volume/component to take from a 4-D or vector image. `dataset`: which array of an HDF5 file ("image" or
-    "label"; ignored for other formats). RGB(A) 2-D images are read as luminance.
+    "label"; ignored for other formats). RGB(A) 2-D images are read as luminance. `allow_gaps`: a DICOM series
+    with missing slices is interpolated onto a uniform grid (said in `Volume.notes`) instead of refused.
     Raises SwinsegError (one line naming the file) for missing, empty, unreadable or ambiguous input.
     """
     path = Path(path)
     if not path.exists():
         raise SwinsegError(f"{path}: file not found")
     if path.is_dir():
-        return _read_dicom_series(path, series, channel)
+        return _read_dicom_series(path, series, channel, allow_gaps)
     if path.stat().st_size == 0:
         raise SwinsegError(f"{path}: empty file")
     suffix = _suffix(path)
@@ -414,7 +417,7 @@ def _dicom_tags(file: str, keys: tuple[str, ...]) -> dict[str, str] | None:
     return values
 
 
-def _read_dicom_series(folder: Path, series: str | None, channel: int | None) -> Volume:
+def _read_dicom_series(folder: Path, series: str | None, channel: int | None, allow_gaps: bool = False) -> Volume:
     available = dicom_series(folder)
     if not available:
         raise SwinsegError(f"{folder}: folder holds no DICOM series (and is not an image file)")
@@ -426,7 +429,7 @@ def _read_dicom_series(folder: Path, series: str | None, channel: int | None) ->
         raise SwinsegError(f"{folder}: no DICOM series {series}; available: {', '.join(uids)}")
     chosen = available[uids.index(series)] if series is not None else available[0]
     _check_unlisted_dicom_files(folder, available)
-    _check_slice_geometry(folder, chosen)
+    gaps = _check_slice_geometry(folder, chosen, allow_gaps)
     sitk = itk()
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(list(chosen.files))
@@ -434,7 +437,33 @@ def _read_dicom_series(folder: Path, series: str | None, channel: int | None) ->
         image = reader.Execute()
     except Exception as error:
         raise _unreadable(folder, _itk_reason(error)) from error
-    return dataclasses.replace(_volume_from_sitk(image, folder, channel, kind="dicom"), source_files=chosen.files)
+    volume = _volume_from_sitk(image, folder, channel, kind="dicom")
+    if gaps is not None:
+        return _uniform_stack(volume, chosen, *gaps)
+    return dataclasses.replace(volume, source_files=chosen.files)
+
+
+def _uniform_stack(volume: Volume, series: DicomSeries, along: np.ndarray, positions: np.ndarray,
+                   orientation: np.ndarray, spacing: float) -> Volume:
+    """The slices of a series with gaps (array slice k = series.files[k], at `along[k]` mm on the normal)
+    linearly interpolated onto a uniform grid of `spacing` mm from the lowest to the highest slice."""
+    order = np.argsort(along)
+    stack, sorted_along = volume.array[order].astype(np.float32), along[order]
+    count = int(round((sorted_along[-1] - sorted_along[0]) / spacing)) + 1
+    targets = sorted_along[0] + spacing * np.arange(count)
+    upper = np.clip(np.searchsorted(sorted_along, targets), 1, len(sorted_along) - 1)
+    weight = ((targets - sorted_along[upper - 1]) / (sorted_along[upper] - sorted_along[upper - 1]))[:, None, None]
+    array = (1 - weight) * stack[upper - 1] + weight * stack[upper]
+    if np.issubdtype(volume.array.dtype, np.integer):
+        array = np.rint(array).astype(volume.array.dtype)
+    row, col = orientation[:3], orientation[3:]
+    direction = np.column_stack([row, col, np.cross(row, col)])
+    missing = count - len(along)
+    note = (f"{volume.path}: {missing} missing slice(s) of DICOM series {series.uid} interpolated (--allow-gaps); "
+            f"the mask is on a uniform {spacing:.2f} mm grid, not on the series' own slices")
+    return dataclasses.replace(volume, array=array, spacing=(spacing, *volume.spacing[1:]),
+                               origin=tuple(float(v) for v in positions[order[0]]),
+                               direction=tuple(float(v) for v in direction.ravel()), notes=(note,))
 
 
 def _check_unlisted_dicom_files(folder: Path, available: list[DicomSeries]) -> None:
@@ -455,12 +484,15 @@ SLICE_GAP_TOLERANCE = 0.05  # relative deviation from the median slice distance 
 TILT_TOLERANCE_DEG = 0.5
 
 
-def _check_slice_geometry(folder: Path, series: DicomSeries) -> None:
+def _check_slice_geometry(
+    folder: Path, series: DicomSeries, allow_gaps: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float] | None:
     """Refuse a series that ITK would stack onto a wrong grid: slices of different sizes or orientations,
     two slices at one position, gantry tilt (slices shifted in-plane along the stack) and missing slices
-    (non-uniform slice positions, which ITK reads with one averaged spacing)."""
+    (non-uniform slice positions, which ITK reads with one averaged spacing). With `allow_gaps`, missing slices
+    return (position along the normal and patient position of each file, orientation, slice spacing) instead."""
     if len(series.files) < 2:
-        return
+        return None
     headers = [_dicom_tags(file, ("0020|0032", "0020|0037")) for file in series.files]
     if any(header is None for header in headers):
         bad = series.files[[header is None for header in headers].index(True)]
@@ -472,9 +504,9 @@ def _check_slice_geometry(folder: Path, series: DicomSeries) -> None:
         positions = np.array([[float(v) for v in h["0020|0032"].split("\\")] for h in headers])
         orientations = np.array([[float(v) for v in h["0020|0037"].split("\\")] for h in headers])
     except (KeyError, ValueError):
-        return  # no patient geometry (e.g. secondary capture): nothing to check against
+        return None  # no patient geometry (e.g. secondary capture): nothing to check against
     if positions.shape[1] != 3 or orientations.shape[1] != 6:
-        return
+        return None
     if not np.allclose(orientations, orientations[0], atol=1e-4):
         raise SwinsegError(f"{folder}: the slices of DICOM series {series.uid} are not parallel "
                            "(their image orientations differ)")
@@ -492,14 +524,19 @@ def _check_slice_geometry(folder: Path, series: DicomSeries) -> None:
         raise SwinsegError(f"{folder}: DICOM series {series.uid} has a gantry tilt of {tilt:.1f} degrees "
                            "(slices shifted in-plane along the stack); resample it to an untilted grid first")
     deviation = np.abs(steps - spacing) / spacing
-    if np.any(deviation > SLICE_GAP_TOLERANCE):
-        worst = int(np.argmax(deviation))
-        start, stop = along[order][worst], along[order][worst + 1]
-        missing = max(int(round(steps[worst] / spacing)) - 1, 0)
-        hint = f", {missing} slice(s) missing" if missing else ""
-        raise SwinsegError(
-            f"{folder}: gap in DICOM series {series.uid}: slices {start:.2f} and {stop:.2f} mm along the normal are "
-            f"{steps[worst]:.2f} mm apart, {spacing:.2f} mm elsewhere{hint}; the volume would be stacked wrongly")
+    if not np.any(deviation > SLICE_GAP_TOLERANCE):
+        return None
+    multiples = steps / spacing
+    if allow_gaps and np.all(np.abs(multiples - np.rint(multiples)) <= SLICE_GAP_TOLERANCE):
+        return along, positions, orientations[0], spacing
+    worst = int(np.argmax(deviation))
+    start, stop = along[order][worst], along[order][worst + 1]
+    missing = max(int(round(steps[worst] / spacing)) - 1, 0)
+    hint = f", {missing} slice(s) missing" if missing else ""
+    fix = "; --allow-gaps interpolates them" if missing and not allow_gaps else ""
+    raise SwinsegError(
+        f"{folder}: gap in DICOM series {series.uid}: slices {start:.2f} and {stop:.2f} mm along the normal are "
+        f"{steps[worst]:.2f} mm apart, {spacing:.2f} mm elsewhere{hint}; the volume would be stacked wrongly{fix}")
 
 
 # -------------------------------------------------------------------------------------------------- writing

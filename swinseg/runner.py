@@ -53,6 +53,7 @@ class CaseResult:
     seconds: float = 0.0
     voxels: dict[str, int] = field(default_factory=dict)  # foreground class name -> voxel count
     statistics: list[dict[str, Any]] = field(default_factory=list)  # swinseg.statistics rows, with --statistics
+    notes: tuple[str, ...] = ()  # warnings about the input (io.Volume.notes)
     error: BaseException | None = field(default=None, repr=False, compare=False)  # why it failed (for --debug)
 
     @classmethod
@@ -100,6 +101,7 @@ class RunOptions:
     series: str | None = None
     channel: int | None = None
     overwrite: bool = False
+    allow_gaps: bool = False  # interpolate missing DICOM slices instead of refusing the series
 
 
 def _output_name(source: Path, output_type: str) -> str:
@@ -257,7 +259,8 @@ def predict_cases(
 
     def load(case: Case) -> _Loaded:
         began = time.perf_counter()
-        volume = io.read_volume(case.input, series=options.series, channel=options.channel)
+        volume = io.read_volume(case.input, series=options.series, channel=options.channel,
+                                allow_gaps=options.allow_gaps)
         io.check_finite(volume)
         return _Loaded(volume, predictor.prepare(volume, options.plane), time.perf_counter() - began)
 
@@ -315,6 +318,7 @@ def _predict_loaded(
         spacing=loaded.volume.spacing,
         seconds=loaded.seconds + time.perf_counter() - began,
         voxels=voxels,
+        notes=loaded.volume.notes,
     )
     return result, restore(labels), None if probabilities is None else restore(probabilities)
 

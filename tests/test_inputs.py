@@ -197,3 +197,23 @@ def test_nifti_whose_qform_and_sform_disagree_is_refused(tmp_path):
     volume, itk_image = read_volume(tmp_path / "agree.nii.gz"), sitk.ReadImage(str(tmp_path / "agree.nii.gz"))
     np.testing.assert_allclose(volume.origin, itk_image.GetOrigin(), atol=1e-4)
     np.testing.assert_allclose(volume.direction, itk_image.GetDirection(), atol=1e-6)
+
+
+def test_allow_gaps_interpolates_the_missing_slice_and_says_so(tmp_path, ct_slab, checkpoint):
+    files = dicom_series(tmp_path / "gap", ct_slab, spacing=2.0)
+    files[4].unlink()
+    with pytest.raises(SwinsegError, match="--allow-gaps interpolates them"):
+        read_volume(tmp_path / "gap")
+    volume = read_volume(tmp_path / "gap", allow_gaps=True)
+    assert volume.array.shape == ct_slab.shape and volume.spacing[0] == pytest.approx(2.0)
+    kept = [k for k in range(len(ct_slab)) if k != 4]
+    np.testing.assert_array_equal(volume.array[kept], ct_slab[kept])  # real slices untouched
+    expected = np.rint((ct_slab[3].astype(np.float32) + ct_slab[5]) / 2).astype(np.int16)
+    np.testing.assert_array_equal(volume.array[4], expected)  # the missing one: midway between its neighbours
+    np.testing.assert_allclose(volume.origin, (-10.0, 20.0, 0.0), atol=1e-6)
+    assert "1 missing slice(s)" in volume.notes[0] and not volume.source_files
+    result = CliRunner().invoke(app, ["predict", str(tmp_path / "gap"), "-c", str(checkpoint), "-o",
+                                      str(tmp_path / "m.nii.gz"), "--allow-gaps"])
+    assert result.exit_code == 0, result.output
+    assert "warning:" in result.stderr and "interpolated (--allow-gaps)" in result.stderr
+    assert nib.load(tmp_path / "m.nii.gz").shape == (ct_slab.shape[2], ct_slab.shape[1], ct_slab.shape[0])

@@ -81,6 +81,11 @@ def predict(
         help="Network inputs (tiles or whole slices) per forward pass (default 16; 1 with --protocol reference).",
     ),
     series: Optional[str] = typer.Option(None, "--series", help="SeriesInstanceUID in a multi-series DICOM folder."),
+    allow_gaps: bool = typer.Option(
+        False, "--allow-gaps",
+        help="A DICOM series with missing slices: interpolate them onto a uniform grid (said per case) instead of "
+        "refusing it. The mask is then on that grid (NIfTI; not DICOM SEG).",
+    ),
     channel: Optional[int] = typer.Option(None, "--channel", min=0, help="Channel/volume of a 4-D or vector image."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs (default: skip those cases)."),
     shard: Optional[str] = typer.Option(
@@ -118,7 +123,7 @@ def predict(
         return
     pending = [case for case in cases if overwrite or not runner.is_finished(case)]
     options = runner.RunOptions(plane=axis.value if axis else None, series=series, channel=channel, overwrite=overwrite,
-                             keep_largest=keep_largest)
+                                keep_largest=keep_largest, allow_gaps=allow_gaps)
     with show.progress(len(cases)) as progress:
         if pending:
             net, card = lib.load_predictor_model(model=model, weights=weights, checkpoint=checkpoint)
@@ -215,6 +220,8 @@ class _Reporter:
 
     def result(self, result: Any) -> None:
         self.counts[result.status] += 1
+        for note in getattr(result, "notes", ()):
+            err.print(f"[yellow]warning:[/yellow] {escape(self.prefix + note)}", highlight=False, soft_wrap=True)
         if self.as_json:
             typer.echo(json.dumps(result.to_dict()))
         if result.status == "failed":
