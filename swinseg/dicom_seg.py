@@ -60,6 +60,9 @@ def segment_descriptions(card: ModelCard) -> list[Any]:
 
 def write_dicom_seg(path: str | Path, labels: np.ndarray, volume: Volume, card: ModelCard) -> None:
     """Write `labels` (the volume's array order) as a DICOM SEG referencing the series `volume` was read from."""
+    if volume.notes:
+        raise SwinsegError(f"{volume.path}: the series was interpolated onto a uniform grid (--allow-gaps), so the "
+                           "mask has no source slices to reference; write NIfTI instead")
     if not volume.source_files:
         where = volume.path if volume.path is not None else "the input"
         raise SwinsegError(f"{where}: not a DICOM series; a DICOM SEG references its source images, so write "

@@ -40,6 +40,7 @@ _DETACHED_HEADER_SUFFIXES = (".mhd", ".nhdr")  # header + separate data file
 _LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])
 _LUMINANCE = (0.299, 0.587, 0.114)  # ITU-R BT.601, as PIL's "L" mode
 _AXIS_LETTERS = ("LR", "PA", "SI")  # physical axis -> (letter for +, letter for -) in LPS
+QFORM_SFORM_TOLERANCE = 0.25  # voxels the qform and sform may place a corner apart before a header is refused
 MAX_SERIES_DEPTH = 4  # patient/study/series/... folders searched below a folder given to predict
 
 
@@ -254,10 +255,12 @@ def _check_qform_sform(path: Path, header: Any) -> None:
     sform, scode = header.get_sform(coded=True)
     if qform is None or sform is None or not qcode or not scode:
         return
+    shape = (tuple(header.get_data_shape()) + (1, 1))[:3]
     corners = np.array([[i, j, k, 1.0] for i in (0, 1) for j in (0, 1) for k in (0, 1)]) * np.r_[
-        np.maximum(np.asarray(header.get_data_shape()[:3], dtype=float) - 1, 1), 1.0]
+        np.maximum(np.asarray(shape, dtype=float) - 1, 1), 1.0]
     moved = float(np.abs(corners @ (qform - sform).T)[:, :3].max())
-    if moved > 1e-3:
+    voxel = float(np.min(np.linalg.norm(sform[:3, :3], axis=0)))
+    if moved > QFORM_SFORM_TOLERANCE * voxel:  # below: the float32 quaternion's rounding, harmless
         raise SwinsegError(
             f"{path}: the NIfTI qform (code {int(qcode)}) and sform (code {int(scode)}) disagree by up to "
             f"{moved:.3g} mm at the volume's corners; viewers and ITK may use the qform, nibabel the sform. Make "
@@ -428,7 +431,7 @@ def _read_dicom_series(folder: Path, series: str | None, channel: int | None, al
     if series is not None and series not in uids:
         raise SwinsegError(f"{folder}: no DICOM series {series}; available: {', '.join(uids)}")
     chosen = available[uids.index(series)] if series is not None else available[0]
-    _check_unlisted_dicom_files(folder, available)
+    _check_unlisted_dicom_files(folder, available, chosen.uid)
     gaps = _check_slice_geometry(folder, chosen, allow_gaps)
     sitk = itk()
     reader = sitk.ImageSeriesReader()
@@ -466,20 +469,23 @@ def _uniform_stack(volume: Volume, series: DicomSeries, along: np.ndarray, posit
                                direction=tuple(float(v) for v in direction.ravel()), notes=(note,))
 
 
-def _check_unlisted_dicom_files(folder: Path, available: list[DicomSeries]) -> None:
-    """Refuse a folder with a DICOM file that no series lists because it cannot be parsed (truncated or corrupt):
-    the series would be stacked without that slice."""
+def _check_unlisted_dicom_files(folder: Path, available: list[DicomSeries], uid: str) -> None:
+    """Refuse a folder with an image file of series `uid` that no series lists because it cannot be parsed
+    (truncated or corrupt): the series would be stacked without that slice. Other DICOM files that are no
+    images (reports, presentation states, RTSTRUCT, DICOMDIR) are left alone."""
     listed = {Path(file).name for found in available for file in found.files}
     for entry in sorted(folder.iterdir()):
         if entry.name in listed or entry.name.startswith(".") or not entry.is_file():
             continue
         with open(entry, "rb") as handle:
-            is_dicom = handle.read(132)[128:] == b"DICM"
-        if is_dicom and _dicom_tags(str(entry), ()) is None:
+            data = handle.read()
+        is_slice = data[128:132] == b"DICM" and uid.encode() in data and _PIXEL_DATA_TAG in data
+        if is_slice and _dicom_tags(str(entry), ()) is None:
             raise SwinsegError(f"{entry}: unreadable DICOM file (truncated or corrupt) in the series folder; "
                                "the series would be read without this slice")
 
 
+_PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010) in little endian: the file carries an image
 SLICE_GAP_TOLERANCE = 0.05  # relative deviation from the median slice distance accepted as rounding
 TILT_TOLERANCE_DEG = 0.5
 
@@ -518,8 +524,10 @@ def _check_slice_geometry(
     if spacing <= 1e-6 or np.any(steps <= 1e-3 * spacing):
         raise SwinsegError(f"{folder}: DICOM series {series.uid} has several slices at one position "
                            "(duplicates, or several phases in one series)")
-    shifts = np.linalg.norm(np.diff(positions[order] - np.outer(along[order], normal), axis=0), axis=1)
-    tilt = float(np.degrees(np.arctan(np.max(shifts / steps))))
+    drift = positions[order] - np.outer(along[order], normal)  # in-plane offset of each slice
+    centred = along[order] - along[order].mean()
+    slope = centred @ (drift - drift.mean(axis=0)) / float(centred @ centred)  # mm in-plane per mm along
+    tilt = float(np.degrees(np.arctan(np.linalg.norm(slope))))  # one fit: robust to rounded positions
     if tilt > TILT_TOLERANCE_DEG:
         raise SwinsegError(f"{folder}: DICOM series {series.uid} has a gantry tilt of {tilt:.1f} degrees "
                            "(slices shifted in-plane along the stack); resample it to an untilted grid first")

@@ -32,6 +32,9 @@ def parse_labels(values: str | Iterable[str], option: str = "--labels") -> dict[
         label = int(key)
         if label <= 0:
             raise SwinsegError(f"{option}: label ids must be positive (0 is background), got {label}")
+        if label in labels:
+            raise SwinsegError(f"{option}: label {label} is given twice ({item!r}; names stand for 1, 2, ... by "
+                               "position)")
         labels[label] = name or None
     if not labels:
         raise SwinsegError(f"{option}: give label ids or names, like 1,2 or 1=liver,5=aorta or liver,spleen")

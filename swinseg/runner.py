@@ -104,13 +104,14 @@ class RunOptions:
     allow_gaps: bool = False  # interpolate missing DICOM slices instead of refusing the series
 
 
-def _output_name(source: Path, output_type: str) -> str:
-    """Case name (nnU-Net `_0000` stripped) + .nii.gz (.png for 2-D image inputs), or .dcm for DICOM SEG."""
+def _output_name(source: Path, output_type: str, name: str | None = None) -> str:
+    """Case name (`name`, else the file's with nnU-Net `_0000` stripped) + .nii.gz (.png for 2-D image inputs),
+    or .dcm for DICOM SEG."""
     if output_type == "dicom-seg":
         suffix = dicom_seg.SUFFIX
     else:
         suffix = ".png" if source.name.lower().endswith(io.IMAGE_2D_SUFFIXES) else ".nii.gz"
-    return io.case_name(source, strip_channel=True) + suffix
+    return (name or io.case_name(source, strip_channel=True)) + suffix
 
 
 def _stem(output: Path) -> tuple[str, str]:
@@ -152,10 +153,14 @@ def plan_cases(inputs: Sequence[str | Path], output: str | Path, *, probabilitie
     output_text = str(output)
     output = Path(output)
     sources: list[Path] = []
+    names: dict[Path, str] = {}  # series folders nested below an input folder: named by their relative path
     folder_mode = len(inputs) > 1
     for item in map(Path, inputs):
         if item.is_dir():
-            found = io.find_images(item)
+            inside_output = output.resolve()
+            found = [path for path in io.find_images(item)  # earlier outputs inside the input tree are no inputs
+                     if inside_output == item.resolve()
+                     or inside_output not in (path.resolve(), *path.resolve().parents)]
             if not found:
                 kinds = ", ".join(io.SUPPORTED_SUFFIXES)
                 raise SwinsegError(f"{item}: folder holds no scans ({kinds}) or DICOM series")
@@ -163,6 +168,9 @@ def plan_cases(inputs: Sequence[str | Path], output: str | Path, *, probabilitie
             if found != [item] and output.resolve() == item.resolve():
                 raise SwinsegError(f"-o {output}: the output folder is an input folder; choose another")
             sources.extend(found)
+            for path in found:
+                if path.is_dir() and len(path.relative_to(item).parts) > 1:
+                    names[path] = "_".join(path.relative_to(item).parts)
         else:
             sources.append(item)
     if output_type not in OUTPUT_TYPES:
@@ -178,7 +186,7 @@ def plan_cases(inputs: Sequence[str | Path], output: str | Path, *, probabilitie
     cases: list[Case] = []
     seen: dict[Path, Path] = {}
     for source in sources:
-        target = output / _output_name(source, output_type) if to_folder else output
+        target = output / _output_name(source, output_type, names.get(source)) if to_folder else output
         if target.resolve() in seen:
             raise SwinsegError(f"{seen[target.resolve()]} and {source} would both write {target}; rename one")
         seen[target.resolve()] = source

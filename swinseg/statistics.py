@@ -81,7 +81,8 @@ def write_statistics_csv(path: str | Path, cases: dict[str, list[dict[str, Any]]
         for case, rows in cases.items():
             for row in rows:
                 values = [row[key] for key in CSV_COLUMNS[1:10]]
-                writer.writerow([case, *(_csv(v) for v in values), *row["centroid_mm"], row["touches_border"]])
+                centroid = (list(row["centroid_mm"]) + ["", ""])[:3]  # 2-D images have no z
+                writer.writerow([case, *(_csv(v) for v in values), *centroid, row["touches_border"]])
 
 
 def _csv(value: Any) -> Any:

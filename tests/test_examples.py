@@ -119,7 +119,7 @@ def test_into_pacs(tmp_path, checkpoint):
     run_example("into_pacs", tmp_path, SERIES=str(tmp_path / "incoming"), CHECKPOINT=str(checkpoint),
                 OUT=str(tmp_path / "pacs_out"))
     out = tmp_path / "pacs_out"
-    seg = hd.seg.segread(out / "ct.dcm")
+    seg = hd.seg.segread(out / "patient42_ct.dcm")  # nested series: named by their path
     assert seg.Modality == "SEG" and len(seg.segment_numbers) == 5
-    assert json.loads((out / "ct_statistics.json").read_text(encoding="utf-8"))["case"] == "ct"
-    assert (out / "ct_preview.png").read_bytes()[:4] == b"\x89PNG" and (out / "statistics.csv").is_file()
+    assert json.loads((out / "patient42_ct_statistics.json").read_text(encoding="utf-8"))["case"] == "patient42_ct"
+    assert (out / "patient42_ct_preview.png").read_bytes()[:4] == b"\x89PNG" and (out / "statistics.csv").is_file()

@@ -217,3 +217,36 @@ def test_allow_gaps_interpolates_the_missing_slice_and_says_so(tmp_path, ct_slab
     assert result.exit_code == 0, result.output
     assert "warning:" in result.stderr and "interpolated (--allow-gaps)" in result.stderr
     assert nib.load(tmp_path / "m.nii.gz").shape == (ct_slab.shape[2], ct_slab.shape[1], ct_slab.shape[0])
+
+
+def test_review_regressions(tmp_path, ct_slab):
+    """Valid inputs that the checks must not refuse, and naming of nested series."""
+    from swinseg.labels import parse_labels
+    from swinseg.runner import plan_cases
+
+    # oblique images written by SimpleITK: qform and sform agree up to float32 quaternion rounding
+    rng = np.random.default_rng(0)
+    for trial in range(10):
+        image = sitk.GetImageFromArray(np.zeros((20, 64, 64), np.int16))
+        image.SetSpacing((0.7, 0.7, 1.5))
+        rotation = sitk.VersorTransform((*rng.normal(size=3), float(rng.uniform(0, np.pi))))
+        flip = np.diag([-1.0, -1.0, 1.0])
+        image.SetDirection((flip @ np.asarray(rotation.GetMatrix()).reshape(3, 3)).ravel().tolist())
+        sitk.WriteImage(image, str(tmp_path / f"oblique{trial}.nii.gz"))
+        read_volume(tmp_path / f"oblique{trial}.nii.gz")
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((8, 9), np.uint8)), str(tmp_path / "flat.nii.gz"))
+    assert read_volume(tmp_path / "flat.nii.gz").array.shape[-2:] == (8, 9)  # 2-D NIfTI, both codes set
+    # a non-image DICOM file (here: a copy of a slice's header without pixel data, as an SR would be) is left alone
+    files = dicom_series(tmp_path / "with_report", ct_slab)
+    header = files[0].read_bytes()
+    (tmp_path / "with_report" / "report.dcm").write_bytes(header[: header.index(b"\xe0\x7f\x10\x00")][:-1])
+    assert read_volume(tmp_path / "with_report").array.shape == ct_slab.shape
+    with pytest.raises(SwinsegError, match="given twice"):
+        parse_labels("spleen,1")
+    # PA/ST/SE trees: nested series named by their path; outputs inside the input tree are not read back
+    dicom_series(tmp_path / "tree" / "P1" / "ST0" / "SE0", ct_slab[:3], uid="1.2.826.0.1.3680043.2.1125.41")
+    dicom_series(tmp_path / "tree" / "P2" / "ST0" / "SE0", ct_slab[:3], uid="1.2.826.0.1.3680043.2.1125.42")
+    (tmp_path / "tree" / "seg").mkdir()
+    dicom_series(tmp_path / "tree" / "seg" / "old", ct_slab[:2], uid="1.2.826.0.1.3680043.2.1125.43")
+    cases = plan_cases([tmp_path / "tree"], tmp_path / "tree" / "seg", output_type="dicom-seg")
+    assert [case.output.name for case in cases] == ["P1_ST0_SE0.dcm", "P2_ST0_SE0.dcm"]
