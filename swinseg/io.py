@@ -500,8 +500,8 @@ def _check_slice_geometry(
     if len(series.files) < 2:
         return None
     headers = [_dicom_tags(file, ("0020|0032", "0020|0037")) for file in series.files]
-    if any(header is None for header in headers):
-        bad = series.files[[header is None for header in headers].index(True)]
+    bad = next((file for file, header in zip(series.files, headers) if header is None), None)
+    if bad is not None:
         raise SwinsegError(f"{bad}: unreadable DICOM header in series {series.uid}")
     sizes = sorted({header["size"] for header in headers})
     if len(sizes) > 1:

@@ -26,35 +26,29 @@ def class_statistics(scan: Volume, labels: np.ndarray, class_names: Sequence[str
     `bbox`: first and last voxel index per axis, in (x, y, z) order as viewers show them.
     `touches_border`: the class has a voxel on a face of the scan's grid.
     """
-    image = np.asarray(scan.array, dtype=np.float64)
     labels = np.asarray(labels)
     present = [int(k) for k in np.unique(labels) if k > 0]
     if not present:
         return []
     boxes = ndimage.find_objects(labels.astype(np.int64, copy=False), max_label=max(present))
-    counts = np.bincount(labels.ravel(), minlength=max(present) + 1)
-    with np.errstate(invalid="ignore", divide="ignore"):  # scipy divides for the absent labels too
-        means = ndimage.mean(image, labels, present)
-        stds = ndimage.standard_deviation(image, labels, present)
-        centres = ndimage.center_of_mass(np.ones(labels.shape), labels, present)
-    medians = ndimage.median(image, labels, present)
-    minima, maxima = ndimage.minimum(image, labels, present), ndimage.maximum(image, labels, present)
     voxel_ml = float(np.prod(scan.spacing)) / 1000.0
     rows = []
-    for i, label in enumerate(present):
+    for label in present:  # each class on its bounding box: no full-volume float copies
         box = boxes[label - 1]
-        first, last = [s.start for s in box][::-1], [s.stop - 1 for s in box][::-1]
-        touches = any(s.start == 0 or s.stop == n for s, n in zip(box, labels.shape))
+        inside = labels[box] == label
+        values = scan.array[box][inside].astype(np.float64)
+        offsets = np.array([s.start for s in box], dtype=np.float64)
+        centre = np.array([coords.mean() for coords in np.nonzero(inside)]) + offsets
         rows.append({
             "label": label,
             "name": class_names[label] if label < len(class_names) else f"label_{label}",
-            "voxels": int(counts[label]),
-            "volume_ml": round(int(counts[label]) * voxel_ml, 4),
-            "mean": float(means[i]), "std": float(stds[i]), "median": float(medians[i]),
-            "min": float(minima[i]), "max": float(maxima[i]),
-            "centroid_mm": [round(v, 3) for v in index_to_patient(scan, centres[i])],
-            "bbox": {"first": first, "last": last},
-            "touches_border": bool(touches),
+            "voxels": int(values.size),
+            "volume_ml": round(int(values.size) * voxel_ml, 4),
+            "mean": float(values.mean()), "std": float(values.std()), "median": float(np.median(values)),
+            "min": float(values.min()), "max": float(values.max()),
+            "centroid_mm": [round(v, 3) for v in index_to_patient(scan, centre)],
+            "bbox": {"first": [s.start for s in box][::-1], "last": [s.stop - 1 for s in box][::-1]},
+            "touches_border": any(s.start == 0 or s.stop == n for s, n in zip(box, labels.shape)),
         })
     return rows
 

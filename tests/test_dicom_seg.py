@@ -10,8 +10,8 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+from dicom_files import dicom_series
 from shared_files import EXAMPLE_CT
-from test_inputs import dicom_series
 from typer.testing import CliRunner
 
 from swinseg.cli import app

@@ -108,8 +108,8 @@ def test_multi_gpu_on_two_cpu_processes(tmp_path):
 def test_into_pacs(tmp_path, checkpoint):
     import highdicom as hd
     import SimpleITK as sitk
+    from dicom_files import dicom_series
     from shared_files import EXAMPLE_CT
-    from test_inputs import dicom_series
 
     if EXAMPLE_CT.exists():
         ct = sitk.GetArrayFromImage(sitk.ReadImage(str(EXAMPLE_CT)))[60:68].astype(np.int16)

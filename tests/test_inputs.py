@@ -2,7 +2,6 @@
 no raw ITK/numpy warning, no traceback (unless --debug, which then shows the cause)."""
 from __future__ import annotations
 
-import locale
 import shutil
 from pathlib import Path
 
@@ -10,41 +9,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from dicom_files import dicom_series
 from shared_files import EXAMPLE_CT
 from typer.testing import CliRunner
 
 from swinseg.cli import app
 from swinseg.errors import SwinsegError
 from swinseg.io import read_volume, write_volume
-
-
-def dicom_series(folder: Path, array: np.ndarray, spacing: float = 2.0, tilt_mm: float = 0.0,
-                 uid: str = "1.2.826.0.1.3680043.2.1125.7", pixel_mm: float = 0.8) -> list[Path]:
-    """Write (z, y, x) int16 `array` as a CT series, one file per slice; slice k sits k*spacing along z and,
-    with `tilt_mm`, k*tilt_mm along y (a gantry tilt). Returns the files in slice order. GDCM's writer sets the
-    process's LC_CTYPE to "C" (ASCII text by default afterwards); it is restored."""
-    saved_locale = locale.setlocale(locale.LC_CTYPE)
-    folder.mkdir(parents=True, exist_ok=True)
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    files = []
-    for k, plane in enumerate(array):
-        image = sitk.GetImageFromArray(plane[np.newaxis])
-        image.SetSpacing((pixel_mm, pixel_mm, spacing))
-        position = (-10.0, 20.0 + k * tilt_mm, k * spacing)
-        tags = {"0008|0060": "CT", "0020|000d": "1.2.826.0.1.3680043.2.1125.1", "0020|000e": uid,
-                "0008|103e": "abdomen", "0020|0013": str(k + 1), "0020|0032": "\\".join(map(str, position)),
-                "0020|0037": "1\\0\\0\\0\\1\\0", "0008|0018": f"{uid}.{k + 1}", "0028|0030": f"{pixel_mm}\\{pixel_mm}",
-                "0008|0016": "1.2.840.10008.5.1.4.1.1.2", "0020|0052": f"{uid}.0", "0010|0020": "SWINSEG-TEST",
-                "0010|0010": "Test^Patient", "0018|0050": str(spacing), "0008|0020": "20261202",
-                "0020|0010": "1", "0008|0050": "A1"}
-        for key, value in tags.items():
-            image.SetMetaData(key, value)
-        files.append(folder / f"slice_{k:03d}.dcm")
-        writer.SetFileName(str(files[-1]))
-        writer.Execute(image)
-    locale.setlocale(locale.LC_CTYPE, saved_locale)
-    return files
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from dicom_files import dicom_series
 from shared_files import EXAMPLE_CT, needs_shared
 
 from swinseg import io
@@ -281,37 +282,13 @@ def test_check_finite_counts_bad_voxels() -> None:
 # ------------------------------------------------------------------------------------------------------ DICOM
 
 
-def write_dicom_series(folder: Path, array: np.ndarray, uid: str, description: str, spacing: float) -> None:
-    folder.mkdir(exist_ok=True)
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    for k, plane in enumerate(array):
-        image = sitk.GetImageFromArray(plane[np.newaxis])
-        image.SetSpacing((0.8, 0.8, spacing))
-        image.SetOrigin((-10.0, 20.0, k * spacing))
-        tags = {
-            "0008|0060": "CT",
-            "0020|000d": "1.2.826.0.1.3680043.2.1125.1",
-            "0020|000e": uid,
-            "0008|103e": description,
-            "0020|0013": str(k + 1),
-            "0020|0032": f"-10\\20\\{k * spacing}",
-            "0020|0037": "1\\0\\0\\0\\1\\0",
-            "0008|0018": f"{uid}.{k + 1}",
-        }
-        for key, value in tags.items():
-            image.SetMetaData(key, value)
-        writer.SetFileName(str(folder / f"{uid[-1]}_{k:03d}.dcm"))
-        writer.Execute(image)
-
-
 def test_dicom_folder_with_two_series(tmp_path: Path) -> None:
     rng = np.random.default_rng(5)
     first = rng.integers(-1000, 1000, (4, 8, 9)).astype(np.int16)
     second = rng.integers(-1000, 1000, (3, 8, 9)).astype(np.int16)
     folder = tmp_path / "patient"
-    write_dicom_series(folder, first, "1.2.826.0.1.3680043.2.1125.11", "abdomen venous", 2.0)
-    write_dicom_series(folder, second, "1.2.826.0.1.3680043.2.1125.12", "scout", 5.0)
+    dicom_series(folder, first, 2.0, uid="1.2.826.0.1.3680043.2.1125.11", description="abdomen venous", prefix="1")
+    dicom_series(folder, second, 5.0, uid="1.2.826.0.1.3680043.2.1125.12", description="scout", prefix="2")
     with pytest.raises(SwinsegError) as raised:
         read_volume(folder)
     message = str(raised.value)

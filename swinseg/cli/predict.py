@@ -220,7 +220,7 @@ class _Reporter:
 
     def result(self, result: Any) -> None:
         self.counts[result.status] += 1
-        for note in getattr(result, "notes", ()):
+        for note in result.notes:
             err.print(f"[yellow]warning:[/yellow] {escape(self.prefix + note)}", highlight=False, soft_wrap=True)
         if self.as_json:
             typer.echo(json.dumps(result.to_dict()))
