@@ -6,7 +6,8 @@ PLANES = ("axial", "coronal", "sagittal")  # slicing planes (the card's `plane`,
 PROTOCOLS = ("fast", "reference")  # predict --protocol
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")  # --precision
 EVALUATION_PROTOCOLS = ("synapse-paper",)  # evaluate --protocol
-OUTPUT_TYPES = ("auto", "dicom-seg")  # predict --output-type: auto = NIfTI (PNG for 2-D images), or DICOM SEG
+BACKENDS = ("auto", "torch", "onnxruntime", "openvino")  # predict --backend (auto: torch on CUDA, else fastest)
+OUTPUT_TYPES = ("auto", "dicom-seg", "rtstruct")  # predict --output-type: auto = NIfTI (PNG for 2-D images)
 
 HD95_DEFINITIONS = {  # evaluate --hd95
     "medpy": "95th percentile (numpy linear interpolation) of the pooled surface distances of both directions "

@@ -191,6 +191,8 @@ class ModelCard:
     description: str = ""
     weights: Path | None = None
     source: Path | None = None
+    # class name -> {"type": (scheme, value, meaning), "category": (...)} for DICOM SEG (else swinseg's table)
+    segment_codes: dict[str, dict[str, tuple[str, str, str]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "classes", tuple(self.classes))
@@ -199,11 +201,13 @@ class ModelCard:
                 f"model card {self.name!r}: {len(self.classes)} class names but num_classes is "
                 f"{self.network.num_classes}"
             )
+        object.__setattr__(self, "segment_codes", _segment_codes(self.segment_codes, self.classes))
 
     def with_classes(self, classes: list[str] | tuple[str, ...]) -> ModelCard:
         """The same card with another label set (num_classes follows)."""
         network = dataclasses.replace(self.network, num_classes=len(classes))
-        return dataclasses.replace(self, network=network, classes=tuple(classes))
+        codes = {name: code for name, code in self.segment_codes.items() if name in classes[1:]}
+        return dataclasses.replace(self, network=network, classes=tuple(classes), segment_codes=codes)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -212,6 +216,8 @@ class ModelCard:
             "network": self.network.to_dict(),
             "classes": list(self.classes),
             "preprocessing": self.preprocessing.to_dict(),
+            **({"segment_codes": {name: {k: list(v) for k, v in codes.items()}
+                                  for name, codes in self.segment_codes.items()}} if self.segment_codes else {}),
         }
 
     @classmethod
@@ -233,11 +239,30 @@ class ModelCard:
                 description=str(values.get("description", "")),
                 weights=Path(weights) if weights else None,
                 source=source,
+                segment_codes=dict(values.get("segment_codes") or {}),
             )
         except SwinsegError as err:
             raise SwinsegError(f"{where}: {err}") from err
         except (TypeError, ValueError) as err:
             raise SwinsegError(f"{where}: invalid value ({err})") from err
+
+
+def _segment_codes(values: Any, classes: tuple[str, ...]) -> dict[str, dict[str, tuple[str, str, str]]]:
+    """A card's `segment_codes`, checked: each named class gets a `type` code (and optionally a `category`),
+    each code [coding scheme, code value, code meaning], e.g. liver: {type: [SCT, "10200004", Liver]}."""
+    codes: dict[str, dict[str, tuple[str, str, str]]] = {}
+    for name, entry in dict(values).items():
+        if name not in classes[1:]:
+            raise SwinsegError(f"segment_codes: {name!r} is not a foreground class ({', '.join(classes[1:])})")
+        if not isinstance(entry, dict) or "type" not in entry or set(entry) - {"type", "category"}:
+            raise SwinsegError(f"segment_codes: {name}: expected {{type: [SCHEME, VALUE, MEANING]}} and optionally "
+                               "category: [...]")
+        codes[name] = {}
+        for key, code in entry.items():
+            if not isinstance(code, (list, tuple)) or len(code) != 3 or not all(str(part) for part in code):
+                raise SwinsegError(f"segment_codes: {name}.{key}: expected [SCHEME, VALUE, MEANING], got {code!r}")
+            codes[name][key] = tuple(str(part) for part in code)
+    return codes
 
 
 def card_dirs() -> list[Path]:

@@ -1,9 +1,9 @@
 """DICOM SEG output: a predicted label map as a Segmentation object that references its source DICOM series
 (study, frame of reference, one frame per source slice), ready for PACS and viewers (OHIF, 3D Slicer).
 
-Segments are the card's foreground classes (segment number = label id), coded with SNOMED CT where the class is
-a known organ (otherwise generic "Tissue"), coloured as swinseg's overlays, with swinseg as the algorithm.
-highdicom and pydicom are imported only when a SEG is written."""
+Segments are the card's foreground classes (segment number = label id), coded as the card's `segment_codes`
+say, else with SNOMED CT where the class is a known organ (otherwise generic "Tissue"), coloured as swinseg's
+overlays, with swinseg as the algorithm. highdicom and pydicom are imported only when a SEG is written."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -49,6 +49,13 @@ def segment_descriptions(card: ModelCard) -> list[Any]:
         organ = ORGAN_CODES.get(name.lower())
         category = codes.SCT.AnatomicalStructure if organ else codes.SCT.Tissue
         kind = getattr(codes.SCT, organ) if organ else codes.SCT.Tissue
+        given = card.segment_codes.get(name, {})
+        if "type" in given:
+            scheme, value, meaning = given["type"]
+            kind, category = hd.sr.CodedConcept(value, scheme, meaning), codes.SCT.AnatomicalStructure
+        if "category" in given:
+            scheme, value, meaning = given["category"]
+            category = hd.sr.CodedConcept(value, scheme, meaning)
         red, green, blue = (float(v) * 255.0 for v in label_color(label))
         descriptions.append(hd.seg.SegmentDescription(
             segment_number=label, segment_label=name, segmented_property_category=category,

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from swinseg import dicom_seg, io
+from swinseg import dicom_seg, io, rtstruct
 from swinseg.choices import OUTPUT_TYPES
 from swinseg.errors import SwinsegError
 from swinseg.overlay import overlay_volumes
@@ -36,6 +36,7 @@ class Case:
     probabilities: Path | None = None
     statistics: Path | None = None
     preview: Path | None = None
+    kind: str = "volume"  # the mask's format: volume (NIfTI, NRRD, ... by suffix), dicom-seg or rtstruct
 
     def outputs(self) -> list[Path]:
         return [self.output] + [p for p in (self.probabilities, self.statistics, self.preview) if p is not None]
@@ -106,8 +107,8 @@ class RunOptions:
 
 def _output_name(source: Path, output_type: str, name: str | None = None) -> str:
     """Case name (`name`, else the file's with nnU-Net `_0000` stripped) + .nii.gz (.png for 2-D image inputs),
-    or .dcm for DICOM SEG."""
-    if output_type == "dicom-seg":
+    or .dcm for DICOM SEG and RTSTRUCT."""
+    if output_type in ("dicom-seg", "rtstruct"):
         suffix = dicom_seg.SUFFIX
     else:
         suffix = ".png" if source.name.lower().endswith(io.IMAGE_2D_SUFFIXES) else ".nii.gz"
@@ -190,13 +191,19 @@ def plan_cases(inputs: Sequence[str | Path], output: str | Path, *, probabilitie
         if target.resolve() in seen:
             raise SwinsegError(f"{seen[target.resolve()]} and {source} would both write {target}; rename one")
         seen[target.resolve()] = source
-        if target.name.lower().endswith(dicom_seg.SUFFIX) and not source.is_dir():
-            raise SwinsegError(f"{source}: a DICOM SEG references its source DICOM series, and this input is not "
+        is_dicom = target.name.lower().endswith(dicom_seg.SUFFIX)
+        kind = "rtstruct" if output_type == "rtstruct" else "dicom-seg" if is_dicom else "volume"
+        if kind == "rtstruct" and not is_dicom:
+            raise SwinsegError(f"-o {target}: an RTSTRUCT is a DICOM file; name it .dcm")
+        what = "an RTSTRUCT" if kind == "rtstruct" else "a DICOM SEG"
+        if is_dicom and not source.is_dir():
+            raise SwinsegError(f"{source}: {what} references its source DICOM series, and this input is not "
                                "one; write .nii.gz (or another image format) for it")
         if target.resolve() == source.resolve():
             raise SwinsegError(f"{source}: the output would overwrite this input; choose another -o")
         cases.append(Case(source, target, probabilities_path(target) if probabilities else None,
-                          statistics_path(target) if statistics else None, preview_path(target) if preview else None))
+                          statistics_path(target) if statistics else None, preview_path(target) if preview else None,
+                          kind))
     return cases
 
 
@@ -347,8 +354,10 @@ def _write_case(
         if case.preview is not None:
             overlay_volumes(volume, [volume.with_array(labels)], case.preview, class_names=card.classes,
                             title=f"{case.input.name}: {card.name} prediction")
-        if case.output.name.lower().endswith(dicom_seg.SUFFIX):
+        if case.kind == "dicom-seg":
             dicom_seg.write_dicom_seg(case.output, labels, volume, card)
+        elif case.kind == "rtstruct":
+            rtstruct.write_rtstruct(case.output, labels, volume, card)
         else:
             io.write_volume(case.output, labels, volume)
     except Exception as error:  # noqa: BLE001

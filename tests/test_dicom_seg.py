@@ -68,3 +68,32 @@ def test_output_type_names_seg_files_in_a_folder(series, checkpoint, tmp_path):
                                       str(tmp_path / "out"), "--output-type", "dicom-seg"])
     assert result.exit_code == 0, result.output
     assert hd.seg.segread(tmp_path / "out" / "patient.dcm").NumberOfFrames > 0
+
+
+def test_a_card_gives_its_own_segment_codes(series, tmp_path):
+    import dataclasses
+
+    from swinseg.dicom_seg import segment_descriptions
+    from swinseg.errors import SwinsegError
+
+    card = load_card("swin_unet_test")
+    coded = dataclasses.replace(card, segment_codes={
+        "aorta": {"type": ["SCT", "261403002", "Abdominal aorta"]},
+        "spleen": {"type": ["99LOCAL", "S1", "Accessory spleen"], "category": ["SCT", "49755003", "Morphologically "
+                                                                                  "abnormal structure"]},
+    })
+    by_label = {d.segment_number: d for d in segment_descriptions(coded)}
+    aorta, spleen = by_label[card.classes.index("aorta")], by_label[card.classes.index("spleen")]
+    assert aorta.segmented_property_type.value == "261403002"
+    assert aorta.segmented_property_category.value == "91723000"  # anatomical structure
+    assert (spleen.segmented_property_type.scheme_designator, spleen.segmented_property_type.value) == ("99LOCAL", "S1")
+    assert spleen.segmented_property_category.value == "49755003"
+    assert by_label[card.classes.index("liver")].segmented_property_type.value == "10200004"  # the table still
+    restored = type(card).from_dict(coded.to_dict())
+    assert restored.segment_codes == coded.segment_codes  # checkpoints carry the codes
+    assert "aorta" not in coded.with_classes(["background", "liver"]).segment_codes
+    for bad, message in (({"bone": {"type": ["SCT", "1", "x"]}}, "not a foreground class"),
+                         ({"liver": {"type": ["SCT", "1"]}}, "expected \\[SCHEME, VALUE, MEANING\\]"),
+                         ({"liver": ["SCT", "1", "x"]}, "expected \\{type")):
+        with pytest.raises(SwinsegError, match=message):
+            dataclasses.replace(card, segment_codes=bad)

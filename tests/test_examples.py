@@ -107,6 +107,7 @@ def test_multi_gpu_on_two_cpu_processes(tmp_path):
 
 def test_into_pacs(tmp_path, checkpoint):
     import highdicom as hd
+    import pydicom
     import SimpleITK as sitk
     from dicom_files import dicom_series
     from shared_files import EXAMPLE_CT
@@ -123,3 +124,5 @@ def test_into_pacs(tmp_path, checkpoint):
     assert seg.Modality == "SEG" and len(seg.segment_numbers) == 5
     assert json.loads((out / "patient42_ct_statistics.json").read_text(encoding="utf-8"))["case"] == "patient42_ct"
     assert (out / "patient42_ct_preview.png").read_bytes()[:4] == b"\x89PNG" and (out / "statistics.csv").is_file()
+    rtstruct = pydicom.dcmread(out / "rtstruct" / "patient42_ct.dcm")
+    assert rtstruct.Modality == "RTSTRUCT" and rtstruct.FrameOfReferenceUID == seg.FrameOfReferenceUID
