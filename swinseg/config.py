@@ -239,7 +239,7 @@ class ModelCard:
                 description=str(values.get("description", "")),
                 weights=Path(weights) if weights else None,
                 source=source,
-                segment_codes=dict(values.get("segment_codes") or {}),
+                segment_codes=values.get("segment_codes") or {},
             )
         except SwinsegError as err:
             raise SwinsegError(f"{where}: {err}") from err
@@ -250,8 +250,10 @@ class ModelCard:
 def _segment_codes(values: Any, classes: tuple[str, ...]) -> dict[str, dict[str, tuple[str, str, str]]]:
     """A card's `segment_codes`, checked: each named class gets a `type` code (and optionally a `category`),
     each code [coding scheme, code value, code meaning], e.g. liver: {type: [SCT, "10200004", Liver]}."""
+    if not isinstance(values, dict):
+        raise SwinsegError(f"segment_codes: expected a mapping of class names, got {type(values).__name__}")
     codes: dict[str, dict[str, tuple[str, str, str]]] = {}
-    for name, entry in dict(values).items():
+    for name, entry in values.items():
         if name not in classes[1:]:
             raise SwinsegError(f"segment_codes: {name!r} is not a foreground class ({', '.join(classes[1:])})")
         if not isinstance(entry, dict) or "type" not in entry or set(entry) - {"type", "category"}:
@@ -259,7 +261,8 @@ def _segment_codes(values: Any, classes: tuple[str, ...]) -> dict[str, dict[str,
                                "category: [...]")
         codes[name] = {}
         for key, code in entry.items():
-            if not isinstance(code, (list, tuple)) or len(code) != 3 or not all(str(part) for part in code):
+            if not isinstance(code, (list, tuple)) or len(code) != 3 or not all(
+                    isinstance(part, (str, int)) and not isinstance(part, bool) and str(part).strip() for part in code):
                 raise SwinsegError(f"segment_codes: {name}.{key}: expected [SCHEME, VALUE, MEANING], got {code!r}")
             codes[name][key] = tuple(str(part) for part in code)
     return codes

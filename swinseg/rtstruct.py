@@ -4,10 +4,11 @@ systems and viewers that read structure sets rather than SEG.
 
 ROIs are the card's foreground classes (ROI number = label id), coloured as swinseg's overlays. Every foreground
 class is an ROI, also when absent from the mask: its ROI Contour item then has no (type 3) Contour Sequence, so ROI
-numbers always equal label ids. Contours are CLOSED_PLANAR polygons on pixel edges (marching squares at 0.5 on
-each slice); a hole (and an island inside it) is a contour of its own, so readers must combine the contours of a
-slice by even-odd (XOR) inclusion, the common convention (the keyhole technique is not used). pydicom is imported
-only when a structure set is written."""
+numbers always equal label ids. Contours are CLOSED_PLANAR polygons from marching squares at 0.5 on each slice:
+straight runs lie on pixel edges, corners are cut diagonally (a lone pixel becomes a diamond of half its area,
+so very thin structures lose a little volume in a planning system); a hole (and an island inside it) is a
+contour of its own, so readers must combine the contours of a slice by even-odd (XOR) inclusion, the common
+convention (the keyhole technique is not used). pydicom is imported only when a structure set is written."""
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from scipy import ndimage
 
 from swinseg import __version__
 from swinseg.config import ModelCard
+from swinseg.dicom_seg import ORGAN_CODES
 from swinseg.errors import SwinsegError
 from swinseg.io import Volume, atomic_output
 from swinseg.overlay import label_color
@@ -54,6 +56,9 @@ def write_rtstruct(path: str | Path, labels: np.ndarray, volume: Volume, card: M
         raise SwinsegError(f"label {int(labels.max())} beyond the card's {len(card.classes)} classes")
     pydicom = _pydicom()
     sources = [pydicom.dcmread(file, stop_before_pixels=True) for file in volume.source_files]
+    if "FrameOfReferenceUID" not in sources[0]:
+        raise SwinsegError(f"{volume.source_files[0]}: no FrameOfReferenceUID; an RTSTRUCT needs the series' frame "
+                           "of reference")
     planes = [_plane(source, file) for source, file in zip(sources, volume.source_files)]
     expected = (len(sources), int(sources[0].Rows), int(sources[0].Columns))
     if labels.shape != expected:
@@ -155,28 +160,28 @@ def _structure_set(sources: list[Any], card: ModelCard) -> Any:
     dataset.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
     dataset.file_meta.MediaStorageSOPClassUID = dataset.SOPClassUID = RTSTRUCT_SOP_CLASS
     dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID = pydicom.uid.generate_uid()
-    if "SpecificCharacterSet" in first:
-        dataset.SpecificCharacterSet = first.SpecificCharacterSet
+    dataset.SpecificCharacterSet = "ISO_IR 192"  # UTF-8: class names and copied patient names of any script
     dataset.InstanceCreationDate, dataset.InstanceCreationTime = date, time
     for keyword in COPIED:
         setattr(dataset, keyword, first.get(keyword, ""))
     dataset.Modality = "RTSTRUCT"
     dataset.SeriesInstanceUID = pydicom.uid.generate_uid()
     dataset.SeriesNumber, dataset.InstanceNumber = 9902, 1
-    dataset.SeriesDescription = f"swinseg {card.name}"
+    dataset.SeriesDescription = _fit(f"swinseg {card.name}", 64)
     dataset.OperatorsName = ""
-    dataset.Manufacturer, dataset.ManufacturerModelName = "swinseg", card.name
+    dataset.Manufacturer, dataset.ManufacturerModelName = "swinseg", _fit(card.name, 64)
     dataset.SoftwareVersions = __version__
     dataset.FrameOfReferenceUID = first.FrameOfReferenceUID
     dataset.PositionReferenceIndicator = ""
     dataset.StructureSetLabel = "swinseg"
-    dataset.StructureSetName = card.name
+    dataset.StructureSetName = _fit(card.name, 64)
     dataset.StructureSetDate, dataset.StructureSetTime = date, time
     dataset.ReferencedFrameOfReferenceSequence = [_frame_of_reference(sources)]
     dataset.StructureSetROISequence = [_roi(label, name, first.FrameOfReferenceUID)
                                        for label, name in enumerate(card.classes[1:], start=1)]
-    dataset.RTROIObservationsSequence = [_observation(label, name)
-                                         for label, name in enumerate(card.classes[1:], start=1)]
+    dataset.RTROIObservationsSequence = [
+        _observation(label, name, name.lower() in ORGAN_CODES or name in card.segment_codes)
+        for label, name in enumerate(card.classes[1:], start=1)]
     return dataset
 
 
@@ -204,18 +209,26 @@ def _roi(label: int, name: str, frame_of_reference: str) -> Any:
     roi = Dataset()
     roi.ROINumber = label
     roi.ReferencedFrameOfReferenceUID = frame_of_reference
-    roi.ROIName = name
+    roi.ROIName = _fit(name, 64)
     roi.ROIGenerationAlgorithm = "AUTOMATIC"
     return roi
 
 
-def _observation(label: int, name: str) -> Any:
+def _fit(text: str, length: int) -> str:
+    """`text` cut to a value representation's maximum length (LO 64, SH 16), counted in UTF-8 bytes as pydicom
+    checks it (never longer than the limit in characters either)."""
+    while len(text.encode("utf-8")) > length:
+        text = text[:-1]
+    return text
+
+
+def _observation(label: int, name: str, organ: bool) -> Any:
     from pydicom.dataset import Dataset
 
     observation = Dataset()
     observation.ObservationNumber = label
     observation.ReferencedROINumber = label
-    observation.ROIObservationLabel = name
-    observation.RTROIInterpretedType = "ORGAN"
+    observation.ROIObservationLabel = _fit(name, 16)  # SH
+    observation.RTROIInterpretedType = "ORGAN" if organ else ""  # type 2: unknown for classes not in the table
     observation.ROIInterpreter = ""
     return observation

@@ -94,6 +94,9 @@ def test_a_card_gives_its_own_segment_codes(series, tmp_path):
     assert "aorta" not in coded.with_classes(["background", "liver"]).segment_codes
     for bad, message in (({"bone": {"type": ["SCT", "1", "x"]}}, "not a foreground class"),
                          ({"liver": {"type": ["SCT", "1"]}}, "expected \\[SCHEME, VALUE, MEANING\\]"),
-                         ({"liver": ["SCT", "1", "x"]}, "expected \\{type")):
+                         ({"liver": ["SCT", "1", "x"]}, "expected \\{type"),
+                         ({"liver": {"type": ["SCT", None, "x"]}}, "expected \\[SCHEME"),
+                         ({"liver": {"type": ["SCT", "  ", "x"]}}, "expected \\[SCHEME"),
+                         (["liver"], "expected a mapping")):
         with pytest.raises(SwinsegError, match=message):
             dataclasses.replace(card, segment_codes=bad)

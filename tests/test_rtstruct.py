@@ -244,3 +244,19 @@ def test_predict_writes_an_rtstruct_matching_the_nifti_mask_of_the_run(tmp_path,
     refused = runner.invoke(app, ["predict", str(tmp_path / "scan.nii.gz"), "-c", str(checkpoint), "-o",
                                   str(tmp_path / "out") + "/", "--output-type", "rtstruct"])
     assert refused.exit_code == 1 and "an RTSTRUCT references its source DICOM series" in refused.stderr
+
+
+def test_long_and_non_ascii_names_fit_their_value_representations(tmp_path):
+    import warnings
+
+    volume, _ = encoded_series(tmp_path / "series", phantom(), oblique=False)
+    names = ["background"] + [f"Milz_ä_肝_structure_{k}_with_a_long_name" for k in range(1, len(CARD.classes))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # pydicom warns on over-long values and on characters it cannot encode
+        write_rtstruct(tmp_path / "rt.dcm", (volume.array // 100).astype(np.uint8), volume, CARD.with_classes(names))
+        rtstruct = pydicom.dcmread(tmp_path / "rt.dcm")
+        rtstruct.RTROIObservationsSequence[0].ROIObservationLabel  # noqa: B018 - decoding validates the value
+    assert rtstruct.StructureSetROISequence[0].ROIName == names[1]
+    label = rtstruct.RTROIObservationsSequence[0].ROIObservationLabel
+    assert names[1].startswith(label) and len(label.encode()) <= 16 < len(names[1])  # SH: at most 16
+    assert rtstruct.RTROIObservationsSequence[0].RTROIInterpretedType == ""  # not an organ of the table
