@@ -5,6 +5,8 @@ protocol, measured in one run on a synthetic CT-like volume with a randomly init
   mask NIfTI (`runner.predict_cases`, exactly what the CLI runs after loading the model);
 - network-only: the forward passes alone for the same slices at the same batch size (inputs pre-resized);
 - reference: `--protocol reference` through the same path (one slice per pass, nearest resize back);
+- backends: end-to-end per backend (torch eager; on CPU OpenVINO and onnxruntime on the cached ONNX export) on
+  the same scan and model, interleaved rounds, the median time and the median per-round ratio to torch;
 - peak RSS: `swinseg predict` on a 512x512xN volume in a child process (resource.getrusage of children).
 
 With `--card-spacing SY,SX` the model card gets a target spacing: slices are resampled to it and tiled
@@ -12,8 +14,8 @@ With `--card-spacing SY,SX` the model card gets a target spacing: slices are res
 
     .venv/bin/python benchmarks/predict_speed.py --scan-spacing 0.8 --card-spacing 1.5,1.5 --slices 32
 
-Targets (issues 3 and 9): end-to-end <= 1.15x network-only, faster than reference (whole-slice cards),
-peak RSS < 3 GB at 512x512x300.
+Targets (issues 3, 9 and 10): end-to-end <= 1.15x network-only, faster than reference (whole-slice cards),
+peak RSS < 3 GB at 512x512x300; on CPU OpenVINO >= 1.4x torch end-to-end, onnxruntime >= 1.25x.
 
     .venv/bin/python benchmarks/predict_speed.py                 # 512x512x64, batch 16, RSS at 300 slices
     .venv/bin/python benchmarks/predict_speed.py --slices 16 --rss-slices 0   # quick look
@@ -22,7 +24,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import resource
+import multiprocessing
+import os
+import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,13 +39,14 @@ import numpy as np
 import scipy.ndimage
 import torch
 
+from swinseg import backends
 from swinseg.config import load_card, parse_spacing
 from swinseg.io import read_volume
 from swinseg.model import build_model
 from swinseg.predict import Predictor
 from swinseg.preprocess import PreparedVolume, grid_size, pad_margins, resample_images, resize_slices, tile_corners
 from swinseg.runner import Case, RunOptions, predict_cases
-from swinseg.weights import save_checkpoint
+from swinseg.weights import load_checkpoint, save_checkpoint
 
 
 def synthetic_ct(depth: int, size: int = 512, seed: int = 0) -> np.ndarray:
@@ -99,7 +105,7 @@ def time_network(predictor: Predictor, batches: list[torch.Tensor]) -> Timer:
     """The forward passes alone over pre-cut input batches."""
     with torch.inference_mode(), Timer() as timer:
         for batch in batches:
-            predictor._forward(batch)
+            predictor.network(batch)
         if predictor.device.type == "cuda":
             torch.cuda.synchronize(predictor.device)
     return timer
@@ -116,27 +122,93 @@ def time_case(predictor: Predictor, case: Case) -> Timer:
     return timer
 
 
-def peak_rss_gb(checkpoint: Path, scan: Path, output: Path, device: str, batch_size: int) -> tuple[float, float]:
-    """(peak RSS in GB, seconds) of `swinseg predict` run as a child process."""
+def peak_rss_gb(checkpoint: Path, scan: Path, output: Path, device: str, batch_size: int | None,
+                backend: str) -> tuple[float, float]:
+    """(peak RSS in GB, seconds) of `swinseg predict --backend BACKEND` run as a child process (its own rusage)."""
     command = [sys.executable, "-m", "swinseg", "predict", str(scan), "-c", str(checkpoint), "-o", str(output),
-               "--device", device, "--batch-size", str(batch_size), "--quiet", "--overwrite"]
+               "--device", device, "--backend", backend, "--quiet", "--overwrite"]
+    command += ["--batch-size", str(batch_size)] if batch_size else []
     began = time.perf_counter()
-    subprocess.run(command, check=True)
-    seconds = time.perf_counter() - began
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2, seconds
+    child = subprocess.Popen(command)
+    _, status, usage = os.wait4(child.pid, 0)
+    if status:
+        raise SystemExit(f"{' '.join(command)} failed")
+    return usage.ru_maxrss / 1024**2, time.perf_counter() - began
+
+
+def backend_worker(name: str, checkpoint: Path, scan: Path, args: argparse.Namespace, connection) -> None:
+    """One backend in a process of its own (as `swinseg predict` runs it): warm up, then time a case per request.
+    Separate processes, stopped (SIGSTOP) while the others run, keep one runtime's threads from slowing the next."""
+    model, card = load_checkpoint(checkpoint)
+    predictor = Predictor(model, card, device=args.device, batch_size=args.batch_size, backend=name)
+    case = Case(scan, scan.with_name(f"mask_{name}.nii.gz"))
+    time_case(predictor, case)
+    connection.send("ready")
+    while connection.recv() == "run":
+        timer = time_case(predictor, case)
+        connection.send((timer.wall, timer.cpu))
+
+
+def compare_backends(checkpoint: Path, scan: Path, args: argparse.Namespace) -> None:
+    """End-to-end time per backend on one case, in interleaved rounds; ratios to torch per round."""
+    wanted = [name for name in args.backends.split(",") if name]
+    names = [n for n in wanted if n == "torch" or args.device == "cpu" and backends.installed(n)]
+    if len(names) < 2 or "torch" not in names:
+        return
+    context = multiprocessing.get_context("spawn")
+    began, links, workers = time.perf_counter(), {}, []
+    for name in names:
+        ours, theirs = context.Pipe()
+        workers.append(context.Process(target=backend_worker, args=(name, checkpoint, scan, args, theirs)))
+        workers[-1].start()
+        if ours.recv() != "ready":
+            raise SystemExit(f"{name}: worker failed")
+        os.kill(workers[-1].pid, signal.SIGSTOP)  # an idle runtime's threads may still spin: stopped, they cannot
+        links[name] = ours
+    print(f"backends: {', '.join(names)}, one process each (start, ONNX export + verification, warm-up: "
+          f"{time.perf_counter() - began:.0f} s)")
+    walls: dict[str, list[float]] = {name: [] for name in names}
+    cpus: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(args.backend_rounds):
+        for (name, link), worker in zip(links.items(), workers):
+            os.kill(worker.pid, signal.SIGCONT)
+            link.send("run")
+            wall, cpu = link.recv()
+            os.kill(worker.pid, signal.SIGSTOP)
+            walls[name].append(wall)
+            cpus[name].append(cpu)
+    for link, worker in zip(links.values(), workers):
+        os.kill(worker.pid, signal.SIGCONT)
+        link.send("stop")
+    for worker in workers:
+        worker.join()
+    n = args.slices
+    print(f"{'backend':14}{'median s':>10}{'slices/s':>10}{'x torch':>9}{'range':>13}{'cpu x torch':>13}")
+    for name in names:
+        ratios = [t / b for t, b in zip(walls["torch"], walls[name])]
+        cpu = statistics.median(t / b for t, b in zip(cpus["torch"], cpus[name]))
+        median = statistics.median(walls[name])
+        print(f"{name:14}{median:10.2f}{n / median:10.2f}{statistics.median(ratios):9.2f}"
+              f"{min(ratios):6.2f}-{max(ratios):<6.2f}{cpu:13.2f}")
+    print(f"end-to-end predict per backend, median of {args.backend_rounds} interleaved round(s) "
+          "(x torch: median of the per-round ratios; targets openvino >= 1.4, onnxruntime >= 1.25)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slices", type=int, default=64, help="slices of the 512x512 timing volume")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=None, help="default: each backend's (torch 16, ONNX 8)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--model", default="swin_unet_tiny")
     parser.add_argument("--repeat", type=int, default=2, help="interleaved timing rounds; the best is kept")
     parser.add_argument("--rss-slices", type=int, default=300, help="slices of the RSS volume (0: skip)")
     parser.add_argument("--scan-spacing", type=float, default=0.7, help="in-plane pixel spacing of the scan, mm")
     parser.add_argument("--card-spacing", default=None, help="SY,SX: give the card this target spacing (tiling)")
+    parser.add_argument("--backends", default="torch,openvino,onnxruntime",
+                        help="backends to compare end to end (the ONNX ones on CPU, where installed; '' to skip)")
+    parser.add_argument("--backend-rounds", type=int, default=5, help="interleaved rounds of the backend comparison")
     args = parser.parse_args()
+    os.environ.setdefault("SWINSEG_CACHE", tempfile.mkdtemp(prefix="swinseg-bench-cache-"))
 
     torch.manual_seed(0)
     card = load_card(args.model)
@@ -149,7 +221,7 @@ def main() -> None:
     tiles = fast.tiles_per_slice((512, 512), (args.scan_spacing, args.scan_spacing))
     layout = f"{tiles} tiles/slice at {args.card_spacing} mm" if args.card_spacing else "whole slices"
     print(f"{card.name} random init on {fast.device} ({torch.get_num_threads()} threads), volume "
-          f"512x512x{args.slices} at {args.scan_spacing:g} mm, {layout}, batch {args.batch_size}")
+          f"512x512x{args.slices} at {args.scan_spacing:g} mm, {layout}, batch {fast.batch_size}")
 
     with tempfile.TemporaryDirectory(prefix="swinseg-bench-") as folder:
         folder_path = Path(folder)
@@ -183,14 +255,19 @@ def main() -> None:
               f"{end_to_end[1].cpu / network[1].cpu:.3f} cpu (target <= 1.15){versus}; best of {args.repeat} "
               "round(s)")
 
+        checkpoint = folder_path / "model.safetensors"
+        save_checkpoint(checkpoint, model, card)
+        compare_backends(checkpoint, scan, args)
+
         if args.rss_slices:
             big = folder_path / "big.nii.gz"
             write_scan(big, synthetic_ct(args.rss_slices, seed=1), args.scan_spacing)
-            checkpoint = folder_path / "model.safetensors"
-            save_checkpoint(checkpoint, model, card)
-            rss, seconds = peak_rss_gb(checkpoint, big, folder_path / "big_mask.nii.gz", args.device, args.batch_size)
-            print(f"peak RSS of `swinseg predict` on 512x512x{args.rss_slices}: {rss:.2f} GB "
-                  f"(target < 3 GB; {seconds:.0f} s including start-up)")
+            cpu_backends = ("openvino", "onnxruntime") if args.device == "cpu" else ()
+            for backend in ["torch", *(n for n in cpu_backends if backends.installed(n))]:
+                rss, seconds = peak_rss_gb(checkpoint, big, folder_path / "big_mask.nii.gz", args.device,
+                                           args.batch_size, backend)
+                print(f"peak RSS of `swinseg predict --backend {backend}` on 512x512x{args.rss_slices}: "
+                      f"{rss:.2f} GB (target < 3 GB; {seconds:.0f} s including start-up)")
 
 
 if __name__ == "__main__":

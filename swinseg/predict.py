@@ -29,9 +29,10 @@ import torch
 import torch.nn.functional as F
 
 from swinseg import io, postprocess
+from swinseg.backends import ONNX_SUFFIX, Network, OnnxGraph, cached_graph, open_network, read_onnx, resolve_backend
 from swinseg.choices import PROTOCOLS
 from swinseg.config import ModelCard, load_card
-from swinseg.device import autocast, resolve_device, resolve_precision
+from swinseg.device import resolve_device, resolve_precision
 from swinseg.errors import SwinsegError
 from swinseg.preprocess import (
     DEFAULT_TILE_OVERLAP,
@@ -46,6 +47,7 @@ from swinseg.preprocess import (
     tile_corners,
 )
 
+DEFAULT_BATCH = {"torch": 16, "onnxruntime": 8, "openvino": 8}
 TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))  # none, left-right, up-down, both
 SliceProgress = Callable[[int], None]
 
@@ -60,25 +62,29 @@ class Predictor:
 
     `precision`: auto (bf16/fp16 autocast on CUDA, fp32 on CPU), bf16, fp16 or fp32. `tta`: average the
     softmax over horizontal/vertical flips (4 passes). `batch_size`: network inputs (tiles, or whole slices)
-    per forward pass. `tile_overlap`: share of a tile its neighbours overlap (cards with a target spacing).
+    per forward pass (default 16 on torch, 8 on the ONNX runtimes: as fast there, half their activation memory).
+    `tile_overlap`: share of a tile its neighbours overlap (cards with a target spacing).
     `protocol`: "fast" or "reference" (see the module doc; reference forces batch size 1, float32 and no TTA).
+    `backend`: torch, onnxruntime, openvino, or auto (torch on CUDA; on CPU OpenVINO, else onnxruntime, else
+    torch); see swinseg.backends. `model` is a torch module, or an exported graph (`read_onnx`) for the ONNX ones.
     """
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        model: torch.nn.Module | OnnxGraph,
         card: ModelCard,
         *,
         device: str | torch.device = "auto",
-        batch_size: int = 16,
+        batch_size: int | None = None,
         precision: str = "auto",
         tta: bool = False,
         protocol: str = "fast",
         tile_overlap: float = DEFAULT_TILE_OVERLAP,
+        backend: str = "torch",
     ) -> None:
         if protocol not in PROTOCOLS:
             raise SwinsegError(f"--protocol {protocol!r}: expected one of {', '.join(PROTOCOLS)}")
-        if batch_size < 1:
+        if batch_size is not None and batch_size < 1:
             raise SwinsegError(f"--batch-size {batch_size}: must be at least 1")
         if protocol == "reference" and tta:
             raise SwinsegError("--tta is not part of --protocol reference (the published path has no TTA)")
@@ -89,24 +95,57 @@ class Predictor:
             )
         if not 0.0 <= tile_overlap < 1.0:
             raise SwinsegError(f"--tile-overlap {tile_overlap}: must be in [0, 1)")
-        num_classes = model.config.num_classes
+        network = model.card.network if isinstance(model, OnnxGraph) else model.config
+        num_classes = network.num_classes
         if num_classes != len(card.classes):
             where = f" ({card.source})" if card.source else ""
             raise SwinsegError(
                 f"model card {card.name!r}{where} names {len(card.classes)} classes but the network predicts "
                 f"{num_classes}"
             )
+        if protocol == "reference" and backend not in ("auto", "torch"):
+            raise SwinsegError(f"--protocol reference is the published torch path; --backend {backend} cannot "
+                               "reproduce it exactly (drop one)")
+        if protocol == "reference" and isinstance(model, OnnxGraph):
+            raise SwinsegError(f"{model.path}: --protocol reference runs the torch network; pass the torch checkpoint")
+        cpu_only = isinstance(model, OnnxGraph) or backend not in ("auto", "torch")
+        if device == "auto" and cpu_only:
+            device = "cpu"
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.dtype = None if protocol == "reference" else resolve_precision(precision, self.device)
-        self.model = model.to(self.device).eval()
+        self.backend = "torch" if protocol == "reference" else resolve_backend(
+            backend, self.device, onnx_only=isinstance(model, OnnxGraph), dtype=self.dtype)
+        if isinstance(model, torch.nn.Module):
+            model = model.to(self.device).eval()
+        self.model = model  # the torch module, or the exported graph
+        self.notes: list[str] = []  # what the user should hear about (an export made now, a fallback to torch)
+        self.network = self._open_network(model, card, fall_back=backend == "auto")
         self.card = card
-        self.batch_size = 1 if protocol == "reference" else batch_size
+        self.batch_size = 1 if protocol == "reference" else batch_size or DEFAULT_BATCH[self.backend]
         self.tta = tta
         self.protocol = protocol
         self.tile_overlap = float(tile_overlap)
-        self.img_size = model.config.img_size
+        self.img_size = network.img_size
         self.num_classes = num_classes
         self._label_dtype = torch.uint8 if label_dtype(num_classes) == np.uint8 else torch.int32
+
+    def _open_network(self, model: torch.nn.Module | OnnxGraph, card: ModelCard, fall_back: bool) -> Network:
+        """The backend's network; a torch model on an ONNX backend goes through the export cache. With
+        `fall_back` (backend auto), an export or cache that fails means torch, with a note saying why."""
+        if self.backend == "torch" or isinstance(model, OnnxGraph):
+            return open_network(self.backend, model, card, self.device, self.dtype)
+        try:
+            path, built = cached_graph(model, card)
+            network = open_network(self.backend, OnnxGraph(path, card), card, self.device, self.dtype)
+        except SwinsegError as error:
+            if not fall_back:
+                raise
+            self.notes.append(f"{error}; predicting with torch instead")
+            self.backend = "torch"
+            return open_network("torch", model, card, self.device, self.dtype)
+        if built:
+            self.notes.append(f"network exported to ONNX for {self.backend} once (cache: {path.parent})")
+        return network
 
     @property
     def target_spacing(self) -> tuple[float, float] | None:
@@ -201,17 +240,13 @@ class Predictor:
                 progress(stop - start)
         return labels
 
-    def _forward(self, images: torch.Tensor) -> torch.Tensor:
-        with autocast(self.device, self.dtype):
-            return self.model(images).float()
-
     def _network_scores(self, images: torch.Tensor) -> torch.Tensor:
         """(N, C, S, S) float32 for network inputs (N, 1, S, S): logits, or flip-averaged softmax with TTA."""
         if not self.tta:
-            return self._forward(images)
+            return self.network(images)
         total = None
         for dims in TTA_FLIPS:
-            probs = torch.softmax(self._forward(images.flip(dims) if dims else images), dim=1)
+            probs = torch.softmax(self.network(images.flip(dims) if dims else images), dim=1)
             probs = probs.flip(dims) if dims else probs
             total = probs if total is None else total + probs
         return total / len(TTA_FLIPS)
@@ -256,7 +291,7 @@ class Predictor:
     def _reference_labels(self, batch: torch.Tensor) -> torch.Tensor:
         """The published evaluation path for one slice: cubic in, softmax + argmax, nearest back."""
         height, width = batch.shape[-2:]
-        logits = self.model(resize_slices(batch, self.img_size, order=3).unsqueeze(1))
+        logits = self.network(resize_slices(batch, self.img_size, order=3).unsqueeze(1))
         labels = torch.softmax(logits, dim=1).argmax(dim=1)
         return resize_slices(labels, (height, width), order=0)
 
@@ -313,10 +348,11 @@ def _mm(spacing: tuple[float, ...] | None) -> str:
 
 def load_predictor_model(
     *, model: str | None = None, weights: str | Path | None = None, checkpoint: str | Path | None = None
-) -> tuple[torch.nn.Module, ModelCard]:
+) -> tuple[torch.nn.Module | OnnxGraph, ModelCard]:
     """The network and card from `--model CARD [--weights FILE]` or `--checkpoint FILE [--model CARD]`.
 
-    A card without --weights uses the weight file it names (`weights:` in its YAML).
+    A card without --weights uses the weight file it names (`weights:` in its YAML). An exported .onnx file
+    (`swinseg export`) is a checkpoint with its card inside, for the ONNX backends.
     """
     from swinseg.weights import load_checkpoint
 
@@ -326,6 +362,11 @@ def load_predictor_model(
         raise SwinsegError("--weights needs --model CARD (or pass a swinseg checkpoint with --checkpoint)")
     if model is None and checkpoint is None:
         raise SwinsegError("no model: give --checkpoint FILE, or --model CARD with --weights FILE")
+    if checkpoint is not None and str(checkpoint).lower().endswith(ONNX_SUFFIX):
+        if model is not None:
+            raise SwinsegError(f"{checkpoint}: an exported network carries its own card; drop --model")
+        graph = read_onnx(checkpoint)
+        return graph, graph.card
     card = load_card(model) if model is not None else None
     path = checkpoint if checkpoint is not None else weights
     if path is None:

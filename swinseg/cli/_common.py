@@ -8,6 +8,7 @@ from typing import Any, Callable, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from swinseg.errors import SwinsegError
 
@@ -39,14 +40,14 @@ def cli_errors(command: F) -> F:
         except SwinsegError as error:
             if state.debug:
                 raise
-            err.print(f"[red]error:[/red] {error}", highlight=False, markup=True, soft_wrap=True)
+            err.print(f"[red]error:[/red] {escape(str(error))}", highlight=False, markup=True, soft_wrap=True)
             raise typer.Exit(1) from None
         except Exception as error:  # noqa: BLE001 - last line of defence for the user
             if state.debug:
                 raise
             first_line = (str(error).strip().splitlines() or [""])[0][:300]
             err.print(
-                f"[red]error:[/red] {type(error).__name__}: {first_line} (run with --debug for the traceback)",
+                f"[red]error:[/red] {type(error).__name__}: {escape(first_line)} (run with --debug for the traceback)",
                 highlight=False,
                 soft_wrap=True,
             )

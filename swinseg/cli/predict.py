@@ -11,13 +11,14 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from swinseg.choices import OUTPUT_TYPES, PLANES, PRECISIONS, PROTOCOLS
+from swinseg.choices import BACKENDS, OUTPUT_TYPES, PLANES, PRECISIONS, PROTOCOLS
 from swinseg.cli._common import choice_type, cli_errors, err, out, state
 
 Plane = choice_type("Plane", PLANES)
 Protocol = choice_type("Protocol", PROTOCOLS)
 Precision = choice_type("Precision", PRECISIONS)
 OutputType = choice_type("OutputType", OUTPUT_TYPES)
+Backend = choice_type("Backend", BACKENDS)
 
 
 def register(app: typer.Typer) -> None:
@@ -39,7 +40,8 @@ def predict(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model card name or YAML file."),
     weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="Weight file for --model."),
     checkpoint: Optional[Path] = typer.Option(
-        None, "--checkpoint", "-c", help="swinseg checkpoint, or a reference Swin-Unet .pth together with --model."
+        None, "--checkpoint", "-c",
+        help="swinseg checkpoint, an exported .onnx (swinseg export), or a reference Swin-Unet .pth with --model."
     ),
     tta: bool = typer.Option(False, "--tta", help="Average the softmax over flips (4 passes per slice)."),
     save_probabilities: bool = typer.Option(
@@ -47,8 +49,8 @@ def predict(
     ),
     output_type: OutputType = typer.Option(
         OutputType.auto, "--output-type",
-        help="Mask format for an output folder: auto (NIfTI; PNG for 2-D images) or dicom-seg (DICOM series "
-        "inputs; a single -o mask.dcm does the same).",
+        help="Mask format: auto (NIfTI; PNG for 2-D images; DICOM SEG for -o mask.dcm), dicom-seg or rtstruct "
+        "(DICOM series inputs: a Segmentation object, or an RT Structure Set of contours).",
     ),
     statistics: bool = typer.Option(
         False, "--statistics",
@@ -75,10 +77,16 @@ def predict(
         help="fast, or reference: the published evaluation path (1 slice per pass, nearest resize back).",
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    backend: Backend = typer.Option(
+        Backend.auto, "--backend",
+        help="Network runtime: auto (torch on CUDA; on CPU openvino, else onnxruntime, else torch), torch, "
+        "onnxruntime or openvino (CPU, float32; a torch checkpoint is exported once and cached).",
+    ),
     precision: Precision = typer.Option(Precision.auto, "--precision", help="auto: bf16/fp16 on CUDA, fp32 on CPU."),
     batch_size: Optional[int] = typer.Option(
         None, "--batch-size", "-b", min=1,
-        help="Network inputs (tiles or whole slices) per forward pass (default 16; 1 with --protocol reference).",
+        help="Network inputs (tiles or whole slices) per forward pass (default 16 on torch, 8 on onnxruntime and "
+        "openvino; 1 with --protocol reference).",
     ),
     series: Optional[str] = typer.Option(None, "--series", help="SeriesInstanceUID in a multi-series DICOM folder."),
     allow_gaps: bool = typer.Option(
@@ -130,14 +138,17 @@ def predict(
             if classes:
                 options = dataclasses.replace(options, classes=parse_classes(classes, card.classes))
             predictor = lib.Predictor(
-                net, card, device=device, batch_size=batch_size or 16, precision=precision.value, tta=tta,
-                protocol=protocol.value, tile_overlap=tile_overlap,
+                net, card, device=device, batch_size=batch_size, precision=precision.value, tta=tta,
+                protocol=protocol.value, tile_overlap=tile_overlap, backend=backend.value,
             )
+            for note in predictor.notes:
+                show.note(note)
             spacing = card.preprocessing.spacing
             grid = (f"slices resampled to {spacing[0]:g}x{spacing[1]:g} mm, {card.network.img_size}px tiles "
                     f"overlapping {tile_overlap:g}" if spacing else "whole slices resized")
             show.note(
-                f"{card.name}: {len(card.classes)} classes on {predictor.device}, {precision_name(predictor.dtype)}, "
+                f"{card.name}: {len(card.classes)} classes on {predictor.device} ({predictor.backend}), "
+                f"{precision_name(predictor.dtype)}, "
                 f"batch {predictor.batch_size}, protocol {protocol.value}{', TTA' if tta else ''}, {grid}; "
                 f"{len(pending)} of {len(cases)} case(s) to predict"
                 + (f" (shard {shard_of[0]}/{shard_of[1]})" if shard_of else "")
