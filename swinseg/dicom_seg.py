@@ -65,17 +65,23 @@ def segment_descriptions(card: ModelCard) -> list[Any]:
     return descriptions
 
 
-def write_dicom_seg(path: str | Path, labels: np.ndarray, volume: Volume, card: ModelCard) -> None:
-    """Write `labels` (the volume's array order) as a DICOM SEG referencing the series `volume` was read from."""
+def check_source_series(labels: np.ndarray, volume: Volume, card: ModelCard, what: str) -> None:
+    """Refuse to write `what` (a DICOM object that references source images: "a DICOM SEG", "an RTSTRUCT") for
+    a volume that is not an untouched DICOM series, or labels the card does not name."""
     if volume.notes:
         raise SwinsegError(f"{volume.path}: the series was interpolated onto a uniform grid (--allow-gaps), so the "
                            "mask has no source slices to reference; write NIfTI instead")
     if not volume.source_files:
         where = volume.path if volume.path is not None else "the input"
-        raise SwinsegError(f"{where}: not a DICOM series; a DICOM SEG references its source images, so write "
+        raise SwinsegError(f"{where}: not a DICOM series; {what} references its source images, so write "
                            "NIfTI/NRRD for this input")
     if labels.max(initial=0) >= len(card.classes):
         raise SwinsegError(f"label {int(labels.max())} beyond the card's {len(card.classes)} classes")
+
+
+def write_dicom_seg(path: str | Path, labels: np.ndarray, volume: Volume, card: ModelCard) -> None:
+    """Write `labels` (the volume's array order) as a DICOM SEG referencing the series `volume` was read from."""
+    check_source_series(labels, volume, card, "a DICOM SEG")
     hd = _hd()
     import pydicom
 

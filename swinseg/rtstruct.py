@@ -21,7 +21,7 @@ from scipy import ndimage
 
 from swinseg import __version__
 from swinseg.config import ModelCard
-from swinseg.dicom_seg import ORGAN_CODES
+from swinseg.dicom_seg import ORGAN_CODES, check_source_series
 from swinseg.errors import SwinsegError
 from swinseg.io import Volume, atomic_output
 from swinseg.overlay import label_color
@@ -45,15 +45,7 @@ def _pydicom() -> Any:
 
 def write_rtstruct(path: str | Path, labels: np.ndarray, volume: Volume, card: ModelCard) -> None:
     """Write `labels` (the volume's array order) as an RT Structure Set on the series `volume` was read from."""
-    if volume.notes:
-        raise SwinsegError(f"{volume.path}: the series was interpolated onto a uniform grid (--allow-gaps), so the "
-                           "mask has no source slices to reference; write NIfTI instead")
-    if not volume.source_files:
-        where = volume.path if volume.path is not None else "the input"
-        raise SwinsegError(f"{where}: not a DICOM series; an RTSTRUCT references its source images, so write "
-                           "NIfTI/NRRD for this input")
-    if labels.max(initial=0) >= len(card.classes):
-        raise SwinsegError(f"label {int(labels.max())} beyond the card's {len(card.classes)} classes")
+    check_source_series(labels, volume, card, "an RTSTRUCT")
     pydicom = _pydicom()
     sources = [pydicom.dcmread(file, stop_before_pixels=True) for file in volume.source_files]
     if "FrameOfReferenceUID" not in sources[0]:
