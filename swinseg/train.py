@@ -191,9 +191,16 @@ def open_data(
     """The dataset folder (Synapse or nnU-Net layout) opened through swinseg.data for this card; its
     `preprocessing` is the card's with spacing and intensities resolved for the data."""
     from swinseg.data import open_training_data
+    from swinseg.datasets import is_synapse
 
+    preprocessing = card.preprocessing
+    if config.plane is not None and not resumed:
+        if config.plane.lower() != "axial" and is_synapse(Path(config.data)):
+            raise SwinsegError(f"{config.data}: the Synapse layout holds axial slices; --plane {config.plane} "
+                               "needs volumes (an nnU-Net folder)")
+        preprocessing = dataclasses.replace(preprocessing, plane=config.plane.lower())
     return open_training_data(
-        config.data, img_size=card.network.img_size, preprocessing=card.preprocessing, augment=config.augment,
+        config.data, img_size=card.network.img_size, preprocessing=preprocessing, augment=config.augment,
         seed=config.seed, validation_fraction=config.val_fraction, validation_cases=config.val_cases,
         spacing=spacing_choice(config, card, resumed), oversample_foreground=config.oversample_foreground,
         resolve=not resumed, progress=progress,

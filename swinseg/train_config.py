@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from swinseg.choices import PLANES
 from swinseg.errors import SwinsegError
 from swinseg.io import atomic_output
 from swinseg.labels import split_list
@@ -46,6 +47,7 @@ class TrainConfig:
     dice_weight: float = 0.6
     augment: bool = True
     spacing: str | None = None  # auto | none | SY,SX mm; default: the card's if it names one, else auto
+    plane: str | None = None  # axial | coronal | sagittal training slices; default: the card's (axial)
     oversample_foreground: float = 1 / 3  # share of crops centred on a foreground voxel (target spacing only)
     seed: int = 1234
     val_every: int = 10  # epochs; 0 disables validation
@@ -69,6 +71,8 @@ class TrainConfig:
         for name in ("val_every", "val_fraction", "num_workers", "weight_decay", "momentum"):
             if getattr(self, name) < 0:
                 raise SwinsegError(f"--{_flag(name)} must not be negative, got {getattr(self, name)}")
+        if self.plane is not None and self.plane.lower() not in PLANES:
+            raise SwinsegError(f"--plane {self.plane!r}: expected one of {', '.join(PLANES)}")
         if self.learning_rate <= 0:
             raise SwinsegError(f"learning rate must be positive, got {self.learning_rate}")
 

@@ -16,6 +16,7 @@ import yaml
 from shared_files import GOLDEN, needs_shared
 from typer.testing import CliRunner
 
+from swinseg import io
 from swinseg.cli import app
 from swinseg.errors import SwinsegError
 from swinseg.losses import DiceCELoss, soft_dice_loss
@@ -217,3 +218,24 @@ def test_a_run_killed_at_any_moment_resumes(phantoms, tmp_path, default_sigchld)
     resumed = train(resolve_config(run / "config.yaml", {"epochs": done + 1}), resume=True)
     assert len(resumed.history) == done + 1 and (run / "final.safetensors").is_file()
     assert not [p.name for p in run.iterdir() if ".tmp-" in p.name]  # half-written files were cleared
+
+
+def test_plane_is_trained_and_recorded_so_predict_slices_the_same_way(phantoms, tmp_path):
+    from swinseg.config import load_card
+    from swinseg.io import read_volume
+    from swinseg.predict import Predictor
+    from swinseg.train import open_data
+    from swinseg.weights import load_checkpoint
+
+    run = tmp_path / "run"
+    config = TrainConfig(data=str(phantoms), output=str(run), epochs=1, val_every=0, plane="coronal", **TINY)
+    assert len(open_data(config, load_card("swin_unet_test")).slices) == 2 * 64  # two cases, 64 coronal slices each
+    train(config)
+    model, card = load_checkpoint(run / "final.safetensors")
+    assert card.preprocessing.plane == "coronal"
+    scan = read_volume(next((phantoms / "imagesTr").iterdir()))
+    prepared = Predictor(model, card, device="cpu").prepare(scan)
+    oriented = io.to_orientation(scan, card.preprocessing.orientation)[0]
+    assert prepared.slices.shape == (oriented.shape[1], oriented.shape[0], oriented.shape[2])  # (A-P, ...) first
+    with pytest.raises(SwinsegError, match="--plane 'oblique'"):
+        TrainConfig(data=str(phantoms), plane="oblique")

@@ -41,6 +41,8 @@ OPTIONS: dict[str, tuple[Any, str]] = {
     "spacing": (str, "Target in-plane spacing: auto (the median of the training cases, nnU-Net's rule), none "
                      "(whole slices resized, the published path) or SY,SX in mm; recorded in the checkpoint. "
                      "(default: the card's if it names one, else auto; finetune: the checkpoint's)"),
+    "plane": (str, "Slicing plane of the training slices: axial, coronal or sagittal; recorded in the checkpoint, "
+                   "so predict slices the same way. (default: the card's, axial; finetune: the checkpoint's)"),
     "oversample_foreground": (float, "Share of training crops centred on a voxel of a random foreground class "
                                      "(with a target spacing). (default: 0.333, nnU-Net's)"),
     "seed": (int, "Seed of initialisation, shuffling, augmentation and splits. (default: 1234)"),
