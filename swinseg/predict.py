@@ -165,13 +165,13 @@ class Predictor:
 
     def _labels_and_probabilities(
         self, slices: np.ndarray, bounds: tuple[float, float] | None, spacing: tuple[float, float] | None,
-        probabilities: bool, progress: SliceProgress | None,
+        probabilities: bool, progress: SliceProgress | None, exact: bool = False,
     ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         if not probabilities:
             return self._run(slices, bounds, spacing, None, progress)
         if self.protocol == "reference":
             raise SwinsegError("--save-probabilities is not available with --protocol reference (labels only)")
-        scores = np.empty((self.num_classes, *slices.shape), dtype=np.float16)
+        scores = np.empty((self.num_classes, *slices.shape), dtype=np.float32 if exact else np.float16)
         return self._run(slices, bounds, spacing, scores, progress), scores
 
     def slices_per_batch(self, size: tuple[int, int], spacing: tuple[float, float] | None) -> int:
@@ -302,11 +302,17 @@ class Predictor:
         return prepare_volume(volume, self.card.preprocessing, plane)
 
     def predict_prepared(
-        self, prepared: PreparedVolume, *, probabilities: bool = False, progress: SliceProgress | None = None
+        self, prepared: PreparedVolume, *, probabilities: bool = False, progress: SliceProgress | None = None,
+        exact: bool = False,
     ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-        """Labels (and probabilities (C, D, H, W) float16 if asked) in the prepared layout."""
+        """Labels (and probabilities (C, D, H, W) float16 if asked, float32 with `exact`) in the prepared layout."""
         return self._labels_and_probabilities(prepared.slices, prepared.bounds, prepared.spacing, probabilities,
-                                              progress)
+                                              progress, exact)
+
+    @staticmethod
+    def slice_count(prepared: PreparedVolume) -> int:
+        """Slices a prediction of `prepared` goes through (for progress bars)."""
+        return prepared.slices.shape[0]
 
     def predict_volume(
         self,

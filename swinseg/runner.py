@@ -23,6 +23,7 @@ from swinseg.statistics import class_statistics, write_statistics_json
 
 if TYPE_CHECKING:
     from swinseg.config import ModelCard
+    from swinseg.ensemble import Ensemble, PreparedEnsemble
     from swinseg.predict import Predictor, SliceProgress
     from swinseg.preprocess import PreparedVolume
 
@@ -244,12 +245,12 @@ def is_finished(case: Case) -> bool:
 @dataclass
 class _Loaded:
     volume: io.Volume
-    prepared: PreparedVolume
+    prepared: PreparedVolume | PreparedEnsemble
     seconds: float
 
 
 def predict_cases(
-    predictor: Predictor,
+    predictor: Predictor | Ensemble,
     cases: Sequence[Case],
     options: RunOptions = RunOptions(),
     *,
@@ -307,7 +308,7 @@ def predict_cases(
 
 
 def _predict_loaded(
-    predictor: Predictor,
+    predictor: Predictor | Ensemble,
     case: Case,
     loaded: _Loaded,
     options: RunOptions,
@@ -316,7 +317,7 @@ def _predict_loaded(
 ) -> tuple[CaseResult, np.ndarray, np.ndarray | None]:
     began = time.perf_counter()
     if on_start is not None:
-        on_start(case, loaded.prepared.slices.shape[0])
+        on_start(case, predictor.slice_count(loaded.prepared))
     if case.probabilities is None:
         labels, probabilities = predictor.predict_prepared(loaded.prepared, progress=on_slices), None
     else:

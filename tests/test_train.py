@@ -190,16 +190,7 @@ def test_pretrained_initialises_encoder_and_decoder(tmp_path):
     assert "92.4% of parameter values" in lines[0]
 
 
-@pytest.fixture
-def default_sigchld():
-    """No Python SIGCHLD handler while a child dies (torch's DataLoader leaves one behind): in the full suite,
-    after the ONNX runtime tests, its delivery crashed the test process with a kernel SIGSEGV inside waitpid."""
-    previous = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    yield
-    signal.signal(signal.SIGCHLD, previous)
-
-
-def test_a_run_killed_at_any_moment_resumes(phantoms, tmp_path, default_sigchld):
+def test_a_run_killed_at_any_moment_resumes(phantoms, tmp_path):
     """SIGKILL a training process at a random moment after its first epoch: last.pt loads, resume finishes."""
     run = tmp_path / "run"
     config = TrainConfig(data=str(phantoms), output=str(run), epochs=40, val_every=0, **TINY)

@@ -39,9 +39,11 @@ def predict(
     ),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model card name or YAML file."),
     weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="Weight file for --model."),
-    checkpoint: Optional[Path] = typer.Option(
+    checkpoint: Optional[List[Path]] = typer.Option(
         None, "--checkpoint", "-c",
-        help="swinseg checkpoint, an exported .onnx (swinseg export), or a reference Swin-Unet .pth with --model."
+        help="swinseg checkpoint, an exported .onnx (swinseg export), or a reference Swin-Unet .pth with --model. "
+        "Repeat it for an ensemble: the softmax of all models averaged on each scan's grid (models may differ in "
+        "plane, spacing and backend; their classes must agree).",
     ),
     tta: bool = typer.Option(False, "--tta", help="Average the softmax over flips (4 passes per slice)."),
     save_probabilities: bool = typer.Option(
@@ -106,6 +108,7 @@ def predict(
     from swinseg import predict as lib
     from swinseg import runner
     from swinseg.device import precision_name, rank_device, torchrun_rank
+    from swinseg.ensemble import Ensemble
     from swinseg.errors import SwinsegError
     from swinseg.postprocess import parse_classes
     from swinseg.statistics import write_statistics_csv
@@ -134,22 +137,27 @@ def predict(
                                 keep_largest=keep_largest, allow_gaps=allow_gaps)
     with show.progress(len(cases)) as progress:
         if pending:
-            net, card = lib.load_predictor_model(model=model, weights=weights, checkpoint=checkpoint)
+            members = []
+            for source in checkpoint or [None]:
+                net, card = lib.load_predictor_model(model=model, weights=weights, checkpoint=source)
+                members.append(lib.Predictor(
+                    net, card, device=device, batch_size=batch_size, precision=precision.value, tta=tta,
+                    protocol=protocol.value, tile_overlap=tile_overlap, backend=backend.value,
+                ))
+                for note in members[-1].notes:
+                    show.note(note)
+            predictor = members[0] if len(members) == 1 else Ensemble(members, [str(c) for c in checkpoint or []])
+            first, card = members[0], members[0].card
             if classes:
                 options = dataclasses.replace(options, classes=parse_classes(classes, card.classes))
-            predictor = lib.Predictor(
-                net, card, device=device, batch_size=batch_size, precision=precision.value, tta=tta,
-                protocol=protocol.value, tile_overlap=tile_overlap, backend=backend.value,
-            )
-            for note in predictor.notes:
-                show.note(note)
             spacing = card.preprocessing.spacing
             grid = (f"slices resampled to {spacing[0]:g}x{spacing[1]:g} mm, {card.network.img_size}px tiles "
                     f"overlapping {tile_overlap:g}" if spacing else "whole slices resized")
+            ensemble = f"ensemble of {len(members)} models, " if len(members) > 1 else ""
             show.note(
-                f"{card.name}: {len(card.classes)} classes on {predictor.device} ({predictor.backend}), "
-                f"{precision_name(predictor.dtype)}, "
-                f"batch {predictor.batch_size}, protocol {protocol.value}{', TTA' if tta else ''}, {grid}; "
+                f"{ensemble}{card.name}: {len(card.classes)} classes on {first.device} ({first.backend}), "
+                f"{precision_name(first.dtype)}, batch {first.batch_size}, protocol {protocol.value}"
+                f"{', TTA' if tta else ''}, {grid}; "
                 f"{len(pending)} of {len(cases)} case(s) to predict"
                 + (f" (shard {shard_of[0]}/{shard_of[1]})" if shard_of else "")
             )

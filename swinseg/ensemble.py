@@ -1,0 +1,92 @@
+"""Ensembles: several models (folds, planes, spacings, backends) as one predictor.
+
+Each member lays the scan out its own way (its card's orientation, plane and spacing), predicts softmax
+probabilities there, and maps them back to the scan's array order; the ensemble averages them there (float32)
+and takes the argmax. Members must name the same classes in the same order. Memory: two float32 copies of
+(classes x scan) beyond what one model needs.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from swinseg import io
+from swinseg.errors import SwinsegError
+from swinseg.predict import Predictor, SliceProgress, label_dtype
+from swinseg.preprocess import PreparedVolume
+
+
+@dataclass
+class PreparedEnsemble:
+    """A scan laid out for every member; results come back in the scan's own array order already."""
+
+    parts: list[PreparedVolume]
+
+    @staticmethod
+    def restore(array: np.ndarray) -> np.ndarray:
+        return array
+
+
+class Ensemble:
+    """Predictors averaged on each scan's own grid; used wherever a Predictor is (swinseg.runner)."""
+
+    postprocess = staticmethod(Predictor.postprocess)
+
+    def __init__(self, members: Sequence[Predictor], names: Sequence[str] | None = None) -> None:
+        if not members:
+            raise SwinsegError("an ensemble needs at least one model")
+        names = list(names or (m.card.name for m in members))
+        first = members[0]
+        if any(member.protocol == "reference" for member in members):
+            raise SwinsegError("--protocol reference is one published model; it does not ensemble")
+        for name, member in zip(names[1:], members[1:]):
+            if member.card.classes != first.card.classes:
+                raise SwinsegError(f"{name} predicts {', '.join(member.card.classes)} but {names[0]} predicts "
+                                   f"{', '.join(first.card.classes)}; an ensemble needs the same classes in the "
+                                   "same order")
+        self.members = list(members)
+        self.card = first.card
+        self.num_classes = first.num_classes
+
+    def prepare(self, volume: io.Volume, plane: str | None = None) -> PreparedEnsemble:
+        """The scan laid out for each member (`plane` overrides every member's, as --axis does)."""
+        return PreparedEnsemble([member.prepare(volume, plane) for member in self.members])
+
+    @staticmethod
+    def slice_count(prepared: PreparedEnsemble) -> int:
+        """Slices the members go through together (for progress bars)."""
+        return sum(part.slices.shape[0] for part in prepared.parts)
+
+    def predict_prepared(
+        self, prepared: PreparedEnsemble, *, probabilities: bool = False, progress: SliceProgress | None = None
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """Labels (and the averaged probabilities (C, ...) float16 if asked) in the scan's array order. One member
+        is that model exactly (its argmax over logits, not over float32 softmax values, which can tie)."""
+        if len(self.members) == 1:
+            result = self.members[0].predict_prepared(prepared.parts[0], probabilities=probabilities,
+                                                      progress=progress)
+            restore = prepared.parts[0].restore
+            return tuple(restore(a) for a in result) if isinstance(result, tuple) else restore(result)
+        total: np.ndarray | None = None
+        for member, part in zip(self.members, prepared.parts):
+            _, scores = member.predict_prepared(part, probabilities=True, progress=progress, exact=True)
+            scores = part.restore(scores)
+            if total is None:
+                total = np.array(scores, dtype=np.float32)
+            else:
+                total += scores
+        assert total is not None
+        total /= len(self.members)
+        labels = total.argmax(axis=0).astype(label_dtype(self.num_classes))
+        return (labels, total.astype(np.float16)) if probabilities else labels
+
+    def predict_volume(self, volume: io.Volume, *, plane: str | None = None, classes: Sequence[int] | None = None,
+                       keep_largest: bool = False, probabilities: bool = False,
+                       progress: SliceProgress | None = None) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """As Predictor.predict_volume: labels (and probabilities) in the volume's own array order."""
+        result = self.predict_prepared(self.prepare(volume, plane), probabilities=probabilities, progress=progress)
+        labels = result[0] if isinstance(result, tuple) else result
+        self.postprocess(labels, classes, keep_largest)
+        return result
