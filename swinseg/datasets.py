@@ -211,3 +211,30 @@ def split_cases(names: Sequence[str], *, test_fraction: float = 0.2, test_cases:
     if not train:
         raise SwinsegError("no training cases left after the train/test split")
     return train, test
+
+
+def fold_splits(names: Sequence[str], folds: int, seed: int = 1234) -> list[dict[str, list[str]]]:
+    """nnU-Net-style cross-validation: the cases shuffled with `seed` and dealt into `folds` disjoint
+    validation sets; fold k trains on the others. The same for every fold of a run (it depends on nothing else)."""
+    names = sorted(names)
+    if not 2 <= folds <= len(names):
+        raise SwinsegError(f"--folds {folds}: must be between 2 and the number of cases ({len(names)})")
+    order = [names[i] for i in np.random.default_rng(seed).permutation(len(names))]
+    return [{"train": sorted(n for n in names if n not in order[k::folds]), "val": sorted(order[k::folds])}
+            for k in range(folds)]
+
+
+def check_splits(splits: object, names: Sequence[str], where: str) -> list[dict[str, list[str]]]:
+    """A splits.json read back: a list of {"train": [...], "val": [...]} over known, disjoint cases."""
+    known = set(names)
+    if not isinstance(splits, list) or not splits or not all(
+            isinstance(s, dict) and isinstance(s.get("train"), list) and isinstance(s.get("val"), list)
+            for s in splits):
+        raise SwinsegError(f"{where}: expected a list of {{\"train\": [...], \"val\": [...]}} folds")
+    for k, fold in enumerate(splits):
+        unknown = sorted((set(fold["train"]) | set(fold["val"])) - known)
+        if unknown:
+            raise SwinsegError(f"{where}: fold {k} names unknown cases {shorten(unknown)}")
+        if set(fold["train"]) & set(fold["val"]) or not fold["val"] or not fold["train"]:
+            raise SwinsegError(f"{where}: fold {k} needs training and validation cases, and no case in both")
+    return [{"train": sorted(map(str, s["train"])), "val": sorted(map(str, s["val"]))} for s in splits]

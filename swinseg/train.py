@@ -51,7 +51,8 @@ BEST_FILE = "best.safetensors"
 FINAL_FILE = "final.safetensors"
 METRICS_FILE = "metrics.csv"
 CURVES_FILE = "curves.png"
-PATH_OPTIONS = ("data", "output", "pretrained", "checkpoint")
+PATH_OPTIONS = ("data", "output", "pretrained", "checkpoint", "splits")
+SPLITS_FILE = "splits.json"
 
 
 # ------------------------------------------------------------------------------------------- distributed
@@ -205,6 +206,37 @@ def open_data(
         spacing=spacing_choice(config, card, resumed), oversample_foreground=config.oversample_foreground,
         resolve=not resumed, progress=progress,
     )
+
+
+def hold_out_fold(config: TrainConfig, run_dir: Path, *, write: bool = True) -> TrainConfig:
+    """With --folds or --splits: the config with fold `config.fold`'s validation cases, and the folds written
+    to RUN_DIR/splits.json (identical for every fold of the same data and seed, so runs of all folds agree)."""
+    import json
+
+    from swinseg.datasets import check_splits, fold_splits, is_nnunet, open_nnunet
+    from swinseg.io import atomic_output
+
+    if config.folds is None and config.splits is None:
+        return config
+    if not is_nnunet(Path(config.data)):
+        raise SwinsegError(f"{config.data}: cross-validation folds need an nnU-Net folder (imagesTr, labelsTr)")
+    names = open_nnunet(config.data).names
+    if config.splits is not None:
+        try:
+            raw = json.loads(Path(config.splits).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise SwinsegError(f"{config.splits}: cannot read the splits ({error})") from error
+        splits = check_splits(raw, names, config.splits)
+    else:
+        assert config.folds is not None
+        splits = fold_splits(names, config.folds, config.seed)
+    if config.fold >= len(splits):
+        raise SwinsegError(f"--fold {config.fold}: the splits have folds 0 to {len(splits) - 1}")
+    if write:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_output(run_dir / SPLITS_FILE) as tmp:
+            tmp.write_text(json.dumps(splits, indent=1) + "\n", encoding="utf-8")
+    return dataclasses.replace(config, val_cases=splits[config.fold]["val"], folds=None, splits=None)
 
 
 def spacing_choice(config: TrainConfig, card: ModelCard, resumed: bool = False) -> str | tuple[float, float]:
@@ -540,6 +572,8 @@ def train(
         if config.batch_size % dist.world_size:
             raise SwinsegError(f"--batch-size {config.batch_size} is not divisible by the {dist.world_size} "
                                "processes")
+        if not resume:
+            config = hold_out_fold(config, run_dir, write=dist.is_main)
         # rank 0 reads the state and hands it on: other machines of the job need not see the run directory
         state = dist.broadcast(load_training_state(run_dir / STATE_FILE) if resume and dist.is_main else None)
         shown = events if events is not None and dist.is_main else TrainingEvents()

@@ -53,6 +53,9 @@ class TrainConfig:
     val_every: int = 10  # epochs; 0 disables validation
     val_fraction: float = 0.2  # nnU-Net layout: share of the cases held out (Synapse: the test_vol volumes)
     val_cases: list[str] | None = None  # held-out cases by name instead
+    folds: int | None = None  # cross-validation: split the cases into this many folds (nnU-Net layout)
+    fold: int = 0  # the fold held out for validation (with --folds or --splits)
+    splits: str | None = None  # a splits.json to take the folds from (nnU-Net's format)
     val_batch_size: int = 16
     num_workers: int = dataclasses.field(default_factory=lambda: min(8, os.cpu_count() or 1))  # per process
     device: str = "auto"
@@ -73,6 +76,10 @@ class TrainConfig:
                 raise SwinsegError(f"--{_flag(name)} must not be negative, got {getattr(self, name)}")
         if self.plane is not None and self.plane.lower() not in PLANES:
             raise SwinsegError(f"--plane {self.plane!r}: expected one of {', '.join(PLANES)}")
+        if (self.folds is not None or self.splits is not None) and self.val_cases is not None:
+            raise SwinsegError("--val-cases and --folds/--splits both choose the validation cases; give one")
+        if self.fold < 0:
+            raise SwinsegError(f"--fold must not be negative, got {self.fold}")
         if self.learning_rate <= 0:
             raise SwinsegError(f"learning rate must be positive, got {self.learning_rate}")
 

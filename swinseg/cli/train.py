@@ -51,6 +51,11 @@ OPTIONS: dict[str, tuple[Any, str]] = {
     "val_fraction": (float, "nnU-Net layout: fraction of cases held out for validation (Synapse: test_vol "
                             "volumes). (default: 0.2)"),
     "val_cases": (str, "Comma-separated case names to validate on instead."),
+    "folds": (int, "Cross-validation (nnU-Net layout): split the cases into this many seeded folds, written to "
+                   "RUN_DIR/splits.json, and validate on --fold."),
+    "fold": (int, "The fold held out for validation with --folds or --splits. (default: 0)"),
+    "splits": (Path, "A splits.json (nnU-Net's format: [{\"train\": [...], \"val\": [...]}, ...]) to take the "
+                     "folds from."),
     "val_batch_size": (int, "Slices per forward pass in validation. (default: 16)"),
     "num_workers": (int, "DataLoader worker processes per training process; results do not depend on it. "
                          "(default: the CPU cores, at most 8)"),
