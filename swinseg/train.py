@@ -19,6 +19,7 @@ processes, validation cases are split too, and only rank 0 writes or prints.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 import warnings
 from dataclasses import dataclass
@@ -32,8 +33,10 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from swinseg.config import ModelCard, load_card
+from swinseg.datasets import check_splits, fold_splits, is_nnunet, is_synapse, open_nnunet
 from swinseg.device import autocast, precision_name, rank_device, resolve_device, resolve_precision, torchrun_rank
 from swinseg.errors import SwinsegError
+from swinseg.io import atomic_output
 from swinseg.losses import DiceCELoss
 from swinseg.train_config import FINETUNE_DEFAULTS, TrainConfig, resolve_config, write_config
 from swinseg.train_report import TrainingEvents, epoch_line, plot_curves, write_metrics
@@ -192,7 +195,6 @@ def open_data(
     """The dataset folder (Synapse or nnU-Net layout) opened through swinseg.data for this card; its
     `preprocessing` is the card's with spacing and intensities resolved for the data."""
     from swinseg.data import open_training_data
-    from swinseg.datasets import is_synapse
 
     preprocessing = card.preprocessing
     if config.plane is not None and not resumed:
@@ -211,11 +213,6 @@ def open_data(
 def hold_out_fold(config: TrainConfig, run_dir: Path, *, write: bool = True) -> TrainConfig:
     """With --folds or --splits: the config with fold `config.fold`'s validation cases, and the folds written
     to RUN_DIR/splits.json (identical for every fold of the same data and seed, so runs of all folds agree)."""
-    import json
-
-    from swinseg.datasets import check_splits, fold_splits, is_nnunet, open_nnunet
-    from swinseg.io import atomic_output
-
     if config.folds is None and config.splits is None:
         return config
     if not is_nnunet(Path(config.data)):
