@@ -10,6 +10,7 @@ data pipeline slows training (target: within 10%). Also prints peak RSS.
     python benchmarks/train_speed.py                      # CPU, batch 8, 6 steps per side
     python benchmarks/train_speed.py --steps 2            # quick
     python benchmarks/train_speed.py --device cuda --precision bf16 --batch-size 24 --workers 8
+    python benchmarks/train_speed.py --augment strong --context-slices 1   # nnU-Net augmentation, 2.5-D
 """
 from __future__ import annotations
 
@@ -96,21 +97,24 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--augment", default="reference", choices=("none", "reference", "strong"))
+    parser.add_argument("--context-slices", type=int, default=0, help="2.5-D neighbours on either side")
     args = parser.parse_args()
 
     device = resolve_device(args.device)
     dtype = resolve_precision(args.precision, device)
-    card = load_card(args.model)
+    card = load_card(args.model).with_context(args.context_slices)
     torch.manual_seed(1234)
     model = SwinUnet(card.network).to(device).train()
     size, classes = card.network.img_size, card.network.num_classes
     generator = torch.Generator().manual_seed(0)
-    batch = {"image": torch.rand(args.batch_size, 1, size, size, generator=generator),
+    channels = card.preprocessing.input_channels if args.context_slices else 1
+    batch = {"image": torch.rand(args.batch_size, channels, size, size, generator=generator),
              "label": torch.randint(0, classes, (args.batch_size, size, size), generator=generator),
              "name": ["synthetic"] * args.batch_size}
     print(f"{args.model}: batch {args.batch_size}, {size}x{size}, {2 * max(args.steps // 2, 1)} steps per side, "
           f"{device} ({args.precision}), {torch.get_num_threads()} threads, {args.workers} "
-          f"loader workers")
+          f"loader workers, --augment {args.augment}, context {args.context_slices}")
     timed_epoch(model, [batch] * 2, device, dtype)  # warm-up (allocator, kernels)
 
     half = max(args.steps // 2, 1)
@@ -120,13 +124,15 @@ def main() -> None:
         started = time.perf_counter()
         root = write_synapse_slices(Path(tmp) / "synapse", count)
         print(f"wrote {count} Synapse-like 512x512 slices in {time.perf_counter() - started:.1f} s")
-        data = open_training_data(root, img_size=size, preprocessing=card.preprocessing, augment=True)
-        loader = torch.utils.data.DataLoader(data.slices, batch_size=args.batch_size, shuffle=True,
-                                             num_workers=args.workers, pin_memory=device.type == "cuda")
-        started = time.perf_counter()
-        for _ in loader:  # the pipeline alone, model idle: what the workers can deliver
-            pass
-        alone = count / (time.perf_counter() - started)
+        alone = {}
+        for augment in dict.fromkeys(("reference", args.augment)):  # the published pipeline as the baseline
+            data = open_training_data(root, img_size=size, preprocessing=card.preprocessing, augment=augment)
+            loader = torch.utils.data.DataLoader(data.slices, batch_size=args.batch_size, shuffle=True,
+                                                 num_workers=args.workers, pin_memory=device.type == "cuda")
+            started = time.perf_counter()
+            for _ in loader:  # the pipeline alone, model idle: what the workers can deliver
+                pass
+            alone[augment] = count / (time.perf_counter() - started)
         # synthetic, pipeline (one whole epoch, workers started inside, first batch wait included),
         # synthetic: a drift in the machine's load cancels, and no worker runs while synthetic is timed
         for side, batches in (("synthetic", [batch] * half), ("pipeline", loader), ("synthetic", [batch] * half)):
@@ -137,7 +143,9 @@ def main() -> None:
     rate = {side: {"total": args.batch_size * len(times) / sum(times),
                    "median": args.batch_size / float(np.median(times))} for side, times in steps.items()}
     self_mib, child_mib = peak_rss_mib()
-    print(f"data pipeline alone      : {alone:8.1f} slices/s (npz loading, augmentation, 512->224 resize)")
+    for augment, rate_alone in alone.items():
+        print(f"data pipeline alone      : {rate_alone:8.1f} slices/s with --augment {augment} (npz loading, "
+              f"augmentation, 512->{size} resize), {rate_alone / alone['reference']:.2f}x the reference's")
     for kind, what in (("total", "all steps"), ("median", "median step, robust to other load")):
         synthetic, pipeline = rate["synthetic"][kind], rate["pipeline"][kind]
         print(f"{what:35s}: synthetic {synthetic:7.2f}, pipeline {pipeline:7.2f} slices/s, "

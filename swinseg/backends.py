@@ -104,8 +104,8 @@ def export_onnx(model: torch.nn.Module, card: ModelCard, path: str | Path, *, di
         raise SwinsegError(f"{path}: exporting needs onnxruntime or openvino to verify the graph: {PIP['onnx']}")
     legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
     model = model.to("cpu").eval()
-    size = model.config.img_size
-    example = torch.rand((2, 1, size, size), generator=torch.Generator().manual_seed(0))
+    size, channels = model.config.img_size, card.preprocessing.input_channels
+    example = torch.rand((2, channels, size, size), generator=torch.Generator().manual_seed(0))
     buffer = bytes_io.BytesIO()
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")  # the legacy exporter's deprecation and tracer notes
@@ -119,15 +119,15 @@ def export_onnx(model: torch.nn.Module, card: ModelCard, path: str | Path, *, di
     path = Path(path)
     with atomic_output(path) as tmp:
         onnx.save(graph, str(tmp))
-        _verify(model, tmp, path)
+        _verify(model, tmp, path, channels)
         return _file_sha256(tmp)
 
 
-def _verify(model: torch.nn.Module, exported: Path, path: Path) -> None:
+def _verify(model: torch.nn.Module, exported: Path, path: Path, channels: int) -> None:
     """Raise unless the file at `exported` gives torch's logits (within TOLERANCE) on a batch of another size."""
     backend = next(b for b in ("onnxruntime", "openvino") if installed(b))
     size = model.config.img_size
-    images = torch.rand((3, 1, size, size), generator=torch.Generator().manual_seed(1))
+    images = torch.rand((3, channels, size, size), generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         expected = model(images).float()
     got = _onnx_network(backend, exported)(images)

@@ -19,6 +19,7 @@ from swinseg.errors import SwinsegError
 
 SKIP_SCALES = (4, 8, 16)
 AUTO = "auto"
+MAX_CONTEXT = 7  # context_slices: up to 15 input channels
 _ORIENTATION_AXIS = {"L": 0, "R": 0, "A": 1, "P": 1, "S": 2, "I": 2}
 
 
@@ -109,6 +110,9 @@ class Preprocessing(_YamlSection):
     (z, y, x), axial slices with anterior at the top and the patient's right on the left, as in Synapse);
     `plane` the slicing plane. `spacing` [sy, sx] (mm, in the slice): slices are resampled to it and covered by
     img_size tiles; null = the published whole-slice resize to img_size whatever the scan's spacing.
+    `context_slices` k: 2.5-D input, each slice fed with its k neighbours on either side as channels (0 = the
+    slice alone, repeated into the network's 3 channels; 1 = slices z-1, z, z+1 as its 3 channels; k > 1 needs
+    a network with 2k+1 input channels).
     """
 
     _section = "preprocessing"
@@ -118,6 +122,7 @@ class Preprocessing(_YamlSection):
     orientation: str = "LPS"
     plane: str = "axial"
     spacing: tuple[float, float] | None = None
+    context_slices: int = 0
 
     def __post_init__(self) -> None:
         modality = self.modality.upper()
@@ -151,20 +156,34 @@ class Preprocessing(_YamlSection):
         object.__setattr__(self, "plane", plane)
         if self.spacing is not None:
             object.__setattr__(self, "spacing", parse_spacing(self.spacing, "preprocessing spacing"))
+        context = self.context_slices
+        if isinstance(context, bool) or not isinstance(context, int) or not 0 <= context <= MAX_CONTEXT:
+            raise SwinsegError(f"preprocessing context_slices must be an integer 0-{MAX_CONTEXT}, got {context!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        """The card section; `plane` and `spacing` only where they differ from the published layout, so
-        swinseg 0.1 can still read such cards and checkpoints."""
+        """The card section; `plane`, `spacing` and `context_slices` only where they differ from the published
+        layout, so swinseg 0.1 can still read such cards and checkpoints."""
         values = super().to_dict()
-        for name, default in (("plane", "axial"), ("spacing", None)):
+        for name, default in (("plane", "axial"), ("spacing", None), ("context_slices", 0)):
             if values[name] == default:
                 del values[name]
         return values
 
     @property
+    def input_channels(self) -> int:
+        """Channels of the inputs built from a volume: 1 (the network repeats it) or 2k+1 slices of context."""
+        return 2 * self.context_slices + 1
+
+    @property
     def resamples(self) -> bool:
         """True when slices are resampled to a target spacing and tiled (False: whole-slice resize)."""
         return self.spacing is not None
+
+
+def network_channels(context: int) -> int:
+    """Input channels of a network for `context` k: 3 for k = 0 (the slice repeated, the ImageNet layout) and
+    k = 1 (slices z-1, z, z+1 as R, G, B), 2k+1 beyond."""
+    return 3 if context <= 1 else 2 * context + 1
 
 
 def parse_spacing(value: Any, what: str = "--spacing") -> tuple[float, float]:
@@ -202,6 +221,17 @@ class ModelCard:
                 f"{self.network.num_classes}"
             )
         object.__setattr__(self, "segment_codes", _segment_codes(self.segment_codes, self.classes))
+        context, channels = self.preprocessing.context_slices, self.network.in_chans
+        wanted = network_channels(context)
+        if context and channels != wanted:
+            raise SwinsegError(f"model card {self.name!r}: context_slices {context} feeds {2 * context + 1} slices, "
+                               f"so the network needs in_chans {wanted}, not {channels}")
+
+    def with_context(self, context: int) -> ModelCard:
+        """The same card taking `context` neighbours of each slice on either side (in_chans follows)."""
+        preprocessing = dataclasses.replace(self.preprocessing, context_slices=int(context))
+        return dataclasses.replace(self, preprocessing=preprocessing,
+                                   network=dataclasses.replace(self.network, in_chans=network_channels(context)))
 
     def with_classes(self, classes: list[str] | tuple[str, ...]) -> ModelCard:
         """The same card with another label set (num_classes follows)."""

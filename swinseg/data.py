@@ -4,7 +4,9 @@ validated on, and the spacing and intensities resolved for the data.
 
 With a target spacing the slices are resampled to it once at load time and training samples are random img_size
 crops, a share of them centred on a voxel of a foreground class (nnU-Net's oversampling); without one (the
-published path) whole slices are resized. The reference augmentation (swinseg.augment) then applies, with a
+published path) whole slices are resized. With `context_slices` k in the card, every sample carries the k
+neighbours of its slice on either side as channels (preprocess.slice_stack, as predict feeds them). The
+augmentation (swinseg.augment: the reference one, or nnU-Net's strong one) then applies, with a
 numpy Generator per sample seeded from (seed, epoch, index): runs are reproducible whatever the number of
 DataLoader workers or processes, and a resumed run sees the same samples.
 """
@@ -21,7 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from swinseg.augment import augment_slice, resize_pair
+from swinseg.augment import augment_slice, resize_pair, strong_sample
+from swinseg.choices import AUGMENTATIONS
 from swinseg.config import AUTO, Preprocessing, parse_spacing
 from swinseg.datasets import (
     TEST_FOLDER,
@@ -41,12 +44,14 @@ from swinseg.io import check_same_geometry, itk, oriented_spacing, read_volume
 from swinseg.labels import label_map
 from swinseg.preprocess import (
     PreparedVolume,
+    context_indices,
     grid_size,
     intensity_bounds,
     prepare_volume,
     resample_to_grid,
     scale_intensities,
     slice_axis,
+    slice_stack,
 )
 
 Progress = Callable[[int, int, str], None]  # (done, total, current item name)
@@ -59,21 +64,47 @@ CROP_MARGIN = 1 / 4  # how far (in tiles) a training crop may reach beyond its s
 
 
 class NpzSlices:
-    """Training slices stored one per .npz file (Synapse `train_npz`)."""
+    """Training slices stored one per .npz file (Synapse `train_npz`, CASE_sliceNNN). With `context` k, an
+    image is the slice between its k neighbours of the same case on either side, (2k+1, H, W), found by slice
+    number among the listed slices (the case's first and last listed slices repeat beyond its ends)."""
 
-    def __init__(self, folder: Path, names: Sequence[str]) -> None:
-        self.folder, self.names = Path(folder), list(names)
+    def __init__(self, folder: Path, names: Sequence[str], context: int = 0) -> None:
+        self.folder, self.names, self.context = Path(folder), list(names), int(context)
+        self.neighbours = _slice_neighbours(self.names, self.context) if self.context else None
 
     def __len__(self) -> int:
         return len(self.names)
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        image, label = self._read(index)
+        if self.neighbours is None:
+            return image, label
+        stack = [image if other == index else self._read(other)[0] for other in self.neighbours[index]]
+        return np.stack(stack), label
+
+    def _read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         path = self.folder / f"{self.names[index]}.npz"
         try:
             with np.load(path) as data:
                 return np.asarray(data["image"], dtype=np.float32), np.asarray(data["label"])
         except (OSError, KeyError, ValueError) as error:
             raise SwinsegError(f"{path}: not a readable slice file with 'image' and 'label' ({error})") from error
+
+
+def _slice_neighbours(names: Sequence[str], context: int) -> list[np.ndarray]:
+    """For each CASE_sliceNNN name, the indices (into `names`) of its case's slices NNN-k .. NNN+k in slice
+    order (clipped at the case's ends); a name without a slice number is its own neighbour."""
+    by_case: dict[str, list[tuple[int, int]]] = {}
+    for index, name in enumerate(names):
+        case, _, number = name.rpartition("_slice")
+        key = case if case and number.isdigit() else name
+        by_case.setdefault(key, []).append((int(number) if case and number.isdigit() else 0, index))
+    neighbours: list[np.ndarray] = [np.zeros(0, dtype=np.int64)] * len(names)
+    for entries in by_case.values():
+        order = np.asarray([index for _, index in sorted(entries)], dtype=np.int64)
+        for position, picks in enumerate(context_indices(np.arange(len(order)), len(order), context)):
+            neighbours[order[position]] = order[picks]
+    return neighbours
 
 
 @dataclass
@@ -101,10 +132,11 @@ class LoadedCase:
 
 
 class MemorySlices:
-    """Training slices cut on the fly from volumes held in memory (raw dtype, normalised per slice)."""
+    """Training slices cut on the fly from volumes held in memory (raw dtype, normalised per slice); with
+    `context` k, (2k+1, H, W) stacks of each slice and its neighbours (preprocess.slice_stack, as predict)."""
 
-    def __init__(self, cases: Sequence[LoadedCase]) -> None:
-        self.cases = list(cases)
+    def __init__(self, cases: Sequence[LoadedCase], context: int = 0) -> None:
+        self.cases, self.context = list(cases), int(context)
         self.index = [(c, z) for c, case in enumerate(self.cases) for z in range(case.image.shape[0])]
         self.names = [f"{self.cases[c].name}_slice{z:03d}" for c, z in self.index]
 
@@ -114,7 +146,7 @@ class MemorySlices:
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         c, z = self.index[index]
         case = self.cases[c]
-        return scale_intensities(case.image[z], *case.bounds), case.label[z]
+        return scale_intensities(slice_stack(case.image, z, z + 1, self.context)[0], *case.bounds), case.label[z]
 
 
 @dataclass
@@ -155,10 +187,11 @@ class GridSlices:
     `oversample`, a crop centred on a voxel of a randomly chosen foreground class of the case (then from the
     slice of that voxel: `names[index]` names the index's slice, the sample may come from another of the case)."""
 
-    def __init__(self, cases: Sequence[GridCase], oversample: float = FOREGROUND_OVERSAMPLING) -> None:
+    def __init__(self, cases: Sequence[GridCase], oversample: float = FOREGROUND_OVERSAMPLING,
+                 context: int = 0) -> None:
         if not 0.0 <= oversample <= 1.0:
             raise SwinsegError(f"--oversample-foreground must be in [0, 1], got {oversample}")
-        self.cases, self.oversample = list(cases), float(oversample)
+        self.cases, self.oversample, self.context = list(cases), float(oversample), int(context)
         self.index = [(c, z) for c, case in enumerate(self.cases) for z in range(case.image.shape[0])]
         self.names = [f"{self.cases[c].name}_slice{z:03d}" for c, z in self.index]
 
@@ -166,9 +199,21 @@ class GridSlices:
         return len(self.index)
 
     def crop(self, index: int, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """(image float32, label) crops of size x size for sample `index`, drawn from `rng`. A crop may reach
-        CROP_MARGIN tiles beyond the slice (filled with 0 = background), and a slice smaller than a tile may sit
-        anywhere in it, so the network sees the anatomy shifted and cut off as prediction tiles show it."""
+        """(image float32 (S, S) or (2k+1, S, S), label (S, S)) crops for sample `index`, drawn from `rng`.
+        A crop may reach CROP_MARGIN tiles beyond the slice (filled with 0 = background), and a slice smaller
+        than a tile may sit anywhere in it, so the network sees the anatomy shifted and cut off as prediction
+        tiles show it."""
+        c, z, row, col = self.locate(index, size, rng)
+        image, label = self.slice(c, z)
+        return _window(image, row, col, size).astype(np.float32), _window(label, row, col, size)
+
+    def slice(self, c: int, z: int) -> tuple[np.ndarray, np.ndarray]:
+        """Image (H, W) float16, or its (2k+1, H, W) context stack, and labels of slice z of case c."""
+        case = self.cases[c]
+        return slice_stack(case.image, z, z + 1, self.context)[0], case.label[z]
+
+    def locate(self, index: int, size: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
+        """(case, slice, row, column) of the top left corner of sample `index`'s crop (see `crop`)."""
         c, z = self.index[index]
         case = self.cases[c]
         height, width = case.image.shape[1:]
@@ -183,29 +228,30 @@ class GridSlices:
             col = min(max(x - size // 2, cols[0]), cols[1])
         else:
             row, col = int(rng.integers(rows[0], rows[1] + 1)), int(rng.integers(cols[0], cols[1] + 1))
-        return (_window(case.image[z], row, col, size).astype(np.float32),
-                _window(case.label[z], row, col, size))
+        return c, z, row, col
 
 
 def _window(array: np.ndarray, row: int, col: int, size: int) -> np.ndarray:
-    """`array[row:row+size, col:col+size]` with 0 where the window leaves the array."""
-    out = np.zeros((size, size), dtype=array.dtype)
+    """`array[..., row:row+size, col:col+size]` with 0 where the window leaves the array."""
+    out = np.zeros((*array.shape[:-2], size, size), dtype=array.dtype)
     top, left = max(row, 0), max(col, 0)
-    bottom, right = min(row + size, array.shape[0]), min(col + size, array.shape[1])
+    bottom, right = min(row + size, array.shape[-2]), min(col + size, array.shape[-1])
     if bottom > top and right > left:
-        out[top - row:bottom - row, left - col:right - col] = array[top:bottom, left:right]
+        out[..., top - row:bottom - row, left - col:right - col] = array[..., top:bottom, left:right]
     return out
 
 
 class SliceDataset(torch.utils.data.Dataset):
-    """Training samples as the network takes them: dict(image=(1, S, S) float32, label=(S, S) int64,
+    """Training samples as the network takes them: dict(image=(1 or 2k+1, S, S) float32, label=(S, S) int64,
     name=str), S = img_size: whole slices resized to S (Npz/MemorySlices, the published path) or S crops of
-    slices on the target grid (GridSlices). A numpy Generator seeded by (seed, epoch, index) draws the crop and,
-    with `augment`, the reference augmentation; call `set_epoch` before each epoch (DataLoader workers must not
-    be persistent)."""
+    slices on the target grid (GridSlices). A numpy Generator seeded by (seed, epoch, index) draws the crop and
+    the `augment`ation: "reference" (the published one), "strong" (nnU-Net's, swinseg.augment) or "none".
+    Call `set_epoch` before each epoch (DataLoader workers must not be persistent)."""
 
-    def __init__(self, source: NpzSlices | MemorySlices | GridSlices, img_size: int, *, augment: bool = True,
-                 seed: int = 1234) -> None:
+    def __init__(self, source: NpzSlices | MemorySlices | GridSlices, img_size: int, *,
+                 augment: str = "reference", seed: int = 1234) -> None:
+        if augment not in AUGMENTATIONS:
+            raise SwinsegError(f"--augment {augment!r}: expected one of {', '.join(AUGMENTATIONS)}")
         self.source, self.img_size, self.augment, self.seed = source, int(img_size), augment, int(seed)
         self.epoch = 0
 
@@ -218,18 +264,29 @@ class SliceDataset(torch.utils.data.Dataset):
     def sample(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """The numpy (image, label) pair of `index` after cropping or resizing, and augmentation."""
         rng = np.random.default_rng((self.seed, self.epoch, int(index)))
+        size = self.img_size
         if isinstance(self.source, GridSlices):
-            image, label = self.source.crop(index, self.img_size, rng)
-            return augment_slice(image, label, rng) if self.augment else (image, label)
+            if self.augment == "strong":
+                c, z, row, col = self.source.locate(index, size, rng)
+                image, label = self.source.slice(c, z)
+                centre = (row + (size - 1) / 2.0, col + (size - 1) / 2.0)
+                return strong_sample(image.astype(np.float32), label, rng, size, centre, (1.0, 1.0))
+            image, label = self.source.crop(index, size, rng)
+            return augment_slice(image, label, rng) if self.augment == "reference" else (image, label)
         image, label = self.source.load(index)
-        if self.augment:
+        if self.augment == "strong":
+            height, width = image.shape[-2:]
+            return strong_sample(image, label, rng, size, ((height - 1) / 2.0, (width - 1) / 2.0),
+                                 (height / size, width / size))
+        if self.augment == "reference":
             image, label = augment_slice(image, label, rng)
-        return resize_pair(image, label, self.img_size)
+        return resize_pair(image, label, size)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         image, label = self.sample(index)
+        image = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
         return {
-            "image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).unsqueeze(0),
+            "image": image.unsqueeze(0) if image.ndim == 2 else image,
             "label": torch.from_numpy(np.ascontiguousarray(label).astype(np.int64)),
             "name": self.source.names[index],
         }
@@ -436,7 +493,8 @@ class TrainingData:
 SPACING_CHOICES = ("auto", "none", "card")
 
 
-def open_training_data(path: str | Path, *, img_size: int, preprocessing: Preprocessing, augment: bool = True,
+def open_training_data(path: str | Path, *, img_size: int, preprocessing: Preprocessing,
+                       augment: str | bool = "reference",
                        seed: int = 1234, validation_fraction: float = 0.2,
                        validation_cases: Sequence[str] | None = None, lists: str | Path | None = None,
                        spacing: str | tuple[float, float] = "card",
@@ -453,7 +511,11 @@ def open_training_data(path: str | Path, *, img_size: int, preprocessing: Prepro
     training cases are resampled to it once, and samples are img_size crops (`oversample_foreground` of them
     centred on a foreground voxel). The split uses `seed`, as do the crops and the augmentation.
     `resolve=False` takes `preprocessing` as it is (a resumed run: its card already holds the resolved values).
+    `augment`: reference, strong or none (True/False: reference/none). The preprocessing's `context_slices`
+    decides the neighbours each sample carries.
     """
+    if isinstance(augment, bool):
+        augment = "reference" if augment else "none"
     root = Path(path)
     if not root.is_dir():
         raise SwinsegError(f"{root}: dataset folder not found")
@@ -477,11 +539,13 @@ def open_training_data(path: str | Path, *, img_size: int, preprocessing: Prepro
         else:
             prep, notes = preprocessing, ["preprocessing: the run's card, as resolved when the run started"]
         set_bounds(loaded, prep)
+        context = prep.context_slices
         if prep.spacing is None:
-            source: MemorySlices | GridSlices = MemorySlices(training)
+            source: MemorySlices | GridSlices = MemorySlices(training, context)
         else:
             check_grid_fits_in_memory(root, training, prep.spacing)
-            source = GridSlices([to_grid_case(case, prep.spacing, seed) for case in training], oversample_foreground)
+            source = GridSlices([to_grid_case(case, prep.spacing, seed) for case in training], oversample_foreground,
+                                context)
             if oversample_foreground:
                 notes.append(f"samples: random {img_size}x{img_size} crops, {oversample_foreground:.0%} centred "
                              "on a foreground voxel")
@@ -492,7 +556,7 @@ def open_training_data(path: str | Path, *, img_size: int, preprocessing: Prepro
                        f"dataset (imagesTr/, labelsTr/, dataset.json)")
 
 
-def _open_synapse_training(root: Path, img_size: int, prep: Preprocessing, augment: bool, seed: int,
+def _open_synapse_training(root: Path, img_size: int, prep: Preprocessing, augment: str, seed: int,
                            validation_cases: Sequence[str] | None, lists: str | Path | None,
                            spacing: str | tuple[float, float]) -> TrainingData:
     if prep.modality == "CT" and prep.window == AUTO:
@@ -509,7 +573,8 @@ def _open_synapse_training(root: Path, img_size: int, prep: Preprocessing, augme
         missing = [n for n in tests if not (synapse.test_dir / f"{n}{TEST_SUFFIX}").is_file()]
         if missing:
             raise SwinsegError(f"{synapse.test_dir}: validation cases not found: {shorten(missing)}")
-    slices = SliceDataset(NpzSlices(synapse.train_dir, synapse.train_slices), img_size, augment=augment, seed=seed)
+    slices = SliceDataset(NpzSlices(synapse.train_dir, synapse.train_slices, prep.context_slices), img_size,
+                          augment=augment, seed=seed)
     train_cases = sorted({n.split("_slice")[0] for n in synapse.train_slices})
     note = "spacing: none (Synapse-layout files carry no spacing): whole slices resized, the published path"
     return TrainingData("synapse", root, slices, H5Volumes(synapse.test_dir, tests), synapse.classes,

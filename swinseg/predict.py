@@ -44,6 +44,7 @@ from swinseg.preprocess import (
     resample_images,
     resize_slices,
     scale_intensities,
+    slice_stack,
     tile_corners,
 )
 
@@ -216,9 +217,11 @@ class Predictor:
         depth, height, width = slices.shape
         labels = np.empty((depth, height, width), dtype=label_dtype(self.num_classes))
         step = self.slices_per_batch((height, width), spacing)
+        context = self.card.preprocessing.context_slices
         for start in range(0, depth, step):
             stop = min(start + step, depth)
-            chunk = slices[start:stop] if bounds is None else scale_intensities(slices[start:stop], *bounds)
+            chunk = slice_stack(slices, start, stop, context)
+            chunk = chunk if bounds is None else scale_intensities(chunk, *bounds)
             batch = torch.from_numpy(np.ascontiguousarray(chunk, dtype=np.float32)).to(self.device)
             try:
                 if self.protocol == "reference":
@@ -241,7 +244,8 @@ class Predictor:
         return labels
 
     def _network_scores(self, images: torch.Tensor) -> torch.Tensor:
-        """(N, C, S, S) float32 for network inputs (N, 1, S, S): logits, or flip-averaged softmax with TTA."""
+        """(N, C, S, S) float32 for network inputs (N, 1 or 2k+1, S, S): logits, or flip-averaged softmax with
+        TTA."""
         if not self.tta:
             return self.network(images)
         total = None
@@ -252,9 +256,10 @@ class Predictor:
         return total / len(TTA_FLIPS)
 
     def _whole_slice_scores(self, batch: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) scores at the slice size for slices (B, H, W): the whole slice resized to img_size."""
+        """(B, C, H, W) scores at the slice size for slices (B, [2k+1,] H, W): the whole slice resized to
+        img_size."""
         size = tuple(batch.shape[-2:])
-        scores = self._network_scores(resize_slices(batch, self.img_size, order=3).unsqueeze(1))
+        scores = self._network_scores(_with_channels(resize_slices(batch, self.img_size, order=3)))
         # Channels-last makes the class axis contiguous: the resize and the argmax over classes run ~4x faster.
         scores = scores.contiguous(memory_format=torch.channels_last)
         if tuple(scores.shape[-2:]) == size:
@@ -263,10 +268,10 @@ class Predictor:
         return F.interpolate(scores, size=size, mode="bilinear", align_corners=True)
 
     def _tiled_scores(self, batch: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        """(B, C, H, W) scores at the slice size for slices (B, H, W): resampled to the target spacing (`grid`
-        pixels), padded to at least one tile, tiled, weighted accumulation, resampled back."""
+        """(B, C, H, W) scores at the slice size for slices (B, [2k+1,] H, W): resampled to the target spacing
+        (`grid` pixels), padded to at least one tile, tiled, weighted accumulation, resampled back."""
         size, tile = tuple(batch.shape[-2:]), self.img_size
-        images = resample_images(batch.unsqueeze(1), grid)
+        images = resample_images(_with_channels(batch), grid)
         (top, bottom), (left, right) = pad_margins(grid[0], tile), pad_margins(grid[1], tile)
         if top or bottom or left or right:
             images = F.pad(images, (left, right, top, bottom), value=0.0)  # 0 = air (CT) / minimum (MR)
@@ -291,7 +296,7 @@ class Predictor:
     def _reference_labels(self, batch: torch.Tensor) -> torch.Tensor:
         """The published evaluation path for one slice: cubic in, softmax + argmax, nearest back."""
         height, width = batch.shape[-2:]
-        logits = self.network(resize_slices(batch, self.img_size, order=3).unsqueeze(1))
+        logits = self.network(_with_channels(resize_slices(batch, self.img_size, order=3)))
         labels = torch.softmax(logits, dim=1).argmax(dim=1)
         return resize_slices(labels, (height, width), order=0)
 
@@ -343,6 +348,11 @@ class Predictor:
         if keep_largest:
             postprocess.keep_largest_component(labels)
         return labels
+
+
+def _with_channels(batch: torch.Tensor) -> torch.Tensor:
+    """Network inputs (B, C, H, W) from slices (B, H, W) (one channel) or slice stacks (B, 2k+1, H, W)."""
+    return batch.unsqueeze(1) if batch.ndim == 3 else batch
 
 
 def _mm(spacing: tuple[float, ...] | None) -> str:

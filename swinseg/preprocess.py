@@ -72,9 +72,10 @@ class PreparedVolume:
     spacing: tuple[float, float] | None
     restore: Callable[[np.ndarray], np.ndarray]
 
-    def normalized(self, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Slices start:stop as network input: float32 in [0, 1]."""
-        return scale_intensities(self.slices[start:stop], *self.bounds)
+    def normalized(self, start: int = 0, stop: int | None = None, context: int = 0) -> np.ndarray:
+        """Slices start:stop as network input: float32 in [0, 1], with `context` neighbours (slice_stack)."""
+        stop = len(self.slices) if stop is None else stop
+        return scale_intensities(slice_stack(self.slices, start, stop, context), *self.bounds)
 
 
 def prepare_volume(volume: Volume, prep: Preprocessing, plane: str | None = None, *,
@@ -105,6 +106,25 @@ def prepare_volume(volume: Volume, prep: Preprocessing, plane: str | None = None
 
 def _bounds(array: np.ndarray, prep: Preprocessing, intensities: bool) -> tuple[float, float]:
     return intensity_bounds(array, prep) if intensities else (0.0, 1.0)
+
+
+# ---------------------------------------------------------------------------------------- 2.5-D context
+
+
+def context_indices(centres: np.ndarray, depth: int, context: int) -> np.ndarray:
+    """(N, 2k+1) indices of the slices centre-k .. centre+k of each centre (k = `context`), clipped to
+    0 .. depth-1: at the ends of the volume the edge slice is repeated."""
+    offsets = np.arange(-context, context + 1)
+    return np.clip(np.asarray(centres, dtype=np.int64)[:, None] + offsets, 0, depth - 1)
+
+
+def slice_stack(slices: np.ndarray, start: int, stop: int, context: int) -> np.ndarray:
+    """Slices start:stop of (D, H, W) `slices` as network inputs: (B, H, W) without context (the network
+    repeats the slice into its 3 channels); with `context` k, (B, 2k+1, H, W), each slice between its k
+    neighbours on either side along the slicing axis (see context_indices)."""
+    if context == 0:
+        return slices[start:stop]
+    return slices[context_indices(np.arange(start, stop), len(slices), context)]
 
 
 # ------------------------------------------------------------------------------------- target-spacing grid

@@ -154,6 +154,17 @@ def starting_point(config: TrainConfig) -> tuple[SwinUnet | None, ModelCard]:
     return None, load_card(config.model or "swin_unet_tiny")
 
 
+def with_context(config: TrainConfig, model: SwinUnet | None, card: ModelCard) -> ModelCard:
+    """The card with --context-slices applied (a fresh network's input layer follows; a trained one's cannot)."""
+    wanted = config.context_slices
+    if wanted is None or wanted == card.preprocessing.context_slices:
+        return card
+    if model is not None:
+        raise SwinsegError(f"{config.checkpoint}: trained with context_slices {card.preprocessing.context_slices}; "
+                           f"--context-slices {wanted} would change its input layer (train a new model instead)")
+    return card.with_context(wanted)
+
+
 def build_network(
     config: TrainConfig, model: SwinUnet | None, card: ModelCard, classes: tuple[str, ...],
     log: Callable[[str], None],
@@ -213,8 +224,26 @@ def open_data(
 def hold_out_fold(config: TrainConfig, run_dir: Path, *, write: bool = True) -> TrainConfig:
     """With --folds or --splits: the config with fold `config.fold`'s validation cases, and the folds written
     to RUN_DIR/splits.json (identical for every fold of the same data and seed, so runs of all folds agree)."""
-    if config.folds is None and config.splits is None:
+    splits = cross_validation_splits(config)
+    if splits is None:
         return config
+    if config.fold_index >= len(splits):
+        raise SwinsegError(f"--fold {config.fold}: the splits have folds 0 to {len(splits) - 1}")
+    if write:
+        write_splits(run_dir, splits)
+    return dataclasses.replace(config, val_cases=splits[config.fold_index]["val"], folds=None, splits=None)
+
+
+def write_splits(run_dir: Path, splits: list[dict[str, list[str]]]) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_output(run_dir / SPLITS_FILE) as tmp:
+        tmp.write_text(json.dumps(splits, indent=1) + "\n", encoding="utf-8")
+
+
+def cross_validation_splits(config: TrainConfig) -> list[dict[str, list[str]]] | None:
+    """The folds of --folds (seeded over the dataset's cases) or --splits (read and checked); None without."""
+    if config.folds is None and config.splits is None:
+        return None
     if not is_nnunet(Path(config.data)):
         raise SwinsegError(f"{config.data}: cross-validation folds need an nnU-Net folder (imagesTr, labelsTr)")
     names = open_nnunet(config.data).names
@@ -227,13 +256,7 @@ def hold_out_fold(config: TrainConfig, run_dir: Path, *, write: bool = True) -> 
     else:
         assert config.folds is not None
         splits = fold_splits(names, config.folds, config.seed)
-    if config.fold >= len(splits):
-        raise SwinsegError(f"--fold {config.fold}: the splits have folds 0 to {len(splits) - 1}")
-    if write:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_output(run_dir / SPLITS_FILE) as tmp:
-            tmp.write_text(json.dumps(splits, indent=1) + "\n", encoding="utf-8")
-    return dataclasses.replace(config, val_cases=splits[config.fold]["val"], folds=None, splits=None)
+    return splits
 
 
 def spacing_choice(config: TrainConfig, card: ModelCard, resumed: bool = False) -> str | tuple[float, float]:
@@ -429,6 +452,7 @@ class Trainer:
             self.data = open_data(config, resumed_card, events.loading, resumed=True)
         else:
             model, card = starting_point(config)
+            card = with_context(config, model, card)
             self.data = open_data(config, card, events.loading)
             card = dataclasses.replace(card, preprocessing=self.data.preprocessing)
             classes = tuple(config.classes) if config.classes else (self.data.classes or card.classes)

@@ -14,13 +14,15 @@ from typing import Any
 
 import yaml
 
-from swinseg.choices import PLANES
+from swinseg.choices import AUGMENTATIONS, PLANES
+from swinseg.config import MAX_CONTEXT
 from swinseg.errors import SwinsegError
 from swinseg.io import atomic_output
 from swinseg.labels import split_list
 
 # Finetuning starts from a trained network: a fifth of the published learning rate, a third of the epochs.
 # The network, classes and preprocessing come from the checkpoint unless --model / --classes say otherwise.
+ALL_FOLDS = "all"
 FINETUNE_DEFAULTS: dict[str, Any] = {"model": None, "base_lr": 0.01, "epochs": 50, "val_every": 5}
 
 
@@ -45,7 +47,8 @@ class TrainConfig:
     poly_power: float = 0.9
     ce_weight: float = 0.4
     dice_weight: float = 0.6
-    augment: bool = True
+    augment: str = "reference"  # reference (published) | strong (nnU-Net's) | none; YAML true/false: reference/none
+    context_slices: int | None = None  # 2.5-D: neighbours on either side fed as channels; default: the card's (0)
     spacing: str | None = None  # auto | none | SY,SX mm; default: the card's if it names one, else auto
     plane: str | None = None  # axial | coronal | sagittal training slices; default: the card's (axial)
     oversample_foreground: float = 1 / 3  # share of crops centred on a foreground voxel (target spacing only)
@@ -54,7 +57,7 @@ class TrainConfig:
     val_fraction: float = 0.2  # nnU-Net layout: share of the cases held out (Synapse: the test_vol volumes)
     val_cases: list[str] | None = None  # held-out cases by name instead
     folds: int | None = None  # cross-validation: split the cases into this many folds (nnU-Net layout)
-    fold: int = 0  # the fold held out for validation (with --folds or --splits)
+    fold: str = "0"  # the fold held out for validation (with --folds or --splits), or "all": every fold in turn
     splits: str | None = None  # a splits.json to take the folds from (nnU-Net's format)
     val_batch_size: int = 16
     num_workers: int = dataclasses.field(default_factory=lambda: min(8, os.cpu_count() or 1))  # per process
@@ -78,10 +81,27 @@ class TrainConfig:
             raise SwinsegError(f"--plane {self.plane!r}: expected one of {', '.join(PLANES)}")
         if (self.folds is not None or self.splits is not None) and self.val_cases is not None:
             raise SwinsegError("--val-cases and --folds/--splits both choose the validation cases; give one")
-        if self.fold < 0:
-            raise SwinsegError(f"--fold must not be negative, got {self.fold}")
+        self.augment = self.augment.lower()
+        if self.augment in ("true", "false", "yes", "no"):  # configs of swinseg 0.1: augment true/false
+            self.augment = "reference" if self.augment in ("true", "yes") else "none"
+        if self.augment not in AUGMENTATIONS:
+            raise SwinsegError(f"--augment {self.augment!r}: expected one of {', '.join(AUGMENTATIONS)}")
+        if self.context_slices is not None and not 0 <= self.context_slices <= MAX_CONTEXT:
+            raise SwinsegError(f"--context-slices must be 0-{MAX_CONTEXT}, got {self.context_slices}")
+        self.fold = self.fold.strip().lower()
+        if self.fold != ALL_FOLDS and not self.fold.isdigit():
+            raise SwinsegError(f"--fold {self.fold!r}: expected a fold number (0, 1, ...) or all")
+        if self.fold == ALL_FOLDS and self.folds is None and self.splits is None:
+            raise SwinsegError("--fold all needs --folds N or --splits FILE")
         if self.learning_rate <= 0:
             raise SwinsegError(f"learning rate must be positive, got {self.learning_rate}")
+
+    @property
+    def fold_index(self) -> int:
+        """The held-out fold as a number (not for --fold all)."""
+        if self.fold == ALL_FOLDS:
+            raise SwinsegError("--fold all runs every fold; this step needs one fold number")
+        return int(self.fold)
 
     @property
     def learning_rate(self) -> float:

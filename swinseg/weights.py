@@ -408,6 +408,13 @@ def imagenet_targets(weights: WeightFile) -> dict[str, torch.Tensor]:
     return targets
 
 
+def spread_rgb_kernel(kernel: torch.Tensor, channels: int) -> torch.Tensor:
+    """An RGB patch-embedding kernel (out, 3, p, p) for `channels` inputs: each gets 1/channels of the RGB sum,
+    so a stack of identical slices gives what the ImageNet network gives for that grey slice (a 1-channel
+    network: the sum; 2.5-D context: the neighbours share it)."""
+    return (kernel.sum(dim=1, keepdim=True) / channels).repeat(1, channels, 1, 1)
+
+
 def init_from_imagenet(model: SwinUnet, path: str | Path) -> InitReport:
     """Initialise encoder and decoder from a Swin classifier file (official or timm layout) as the
     reference does; relative-position tables are interpolated when the window differs (the reference drops
@@ -432,9 +439,9 @@ def init_from_imagenet(model: SwinUnet, path: str | Path) -> InitReport:
                 warnings.simplefilter("ignore", UserWarning)
                 value = resize_rel_pos_bias_table(value, new_window_size=window, new_bias_shape=tuple(target.shape))
             interpolated.append(key)
-        elif key == "patch_embed.proj.weight" and value.shape[1] == 3 and target.shape[1] == 1:
-            value = value.sum(dim=1, keepdim=True)  # a 1-channel model sees the grey value in all 3 channels
-            adapted.append(f"{key} (3 -> 1 input channels, summed)")
+        elif key == "patch_embed.proj.weight" and value.shape[1] == 3 and target.shape[1] != 3:
+            value = spread_rgb_kernel(value, target.shape[1])
+            adapted.append(f"{key} (3 -> {target.shape[1]} input channels, the RGB kernel's sum spread evenly)")
         if value.shape != target.shape:
             dropped.append(key)
             continue

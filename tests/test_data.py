@@ -125,7 +125,7 @@ def write_synapse(root: Path, lists_at: str = "lists/lists_Synapse") -> None:
 
 def test_synapse_layout_slices_and_volumes(tmp_path: Path) -> None:
     write_synapse(tmp_path / "Synapse")
-    data = open_training_data(tmp_path / "Synapse", img_size=32, preprocessing=PREP, augment=False)
+    data = open_training_data(tmp_path / "Synapse", img_size=32, preprocessing=PREP, augment="none")
     assert data.layout == "synapse" and len(data.slices) == 3  # the list, not every file
     assert data.train_cases == ["case0005", "case0006"] and data.validation_cases == ["case0008"]
     sample = data.slices[2]
@@ -179,7 +179,7 @@ def test_loader_workers_give_the_same_batches(tmp_path: Path) -> None:
 
 def test_nnunet_layout_oriented_normalised_slices_and_volumes(tmp_path: Path) -> None:
     cases = write_dataset(tmp_path / "ds")
-    data = open_training_data(tmp_path / "ds", img_size=24, preprocessing=PREP, augment=False,
+    data = open_training_data(tmp_path / "ds", img_size=24, preprocessing=PREP, augment="none",
                               validation_cases=["abd_001"])
     assert data.layout == "nnunet" and data.classes == tuple(CLASSES)
     assert data.train_cases == ["abd_000", "abd_002"] and len(data.slices) == 12  # 2 cases x 6 slices
@@ -289,9 +289,9 @@ def test_preprocess_writes_synapse_layout_equal_to_direct_reading(tmp_path: Path
         assert data["image"].dtype == np.float32 and data["label"].dtype == np.uint8
         np.testing.assert_allclose(data["image"], np.clip((lps_array(cases["abd_002"][0])[3] + 125.0) / 400, 0, 1))
     # the converted folder trains exactly like the original one
-    direct = open_training_data(tmp_path / "ds", img_size=24, preprocessing=PREP, augment=False,
+    direct = open_training_data(tmp_path / "ds", img_size=24, preprocessing=PREP, augment="none",
                                 validation_cases=["abd_001"])
-    converted = open_training_data(out, img_size=24, preprocessing=PREP, augment=False)
+    converted = open_training_data(out, img_size=24, preprocessing=PREP, augment="none")
     assert converted.classes == tuple(CLASSES) and converted.validation_cases == ["abd_001"]
     for index in (0, 7, 11):
         np.testing.assert_array_equal(direct.slices[index]["image"], converted.slices[index]["image"])

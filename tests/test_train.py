@@ -74,7 +74,7 @@ def test_defaults_are_the_published_recipe_and_lr_scales_with_batch():
     config = TrainConfig()
     assert (config.epochs, config.batch_size, config.learning_rate, config.seed) == (150, 24, 0.05, 1234)
     assert (config.momentum, config.weight_decay, config.poly_power) == (0.9, 1e-4, 0.9)
-    assert (config.ce_weight, config.dice_weight, config.augment) == (0.4, 0.6, True)
+    assert (config.ce_weight, config.dice_weight, config.augment) == (0.4, 0.6, "reference")
     assert TrainConfig(batch_size=12).learning_rate == pytest.approx(0.025)
     assert TrainConfig(batch_size=12, lr=0.01).learning_rate == 0.01
     finetune = resolve_config(finetune=True)

@@ -43,7 +43,8 @@ def predict(
         None, "--checkpoint", "-c",
         help="swinseg checkpoint, an exported .onnx (swinseg export), or a reference Swin-Unet .pth with --model. "
         "Repeat it for an ensemble: the softmax of all models averaged on each scan's grid (models may differ in "
-        "plane, spacing and backend; their classes must agree).",
+        "plane, spacing, context and backend; their classes must agree). A training run folder stands for its "
+        "final model, a cross-validation run folder (train --fold all) for all its folds.",
     ),
     tta: bool = typer.Option(False, "--tta", help="Average the softmax over flips (4 passes per slice)."),
     save_probabilities: bool = typer.Option(
@@ -107,6 +108,7 @@ def predict(
     """Segment scans: label maps with the scans' own geometry (same affine, shape, spacing)."""
     from swinseg import predict as lib
     from swinseg import runner
+    from swinseg.crossval import run_checkpoints
     from swinseg.device import precision_name, rank_device, torchrun_rank
     from swinseg.ensemble import Ensemble
     from swinseg.errors import SwinsegError
@@ -138,7 +140,8 @@ def predict(
     with show.progress(len(cases)) as progress:
         if pending:
             members = []
-            for source in checkpoint or [None]:
+            sources = [file for path in checkpoint for file in run_checkpoints(path)] if checkpoint else [None]
+            for source in sources:
                 net, card = lib.load_predictor_model(model=model, weights=weights, checkpoint=source)
                 members.append(lib.Predictor(
                     net, card, device=device, batch_size=batch_size, precision=precision.value, tta=tta,
@@ -146,7 +149,7 @@ def predict(
                 ))
                 for note in members[-1].notes:
                     show.note(note)
-            predictor = members[0] if len(members) == 1 else Ensemble(members, [str(c) for c in checkpoint or []])
+            predictor = members[0] if len(members) == 1 else Ensemble(members, [str(c) for c in sources])
             first, card = members[0], members[0].card
             if classes:
                 options = dataclasses.replace(options, classes=parse_classes(classes, card.classes))

@@ -37,7 +37,12 @@ OPTIONS: dict[str, tuple[Any, str]] = {
     "poly_power": (float, "Poly decay power, lr x (1 - it/max_it)^p per iteration. (default: 0.9)"),
     "ce_weight": (float, "Cross-entropy weight in the loss. (default: 0.4)"),
     "dice_weight": (float, "Soft Dice weight in the loss. (default: 0.6)"),
-    "augment": (bool, "The reference augmentation (rot90+flip or rotation +-20 degrees). (default: on)"),
+    "augment": (str, "reference (the published rot90+flip or rotation +-20 degrees), strong (nnU-Net's: scaling, "
+                     "rotation, deformation, mirroring, noise, blur, brightness, contrast, low resolution, gamma) "
+                     "or none. (default: reference)"),
+    "context_slices": (int, "2.5-D input: feed each slice with its K neighbours on either side as channels "
+                            "(1: slices z-1, z, z+1 as the 3 channels; K > 1 widens the input layer to 2K+1); "
+                            "recorded in the checkpoint. (default: the card's, 0)"),
     "spacing": (str, "Target in-plane spacing: auto (the median of the training cases, nnU-Net's rule), none "
                      "(whole slices resized, the published path) or SY,SX in mm; recorded in the checkpoint. "
                      "(default: the card's if it names one, else auto; finetune: the checkpoint's)"),
@@ -53,7 +58,9 @@ OPTIONS: dict[str, tuple[Any, str]] = {
     "val_cases": (str, "Comma-separated case names to validate on instead."),
     "folds": (int, "Cross-validation (nnU-Net layout): split the cases into this many seeded folds, written to "
                    "RUN_DIR/splits.json, and validate on --fold."),
-    "fold": (int, "The fold held out for validation with --folds or --splits. (default: 0)"),
+    "fold": (str, "The fold held out for validation with --folds or --splits, or all: train every fold in turn "
+                  "into RUN_DIR/fold_K (a finished fold is skipped), then predict and evaluate the out-of-fold cases "
+                  "into RUN_DIR/crossval. (default: 0)"),
     "splits": (Path, "A splits.json (nnU-Net's format: [{\"train\": [...], \"val\": [...]}, ...]) to take the "
                      "folds from."),
     "val_batch_size": (int, "Slices per forward pass in validation. (default: 16)"),
@@ -63,7 +70,7 @@ OPTIONS: dict[str, tuple[Any, str]] = {
     "precision": (str, "auto, bf16, fp16 or fp32 (auto: bf16/fp16 on CUDA, fp32 on CPU). (default: auto)"),
 }
 FLAGS = {"output": ["-o", "--output"], "model": ["-m", "--model"], "checkpoint": ["-c", "--checkpoint"],
-         "freeze_encoder": ["--freeze-encoder/--no-freeze-encoder"], "augment": ["--augment/--no-augment"]}
+         "freeze_encoder": ["--freeze-encoder/--no-freeze-encoder"]}
 FINETUNE_ONLY = {"checkpoint": (Path, "Trained model to start from: swinseg .safetensors or a reference "
                                       "Swin-Unet checkpoint (with --model CARD).")}
 TRAIN_ONLY = {"pretrained": (Path, "ImageNet Swin-T weights (official swin_tiny_patch4_window7_224.pth or timm) "
@@ -111,6 +118,7 @@ Example: swinseg finetune --checkpoint best.safetensors --data Dataset001/ -o ru
 def _run(finetune: bool, options: dict[str, Any]) -> None:
     from swinseg.errors import SwinsegError
     from swinseg.train import CONFIG_FILE, resolve_config, train
+    from swinseg.train_config import ALL_FOLDS
 
     config_file, resume = options.pop("config"), options.pop("resume")
     overrides = {k: str(v) if isinstance(v, Path) else v for k, v in options.items() if v is not None}
@@ -125,6 +133,14 @@ def _run(finetune: bool, options: dict[str, Any]) -> None:
     if finetune and resume is None and "checkpoint" not in overrides:
         raise SwinsegError("finetune needs --checkpoint MODEL (a trained swinseg model or a reference checkpoint)")
     config = resolve_config(config_file, overrides, finetune=finetune and resume is None)
+    if config.fold == ALL_FOLDS:
+        from swinseg.crossval import format_summary, train_all_folds
+
+        summary = train_all_folds(config, ConsoleEvents(out))
+        for line in format_summary(summary):
+            out.print(line, markup=False, highlight=False)
+        out.print(f"cross-validation reports: {summary['reports']}", markup=False, highlight=False)
+        return
     train(config, resume=resume is not None, events=ConsoleEvents(out))
 
 
