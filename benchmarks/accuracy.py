@@ -129,12 +129,16 @@ def folder_name(variant: str) -> str:
 
 
 def measure(name: str, train_dir: Path, tests: dict[str, Path], classes: list[str], epochs: int, batch: int,
-            out: Path, pooled: bool) -> dict[str, dict[str, float]]:
-    print(f"\n{name}: training 8 models of {CARD} (3 of them folds), {epochs} epochs each", flush=True)
+            out: Path, pooled: bool, variants: list[str]) -> dict[str, dict[str, float]]:
+    chosen = {key: options for key, options in VARIANTS.items() if folder_name(key) in variants}
+    needed = set(chosen) | {member for options in chosen.values() for member in options.get("ensemble", [])}
+    trained = {key: options for key, options in {**VARIANTS, **PLANE_MODELS}.items()
+               if key in needed and "ensemble" not in options}
+    print(f"\n{name}: training {len(trained)} runs of {CARD}, {epochs} epochs each", flush=True)
     models = {key: train_model(train_dir, out / "runs" / folder_name(key), options, epochs, batch)
-              for key, options in {**VARIANTS, **PLANE_MODELS}.items() if "ensemble" not in options}
+              for key, options in trained.items()}
     results: dict[str, dict[str, float]] = {}
-    for key, options in VARIANTS.items():
+    for key, options in chosen.items():
         files = [f for member in options["ensemble"] for f in models[member]] if "ensemble" in options else models[key]
         members = [Predictor(*load_checkpoint(f), device="cpu") for f in files]
         predictor = members[0] if len(members) == 1 else Ensemble(members)
@@ -158,20 +162,23 @@ def main() -> None:
     parser.add_argument("--ct-epochs", type=int, default=60)
     parser.add_argument("--out", type=Path, default=Path("accuracy_runs"))
     parser.add_argument("--only", choices=("phantoms", "ct"), default=None)
+    parser.add_argument("--variants", default=",".join(folder_name(key) for key in VARIANTS),
+                        help="comma-separated: single (always), 2.5-D, strong, 3-fold, axial_coronal_sagittal")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     began = time.perf_counter()
+    variants = ["single", *(v for v in args.variants.split(",") if v != "single")]
     summary = {}
     if args.only in (None, "phantoms"):
         train_dir, tests = phantom_data(args.out / "phantoms" / "data")
         summary["phantoms"] = measure("phantoms", train_dir, tests, list(PHANTOM_CLASSES), args.phantom_epochs, 16,
-                                      args.out / "phantoms", pooled=False)
+                                      args.out / "phantoms", pooled=False, variants=variants)
     if args.only in (None, "ct"):
         if not DATA.is_dir():
             raise SystemExit(f"{DATA}: the real CT is not here")
         train_dir, tests, classes = real_ct_data(args.out / "ct" / "data")
         summary["real CT"] = measure("real CT", train_dir, tests, classes, args.ct_epochs, 8, args.out / "ct",
-                                     pooled=True)
+                                     pooled=True, variants=variants)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
     print(f"\n{(time.perf_counter() - began) / 60:.1f} min; results: {args.out / 'summary.json'}")
 
