@@ -74,19 +74,22 @@ P_GAMMA_INVERTED, P_GAMMA, GAMMA_RANGE = 0.1, 0.3, (0.7, 1.5)
 
 
 def strong_sample(image: np.ndarray, label: np.ndarray, rng: np.random.Generator, size: int,
-                  centre: tuple[float, float], step: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+                  centre: tuple[float, float], step: tuple[float, float], mirror_axes: tuple[int, ...] = (0, 1),
+                  max_rotation: float = 180.0) -> tuple[np.ndarray, np.ndarray]:
     """A size x size strongly augmented sample of a source slice: `image` (H, W) or (C, H, W) float32 in
     [0, 1], `label` (H, W). Without any transform the sample's pixel (i, j) is the source point
     `centre + step * (i - (size - 1) / 2, j - (size - 1) / 2)` (a crop: step 1; a whole-slice resize:
-    step = source size / size); outside the source the image is 0 (background) and the label 0."""
-    rows, cols = _source_coordinates(rng, size, centre, step)
+    step = source size / size); outside the source the image is 0 (background) and the label 0.
+    `mirror_axes`: the slice axes (0 rows, 1 columns) a mirroring may flip; `max_rotation`: degrees."""
+    rows, cols = _source_coordinates(rng, size, centre, step, mirror_axes, max_rotation)
     sampled = _intensity_transforms(_bilinear(image.reshape(-1, *image.shape[-2:]), rows, cols), rng)
     labels = _nearest(label, rows, cols)
     return sampled.reshape(*image.shape[:-2], size, size), labels
 
 
 def _source_coordinates(rng: np.random.Generator, size: int, centre: tuple[float, float],
-                        step: tuple[float, float]) -> np.ndarray:
+                        step: tuple[float, float], mirror_axes: tuple[int, ...] = (0, 1),
+                        max_rotation: float = 180.0) -> np.ndarray:
     """(2, size, size) source (row, column) of every sample pixel: scaling, rotation, deformation, mirroring."""
     offsets = np.arange(size, dtype=np.float64) - (size - 1) / 2.0
     rows, cols = np.meshgrid(offsets, offsets, indexing="ij")
@@ -95,9 +98,10 @@ def _source_coordinates(rng: np.random.Generator, size: int, centre: tuple[float
         spline = zoom_matrix(DEFORM_GRID, size, 3)  # cubic upsampling of the coarse grid, as two matmuls
         rows, cols = rows + spline @ shifts[0] @ spline.T, cols + spline @ shifts[1] @ spline.T
     scale = rng.uniform(*SCALE_RANGE) if rng.random() < P_SCALE else 1.0
-    angle = rng.uniform(-np.pi, np.pi) if rng.random() < P_ROTATE else 0.0
-    flip_rows = -1.0 if rng.random() < P_MIRROR else 1.0
-    flip_cols = -1.0 if rng.random() < P_MIRROR else 1.0
+    limit = np.deg2rad(max_rotation)
+    angle = rng.uniform(-limit, limit) if rng.random() < P_ROTATE else 0.0
+    flip_rows = -1.0 if rng.random() < P_MIRROR and 0 in mirror_axes else 1.0
+    flip_cols = -1.0 if rng.random() < P_MIRROR and 1 in mirror_axes else 1.0
     cos, sin = np.cos(angle) * scale, np.sin(angle) * scale
     rows, cols = rows * flip_rows, cols * flip_cols
     source_rows = centre[0] + step[0] * (cos * rows - sin * cols)

@@ -212,9 +212,13 @@ class ModelCard:
     source: Path | None = None
     # class name -> {"type": (scheme, value, meaning), "category": (...)} for DICOM SEG (else swinseg's table)
     segment_codes: dict[str, dict[str, tuple[str, str, str]]] = field(default_factory=dict)
+    # what the model was trained on: swinseg.plan.Fingerprint.to_dict() of its training cases (set by training)
+    fingerprint: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "classes", tuple(self.classes))
+        if self.fingerprint is not None and not isinstance(self.fingerprint, dict):
+            raise SwinsegError(f"model card {self.name!r}: fingerprint must be a mapping")
         if len(self.classes) != self.network.num_classes:
             raise SwinsegError(
                 f"model card {self.name!r}: {len(self.classes)} class names but num_classes is "
@@ -248,6 +252,7 @@ class ModelCard:
             "preprocessing": self.preprocessing.to_dict(),
             **({"segment_codes": {name: {k: list(v) for k, v in codes.items()}
                                   for name, codes in self.segment_codes.items()}} if self.segment_codes else {}),
+            **({"fingerprint": self.fingerprint} if self.fingerprint is not None else {}),
         }
 
     @classmethod
@@ -270,6 +275,7 @@ class ModelCard:
                 weights=Path(weights) if weights else None,
                 source=source,
                 segment_codes=values.get("segment_codes") or {},
+                fingerprint=values.get("fingerprint"),
             )
         except SwinsegError as err:
             raise SwinsegError(f"{where}: {err}") from err

@@ -1,6 +1,7 @@
 """Training inputs: the cases of a dataset folder (swinseg.datasets) read through swinseg.preprocess exactly as
-predict reads scans (orientation, plane), the samples the network trains on, the held-out volumes it is
-validated on, and the spacing and intensities resolved for the data.
+predict reads scans (orientation, plane), the samples the network trains on and the held-out volumes it is
+validated on. What to do with the data (target spacing, plane, intensities) is decided by swinseg.plan from the
+cases read here; this module builds what it is told.
 
 With a target spacing the slices are resampled to it once at load time and training samples are random img_size
 crops, a share of them centred on a voxel of a foreground class (nnU-Net's oversampling); without one (the
@@ -18,20 +19,21 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from swinseg.augment import augment_slice, resize_pair, strong_sample
 from swinseg.choices import AUGMENTATIONS
-from swinseg.config import AUTO, Preprocessing, parse_spacing
+from swinseg.config import Preprocessing
 from swinseg.datasets import (
     TEST_FOLDER,
     TEST_SUFFIX,
     TRAIN_FOLDER,
     CaseFiles,
     NnunetDataset,
+    SynapseDataset,
     is_nnunet,
     is_synapse,
     open_nnunet,
@@ -53,6 +55,9 @@ from swinseg.preprocess import (
     slice_axis,
     slice_stack,
 )
+
+if TYPE_CHECKING:
+    from swinseg.plan import Plan
 
 Progress = Callable[[int, int, str], None]  # (done, total, current item name)
 
@@ -249,10 +254,12 @@ class SliceDataset(torch.utils.data.Dataset):
     Call `set_epoch` before each epoch (DataLoader workers must not be persistent)."""
 
     def __init__(self, source: NpzSlices | MemorySlices | GridSlices, img_size: int, *,
-                 augment: str = "reference", seed: int = 1234) -> None:
+                 augment: str = "reference", seed: int = 1234, mirror_axes: tuple[int, ...] = (0, 1),
+                 max_rotation: float = 180.0) -> None:
         if augment not in AUGMENTATIONS:
             raise SwinsegError(f"--augment {augment!r}: expected one of {', '.join(AUGMENTATIONS)}")
         self.source, self.img_size, self.augment, self.seed = source, int(img_size), augment, int(seed)
+        self.mirror_axes, self.max_rotation = tuple(mirror_axes), float(max_rotation)  # the strong augmentation's
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -270,14 +277,15 @@ class SliceDataset(torch.utils.data.Dataset):
                 c, z, row, col = self.source.locate(index, size, rng)
                 image, label = self.source.slice(c, z)
                 centre = (row + (size - 1) / 2.0, col + (size - 1) / 2.0)
-                return strong_sample(image.astype(np.float32), label, rng, size, centre, (1.0, 1.0))
+                return strong_sample(image.astype(np.float32), label, rng, size, centre, (1.0, 1.0),
+                                     self.mirror_axes, self.max_rotation)
             image, label = self.source.crop(index, size, rng)
             return augment_slice(image, label, rng) if self.augment == "reference" else (image, label)
         image, label = self.source.load(index)
         if self.augment == "strong":
             height, width = image.shape[-2:]
             return strong_sample(image, label, rng, size, ((height - 1) / 2.0, (width - 1) / 2.0),
-                                 (height / size, width / size))
+                                 (height / size, width / size), self.mirror_axes, self.max_rotation)
         if self.augment == "reference":
             image, label = augment_slice(image, label, rng)
         return resize_pair(image, label, size)
@@ -476,8 +484,36 @@ def _available_memory() -> int | None:
 
 
 @dataclass
+class TrainingCases:
+    """A dataset folder read for training, before anything is decided from it (swinseg.plan decides): the
+    split into training and validation cases and, for the nnU-Net layout, every case in memory laid out as
+    predict lays it out, with dataset.json's channel name. The Synapse layout is streamed from disk later."""
+
+    layout: str  # "synapse" | "nnunet"
+    root: Path
+    classes: tuple[str, ...] | None  # from dataset.json, None when the folder does not name them
+    train_cases: list[str]
+    validation_cases: list[str]
+    channel_name: str | None = None
+    loaded: dict[str, LoadedCase] = dataclasses.field(default_factory=dict)  # nnU-Net: the cases by name
+    synapse: SynapseDataset | None = None
+
+    @property
+    def training(self) -> list[LoadedCase]:
+        """The loaded training cases (nnU-Net layout; empty for Synapse)."""
+        return [self.loaded[name] for name in self.train_cases] if self.loaded else []
+
+    @property
+    def training_slices(self) -> int:
+        """Training slices: the listed npz slices (Synapse), or the slices of the loaded training cases."""
+        if self.synapse is not None:
+            return len(self.synapse.train_slices)
+        return sum(case.image.shape[0] for case in self.training)
+
+
+@dataclass
 class TrainingData:
-    """What training needs from a dataset folder of either layout, and the preprocessing it resolved."""
+    """What training needs from a dataset folder of either layout, and the preprocessing it was built with."""
 
     layout: str  # "synapse" | "nnunet"
     root: Path
@@ -486,119 +522,100 @@ class TrainingData:
     classes: tuple[str, ...] | None  # from dataset.json, None when the folder does not name them
     train_cases: list[str]
     validation_cases: list[str]
-    preprocessing: Preprocessing  # the card's, with the spacing and intensities resolved for this data
-    notes: list[str] = dataclasses.field(default_factory=list)  # how they were resolved, for the summary
+    preprocessing: Preprocessing  # resolved: spacing, plane and intensities as decided by swinseg.plan
+    notes: list[str] = dataclasses.field(default_factory=list)  # how they were decided, for the summary
+    plan: Plan | None = None  # the plan that decided them (None: a resumed run takes its card's)
 
 
-SPACING_CHOICES = ("auto", "none", "card")
+def read_training_cases(path: str | Path, preprocessing: Preprocessing, *, seed: int = 1234,
+                        validation_fraction: float = 0.2, validation_cases: Sequence[str] | None = None,
+                        lists: str | Path | None = None, progress: Progress | None = None) -> TrainingCases:
+    """Open a dataset folder in the Synapse or nnU-Net layout and read what training will use, once.
 
-
-def open_training_data(path: str | Path, *, img_size: int, preprocessing: Preprocessing,
-                       augment: str | bool = "reference",
-                       seed: int = 1234, validation_fraction: float = 0.2,
-                       validation_cases: Sequence[str] | None = None, lists: str | Path | None = None,
-                       spacing: str | tuple[float, float] = "card",
-                       oversample_foreground: float = FOREGROUND_OVERSAMPLING, resolve: bool = True,
-                       progress: Progress | None = None) -> TrainingData:
-    """Open a dataset folder in the Synapse or nnU-Net layout for training.
-
-    Synapse: slices of train.txt, validation volumes of test_vol.txt (or `validation_cases` of
-    test_vol_h5/); its files carry no spacing, so slices are resized whole (the published path). nnU-Net:
-    every pair checked and loaded into memory (laid out as predict does), a seeded split into training and
-    validation cases (`validation_fraction`, or `validation_cases` by name), the normalisation chosen from
-    dataset.json's channel_names, and `spacing`: "auto" (the median in-plane spacing of the training cases,
-    nnU-Net's rule), "none" (whole-slice resize), "card" (the card's), or (sy, sx) mm. With a spacing the
-    training cases are resampled to it once, and samples are img_size crops (`oversample_foreground` of them
-    centred on a foreground voxel). The split uses `seed`, as do the crops and the augmentation.
-    `resolve=False` takes `preprocessing` as it is (a resumed run: its card already holds the resolved values).
-    `augment`: reference, strong or none (True/False: reference/none). The preprocessing's `context_slices`
-    decides the neighbours each sample carries.
+    Synapse: the slices of train.txt, validation volumes of test_vol.txt (or `validation_cases` of
+    test_vol_h5/). nnU-Net: every pair checked and loaded into memory in the orientation and plane of
+    `preprocessing`, and a seeded split into training and validation cases (`validation_fraction`, or
+    `validation_cases` by name).
     """
-    if isinstance(augment, bool):
-        augment = "reference" if augment else "none"
     root = Path(path)
     if not root.is_dir():
         raise SwinsegError(f"{root}: dataset folder not found")
-    if isinstance(spacing, str) and spacing not in SPACING_CHOICES:
-        raise SwinsegError(f"--spacing {spacing!r}: expected auto, none or SY,SX in mm")
     if is_synapse(root):
-        return _open_synapse_training(root, img_size, preprocessing, augment, seed, validation_cases, lists,
-                                      spacing)
+        return _read_synapse(root, validation_cases, lists)
     if is_nnunet(root):
         dataset = open_nnunet(root)
         train, validation = split_cases(dataset.names, test_fraction=validation_fraction,
                                         test_cases=validation_cases, seed=seed)
         check_fits_in_memory(dataset, train + validation)
         loaded = load_cases(dataset, train + validation, preprocessing, progress)
-        by_name = {case.name: case for case in loaded}
-        training = [by_name[n] for n in train]
-        if resolve:
-            prep, notes = resolve_intensities(preprocessing, read_channel_name(root / "dataset.json"), training, seed)
-            prep, spacing_note = resolve_spacing(prep, spacing, training)
-            notes.append(spacing_note)
-        else:
-            prep, notes = preprocessing, ["preprocessing: the run's card, as resolved when the run started"]
-        set_bounds(loaded, prep)
-        context = prep.context_slices
-        if prep.spacing is None:
-            source: MemorySlices | GridSlices = MemorySlices(training, context)
-        else:
-            check_grid_fits_in_memory(root, training, prep.spacing)
-            source = GridSlices([to_grid_case(case, prep.spacing, seed) for case in training], oversample_foreground,
-                                context)
-            if oversample_foreground:
-                notes.append(f"samples: random {img_size}x{img_size} crops, {oversample_foreground:.0%} centred "
-                             "on a foreground voxel")
-        return TrainingData("nnunet", root, SliceDataset(source, img_size, augment=augment, seed=seed),
-                            MemoryVolumes([by_name[n] for n in validation]), dataset.classes, train, validation,
-                            prep, notes)
+        return TrainingCases("nnunet", root, dataset.classes, train, validation,
+                             read_channel_name(root / "dataset.json"), {case.name: case for case in loaded})
     raise SwinsegError(f"{root}: neither a Synapse folder ({TRAIN_FOLDER}/, {TEST_FOLDER}/) nor an nnU-Net "
                        f"dataset (imagesTr/, labelsTr/, dataset.json)")
 
 
-def _open_synapse_training(root: Path, img_size: int, prep: Preprocessing, augment: str, seed: int,
-                           validation_cases: Sequence[str] | None, lists: str | Path | None,
-                           spacing: str | tuple[float, float]) -> TrainingData:
-    if prep.modality == "CT" and prep.window == AUTO:
-        raise SwinsegError(f"{root}: the card's CT window is 'auto', but Synapse-layout images are normalised "
-                           "already, so there is nothing to resolve it from; give the card a window [low, high]")
+def _read_synapse(root: Path, validation_cases: Sequence[str] | None, lists: str | Path | None) -> TrainingCases:
     synapse = open_synapse(root, lists)
-    wanted = prep.spacing if spacing == "card" else None if spacing in ("auto", "none") else spacing
-    if wanted is not None:
-        raise SwinsegError(f"{root}: Synapse-layout slices carry no pixel spacing, so they cannot be resampled to "
-                           f"{wanted[0]:g}x{wanted[1]:g} mm; train on the nnU-Net dataset, or use --spacing none")
     tests = synapse.test_cases
     if validation_cases is not None:
         tests = list(validation_cases)
         missing = [n for n in tests if not (synapse.test_dir / f"{n}{TEST_SUFFIX}").is_file()]
         if missing:
             raise SwinsegError(f"{synapse.test_dir}: validation cases not found: {shorten(missing)}")
-    slices = SliceDataset(NpzSlices(synapse.train_dir, synapse.train_slices, prep.context_slices), img_size,
-                          augment=augment, seed=seed)
     train_cases = sorted({n.split("_slice")[0] for n in synapse.train_slices})
-    note = "spacing: none (Synapse-layout files carry no spacing): whole slices resized, the published path"
-    return TrainingData("synapse", root, slices, H5Volumes(synapse.test_dir, tests), synapse.classes,
-                        train_cases, list(tests), dataclasses.replace(prep, spacing=None), [note])
+    return TrainingCases("synapse", root, synapse.classes, train_cases, list(tests), synapse=synapse)
 
 
-def resolve_spacing(prep: Preprocessing, choice: str | tuple[float, float],
-                    cases: Sequence[LoadedCase]) -> tuple[Preprocessing, str]:
-    """The preprocessing with its target spacing decided by `choice` (see open_training_data), and a note."""
-    if choice == "none":
-        return dataclasses.replace(prep, spacing=None), "spacing: none: whole slices resized to the network size"
-    if choice == "card":
-        if prep.spacing is None:
-            return prep, "spacing: none (the card's): whole slices resized to the network size"
-        return prep, f"spacing: {prep.spacing[0]:g}x{prep.spacing[1]:g} mm (the card's)"
-    if choice == "auto":
-        spacings = np.asarray([case.in_plane_spacing for case in cases], dtype=np.float64)
-        target = tuple(float(round(v, 4)) for v in np.median(spacings, axis=0))
-        low, high = spacings.min(axis=0), spacings.max(axis=0)
-        return (dataclasses.replace(prep, spacing=target),
-                f"spacing: {target[0]:g}x{target[1]:g} mm, the median in-plane spacing of {len(cases)} training "
-                f"case(s) (rows {low[0]:g}-{high[0]:g}, columns {low[1]:g}-{high[1]:g} mm)")
-    target = parse_spacing(choice)
-    return dataclasses.replace(prep, spacing=target), f"spacing: {target[0]:g}x{target[1]:g} mm (--spacing)"
+def open_training_data(source: str | Path | TrainingCases, *, img_size: int, preprocessing: Preprocessing,
+                       augment: str | bool = "reference", seed: int = 1234, validation_fraction: float = 0.2,
+                       validation_cases: Sequence[str] | None = None, lists: str | Path | None = None,
+                       oversample_foreground: float = FOREGROUND_OVERSAMPLING, notes: Sequence[str] = (),
+                       plan: Plan | None = None, progress: Progress | None = None,
+                       mirror_axes: tuple[int, ...] = (0, 1), max_rotation: float = 180.0) -> TrainingData:
+    """The training samples and validation volumes of a dataset, built with `preprocessing` as it is: its
+    spacing, plane and intensities are decided already (swinseg.plan; a resumed run: its card's).
+
+    `source`: cases read by `read_training_cases`, or a folder to read now (with `seed`, `validation_fraction`,
+    `validation_cases`, `lists`). With a target spacing the training cases are resampled to it once, and
+    samples are img_size crops (`oversample_foreground` of them centred on a foreground voxel); without one
+    whole slices are resized (the published path; always so for the Synapse layout, whose files carry no
+    spacing). `augment`: reference, strong or none (True/False: reference/none); `seed` also draws the crops
+    and the augmentation. The preprocessing's `context_slices` decides the neighbours each sample carries.
+    `notes` (how the preprocessing was decided) and `plan` are kept for the training summary.
+    `mirror_axes` and `max_rotation` (degrees) bound the strong augmentation's mirroring and rotation.
+    """
+    if isinstance(augment, bool):
+        augment = "reference" if augment else "none"
+    cases = source if isinstance(source, TrainingCases) else read_training_cases(
+        source, preprocessing, seed=seed, validation_fraction=validation_fraction,
+        validation_cases=validation_cases, lists=lists, progress=progress)
+    slices = SliceDataset(_slice_source(cases, preprocessing, oversample_foreground, seed), img_size,
+                          augment=augment, seed=seed, mirror_axes=mirror_axes, max_rotation=max_rotation)
+    volumes: Sequence[VolumeCase]
+    if cases.synapse is not None:
+        volumes = H5Volumes(cases.synapse.test_dir, cases.validation_cases)
+    else:
+        volumes = MemoryVolumes([cases.loaded[n] for n in cases.validation_cases])
+    return TrainingData(cases.layout, cases.root, slices, volumes, cases.classes, cases.train_cases,
+                        cases.validation_cases, preprocessing, list(notes), plan)
+
+
+def _slice_source(cases: TrainingCases, prep: Preprocessing, oversample: float,
+                  seed: int) -> NpzSlices | MemorySlices | GridSlices:
+    """Where the training samples come from: npz slices (Synapse), whole slices in memory, or the cases
+    resampled to the target spacing."""
+    if cases.synapse is not None:
+        if prep.spacing is not None:
+            raise SwinsegError(f"{cases.root}: Synapse-layout slices carry no pixel spacing; they train with "
+                               "whole slices (spacing none)")
+        return NpzSlices(cases.synapse.train_dir, cases.synapse.train_slices, prep.context_slices)
+    set_bounds(list(cases.loaded.values()), prep)
+    training = cases.training
+    if prep.spacing is None:
+        return MemorySlices(training, prep.context_slices)
+    check_grid_fits_in_memory(cases.root, training, prep.spacing)
+    return GridSlices([to_grid_case(case, prep.spacing, seed) for case in training], oversample,
+                      prep.context_slices)
 
 
 def read_channel_name(path: Path) -> str | None:
@@ -612,47 +629,3 @@ def read_channel_name(path: Path) -> str | None:
         return None
     name = names.get("0", names.get(0))
     return str(name) if name is not None else None
-
-
-def resolve_intensities(prep: Preprocessing, channel: str | None, cases: Sequence[LoadedCase],
-                        seed: int) -> tuple[Preprocessing, list[str]]:
-    """The normalisation for this dataset: dataset.json's channel name decides CT (the card's window, or
-    `window: auto` = the 0.5/99.5 percentiles of the training foreground, nnU-Net's CT scheme) or per-volume
-    percentiles (any other name: MR, T1, T2, FLAIR, ...). Returns the preprocessing and a note saying why."""
-    said = f"dataset.json names channel 0 {channel!r}" if channel else "no channel name in dataset.json"
-    is_ct = prep.modality == "CT" if channel is None else channel.strip().upper() == "CT"
-    if not is_ct:
-        if prep.modality == "MR":
-            return prep, [f"intensities: per-volume percentiles {_range_text(prep.percentiles)} ({said})"]
-        prep = dataclasses.replace(prep, modality="MR", window=None, percentiles=prep.percentiles or (0.5, 99.5))
-        return prep, [f"intensities: per-volume percentiles {_range_text(prep.percentiles)} instead of the "
-                      f"card's CT window ({said})"]
-    if prep.modality == "CT" and prep.window != AUTO:
-        return prep, [f"intensities: CT window {_range_text(prep.window)} HU (the card's; {said})"]
-    window = foreground_percentiles(cases, seed)
-    reason = "the card's window is auto" if prep.modality == "CT" else "the card is for MR"
-    return (dataclasses.replace(prep, modality="CT", window=window, percentiles=None),
-            [f"intensities: CT window {_range_text(window)} HU, the 0.5/99.5 percentiles of the training "
-             f"foreground ({reason}; {said})"])
-
-
-def foreground_percentiles(cases: Sequence[LoadedCase], seed: int, per_case: int = 100_000) -> tuple[float, float]:
-    """0.5 and 99.5 percentiles of the intensities under the labels (up to `per_case` voxels a case)."""
-    rng = np.random.default_rng(seed)
-    values = []
-    for case in cases:
-        voxels = case.image[case.label > 0]
-        if len(voxels) > per_case:
-            voxels = voxels[rng.choice(len(voxels), per_case, replace=False)]
-        values.append(voxels.astype(np.float64))
-    pooled = np.concatenate(values) if values else np.zeros(0)
-    if pooled.size == 0:
-        raise SwinsegError("window auto: the training cases have no foreground voxels to take percentiles from")
-    low, high = np.percentile(pooled, (0.5, 99.5))
-    if high <= low:
-        high = low + 1.0
-    return float(round(low, 2)), float(round(high, 2))
-
-
-def _range_text(values: Any) -> str:
-    return f"[{values[0]:g}, {values[1]:g}]"

@@ -38,6 +38,7 @@ from swinseg.device import autocast, precision_name, rank_device, resolve_device
 from swinseg.errors import SwinsegError
 from swinseg.io import atomic_output
 from swinseg.losses import DiceCELoss
+from swinseg.plan import PLAN_FILE, write_plan
 from swinseg.train_config import FINETUNE_DEFAULTS, TrainConfig, resolve_config, write_config
 from swinseg.train_report import TrainingEvents, epoch_line, plot_curves, write_metrics
 from swinseg.train_state import capture_rng_state, load_training_state, restore_rng_state, save_training_state
@@ -191,9 +192,30 @@ def build_network(
     return model, card
 
 
-def poly_schedule(optimizer: torch.optim.Optimizer, max_iterations: int, power: float) -> LambdaLR:
-    """lr = base * (1 - it / max_it) ** power, stepped once per iteration (0 after the last one)."""
-    return LambdaLR(optimizer, lambda it: max(0.0, 1.0 - it / max_iterations) ** power)
+def poly_schedule(optimizer: torch.optim.Optimizer, max_iterations: int, power: float,
+                  warmup: float = 0.0) -> LambdaLR:
+    """lr = base * (1 - it / max_it) ** power, stepped once per iteration (0 after the last one), after a linear
+    warm-up from base / warm-up steps over the first `warmup` share of the iterations (none at 0)."""
+    warmup_steps = int(round(warmup * max_iterations))
+
+    def factor(it: int) -> float:
+        if it < warmup_steps:
+            return (it + 1) / warmup_steps
+        return max(0.0, 1.0 - it / max_iterations) ** power
+
+    return LambdaLR(optimizer, factor)
+
+
+def make_optimizer(parameters: list[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
+    """The recipe's optimiser: SGD with momentum (published) or AdamW (scratch); norms and biases are not
+    decayed by AdamW."""
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(parameters, lr=config.learning_rate, momentum=config.momentum,
+                               weight_decay=config.weight_decay)
+    decayed = [p for p in parameters if p.ndim > 1]
+    kept = [p for p in parameters if p.ndim <= 1]
+    groups = [{"params": decayed, "weight_decay": config.weight_decay}, {"params": kept, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.learning_rate)
 
 
 # -------------------------------------------------------------------------------------------------- data
@@ -201,24 +223,28 @@ def poly_schedule(optimizer: torch.optim.Optimizer, max_iterations: int, power: 
 
 def open_data(
     config: TrainConfig, card: ModelCard, progress: Callable[[int, int, str], None] | None = None,
-    resumed: bool = False,
+    resumed: bool = False, device: torch.device | str = "cpu", processes: int = 1,
 ) -> TrainingData:
-    """The dataset folder (Synapse or nnU-Net layout) opened through swinseg.data for this card; its
-    `preprocessing` is the card's with spacing and intensities resolved for the data."""
-    from swinseg.data import open_training_data
+    """The dataset folder (Synapse or nnU-Net layout) read once through swinseg.data, planned by swinseg.plan
+    for this card, `device` and number of processes (the plan: `data.plan`) and built as planned; a resumed
+    run takes its card's preprocessing as it is."""
+    from swinseg import plan as planner
+    from swinseg.data import open_training_data, read_training_cases
 
-    preprocessing = card.preprocessing
-    if config.plane is not None and not resumed:
-        if config.plane.lower() != "axial" and is_synapse(Path(config.data)):
-            raise SwinsegError(f"{config.data}: the Synapse layout holds axial slices; --plane {config.plane} "
-                               "needs volumes (an nnU-Net folder)")
-        preprocessing = dataclasses.replace(preprocessing, plane=config.plane.lower())
-    return open_training_data(
-        config.data, img_size=card.network.img_size, preprocessing=preprocessing, augment=config.augment,
-        seed=config.seed, validation_fraction=config.val_fraction, validation_cases=config.val_cases,
-        spacing=spacing_choice(config, card, resumed), oversample_foreground=config.oversample_foreground,
-        resolve=not resumed, progress=progress,
-    )
+    prep = card.preprocessing if resumed else planner.layout_preprocessing(config, card, is_synapse(Path(config.data)))
+    cases = read_training_cases(config.data, prep, seed=config.seed, validation_fraction=config.val_fraction,
+                                validation_cases=config.val_cases, progress=progress)
+    built = {"img_size": card.network.img_size, "augment": config.augment, "seed": config.seed,
+             "max_rotation": config.rotation}
+    if resumed:
+        mirror = planner.mirror_decision(card.classes, prep)
+        return open_training_data(cases, preprocessing=prep, oversample_foreground=config.oversample_foreground,
+                                  notes=["preprocessing: the run's card, as resolved when the run started"],
+                                  mirror_axes=tuple(mirror.value), **built)
+    plan = planner.plan_training(cases, card, config, device, processes)
+    return open_training_data(cases, preprocessing=plan.preprocessing,
+                              oversample_foreground=plan.oversample_foreground.value, notes=plan.lines(), plan=plan,
+                              mirror_axes=tuple(plan.mirror_axes.value), **built)
 
 
 def hold_out_fold(config: TrainConfig, run_dir: Path, *, write: bool = True) -> TrainConfig:
@@ -257,21 +283,6 @@ def cross_validation_splits(config: TrainConfig) -> list[dict[str, list[str]]] |
         assert config.folds is not None
         splits = fold_splits(names, config.folds, config.seed)
     return splits
-
-
-def spacing_choice(config: TrainConfig, card: ModelCard, resumed: bool = False) -> str | tuple[float, float]:
-    """What --spacing means for this run: as given; else the card's when it names one (always for finetune and
-    resume: the model was trained at that scale), else "auto"."""
-    from swinseg.config import parse_spacing
-
-    if resumed:
-        return "card"
-    if config.spacing is not None:
-        text = config.spacing.strip().lower().strip("[]() ")
-        return text if text in ("auto", "none") else parse_spacing(text, "--spacing (auto, none or SY,SX mm)")
-    if config.checkpoint or card.preprocessing.spacing is not None:
-        return "card"
-    return "auto"
 
 
 def epoch_loader(
@@ -348,11 +359,9 @@ class Step:
     @classmethod
     def for_model(cls, model: nn.Module, config: TrainConfig, max_iterations: int, device: torch.device,
                   dtype: torch.dtype | None) -> Step:
-        parameters = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.SGD(parameters, lr=config.learning_rate, momentum=config.momentum,
-                                    weight_decay=config.weight_decay)
+        optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], config)
         return cls(DiceCELoss(config.ce_weight, config.dice_weight), optimizer,
-                   poly_schedule(optimizer, max_iterations, config.poly_power),
+                   poly_schedule(optimizer, max_iterations, config.poly_power, config.warmup),
                    torch.amp.GradScaler(device.type, enabled=dtype == torch.float16), device, dtype)
 
     @property
@@ -453,8 +462,10 @@ class Trainer:
         else:
             model, card = starting_point(config)
             card = with_context(config, model, card)
-            self.data = open_data(config, card, events.loading)
-            card = dataclasses.replace(card, preprocessing=self.data.preprocessing)
+            self.data = open_data(config, card, events.loading, device=device, processes=dist.world_size)
+            assert self.data.plan is not None
+            config = self.config = self.data.plan.apply_to_config(config)  # the batch that fits the device
+            card = self.data.plan.apply_to_card(card)  # resolved preprocessing, fingerprint
             classes = tuple(config.classes) if config.classes else (self.data.classes or card.classes)
             if self.data.classes and len(classes) != len(self.data.classes):
                 raise SwinsegError(f"--classes names {len(classes)} classes but {config.data} has "
@@ -471,6 +482,9 @@ class Trainer:
             ids = [device.index] if device.type == "cuda" else None
             self.trained = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self.batches_per_epoch = len(epoch_loader(self.data, config, dist, 0, device))
+        if config.iterations is not None:  # a budget in optimiser steps: whole epochs that reach it
+            epochs = max(1, -(-config.iterations // self.batches_per_epoch))
+            config = self.config = dataclasses.replace(config, epochs=epochs)
         self.step = Step.for_model(self.model, config, config.epochs * self.batches_per_epoch, device, self.dtype)
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {"dice": None, "epoch": None}
@@ -605,7 +619,9 @@ def train(
         if dist.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             _remove_stale_temporaries(run_dir)
-            write_config(config, run_dir / CONFIG_FILE)  # when resuming: with the flags that changed it
+            write_config(trainer.config, run_dir / CONFIG_FILE)  # when resuming: with the flags that changed it
+            if trainer.data.plan is not None:
+                write_plan(run_dir / PLAN_FILE, trainer.data.plan)
         trainer.log(trainer.describe())
         for note in trainer.data.notes:
             trainer.log(f"  {note}")
@@ -628,7 +644,7 @@ def train(
 def _remove_stale_temporaries(run_dir: Path) -> None:
     """Delete the half-written temporary files (io.atomic_output's hidden `.NAME.tmp-*`) of our outputs
     that a killed run left behind; the outputs themselves are always complete."""
-    for name in (STATE_FILE, CONFIG_FILE, BEST_FILE, FINAL_FILE, METRICS_FILE, CURVES_FILE):
+    for name in (STATE_FILE, CONFIG_FILE, PLAN_FILE, BEST_FILE, FINAL_FILE, METRICS_FILE, CURVES_FILE):
         for stale in run_dir.glob(f".{name.split('.')[0]}.tmp-*"):
             stale.unlink(missing_ok=True)
 

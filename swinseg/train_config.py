@@ -23,7 +23,17 @@ from swinseg.labels import split_list
 # Finetuning starts from a trained network: a fifth of the published learning rate, a third of the epochs.
 # The network, classes and preprocessing come from the checkpoint unless --model / --classes say otherwise.
 ALL_FOLDS = "all"
-FINETUNE_DEFAULTS: dict[str, Any] = {"model": None, "base_lr": 0.01, "epochs": 50, "val_every": 5}
+FINETUNE_DEFAULTS: dict[str, Any] = {"model": None, "recipe": "published", "base_lr": 0.01, "epochs": 50,
+                                     "val_every": 5}
+# What a recipe sets for the options left unset (None). "published": the paper's, for ImageNet-initialised
+# encoders; "scratch": what trains a randomly initialised Swin-Unet (README, "Training recipe").
+RECIPES: dict[str, dict[str, Any]] = {
+    "published": {"optimizer": "sgd", "base_lr": 0.05, "weight_decay": 1e-4, "warmup": 0.0,
+                  "augment": "reference", "rotation": 180.0},
+    "scratch": {"optimizer": "adamw", "base_lr": 1e-3, "weight_decay": 0.01, "warmup": 0.05,
+                "augment": "reference", "rotation": 180.0},
+}
+OPTIMIZERS = ("sgd", "adamw")
 
 
 @dataclass
@@ -37,17 +47,22 @@ class TrainConfig:
     checkpoint: str | None = None  # finetune: a trained swinseg model or a reference checkpoint
     classes: list[str] | None = None  # label names, index = label value; default: the dataset's, else the card's
     freeze_encoder: bool = False
+    recipe: str | None = None  # published | scratch; default: published with --pretrained or --checkpoint
     epochs: int = 150
+    iterations: int | None = None  # optimiser steps instead of --epochs (rounded up to whole epochs)
     batch_size: int = 24  # global: split across torchrun processes
-    base_lr: float = 0.05
+    optimizer: str | None = None  # sgd | adamw; default: the recipe's
+    base_lr: float | None = None  # default: the recipe's
     base_batch: int = 24
     lr: float | None = None  # default base_lr * batch_size / base_batch
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
+    momentum: float = 0.9  # SGD only
+    weight_decay: float | None = None  # default: the recipe's
+    warmup: float | None = None  # share of the iterations with a linear warm-up; default: the recipe's
     poly_power: float = 0.9
     ce_weight: float = 0.4
     dice_weight: float = 0.6
-    augment: str = "reference"  # reference (published) | strong (nnU-Net's) | none; YAML true/false: reference/none
+    augment: str | None = None  # reference | strong (nnU-Net's) | none; YAML true/false: reference/none
+    rotation: float | None = None  # strong augmentation: largest rotation in degrees; default: the recipe's
     context_slices: int | None = None  # 2.5-D: neighbours on either side fed as channels; default: the card's (0)
     spacing: str | None = None  # auto | none | SY,SX mm; default: the card's if it names one, else auto
     plane: str | None = None  # axial | coronal | sagittal training slices; default: the card's (axial)
@@ -68,9 +83,10 @@ class TrainConfig:
         hints = typing.get_type_hints(TrainConfig)
         for field in dataclasses.fields(self):
             setattr(self, field.name, _coerce(field.name, getattr(self, field.name), hints[field.name]))
-        positive = ("epochs", "batch_size", "base_batch", "val_batch_size")
+        self._apply_recipe()
+        positive = ("epochs", "batch_size", "base_batch", "val_batch_size", "iterations")
         for name in positive:
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise SwinsegError(f"--{_flag(name)} must be at least 1, got {getattr(self, name)}")
         if not 0.0 <= self.oversample_foreground <= 1.0:
             raise SwinsegError(f"--oversample-foreground must be in [0, 1], got {self.oversample_foreground}")
@@ -95,6 +111,23 @@ class TrainConfig:
             raise SwinsegError("--fold all needs --folds N or --splits FILE")
         if self.learning_rate <= 0:
             raise SwinsegError(f"learning rate must be positive, got {self.learning_rate}")
+
+    def _apply_recipe(self) -> None:
+        """Name the recipe (published when starting from ImageNet or a trained model, else scratch) and fill
+        the options it sets that were left unset."""
+        if self.recipe is None:
+            self.recipe = "published" if self.pretrained or self.checkpoint else "scratch"
+        self.recipe = self.recipe.strip().lower()
+        if self.recipe not in RECIPES:
+            raise SwinsegError(f"--recipe {self.recipe!r}: expected one of {', '.join(RECIPES)}")
+        for name, value in RECIPES[self.recipe].items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        self.optimizer = self.optimizer.lower()
+        if self.optimizer not in OPTIMIZERS:
+            raise SwinsegError(f"--optimizer {self.optimizer!r}: expected one of {', '.join(OPTIMIZERS)}")
+        if not 0.0 <= self.warmup < 1.0:
+            raise SwinsegError(f"--warmup must be in [0, 1), got {self.warmup}")
 
     @property
     def fold_index(self) -> int:

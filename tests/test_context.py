@@ -103,9 +103,8 @@ def write_coded_dataset(root: Path, plane: str, stored) -> Path:
 def test_training_samples_carry_the_neighbours_predict_feeds(tmp_path, plane, spacing):
     root = write_coded_dataset(tmp_path / "ds", plane, ((0, 2), (2, 0, 1)))
     prep = load_card("swin_unet_test").with_context(1).preprocessing
-    prep = type(prep)(**{**prep.to_dict(), "plane": plane})
-    data = open_training_data(root, img_size=32, preprocessing=prep, augment="none", validation_cases=[],
-                              spacing=spacing)
+    prep = type(prep)(**{**prep.to_dict(), "plane": plane, "spacing": None if spacing == "none" else spacing})
+    data = open_training_data(root, img_size=32, preprocessing=prep, augment="none", validation_cases=[])
     expected = expected_channels(plane, 1)
     for index in range(len(data.slices)):
         sample = data.slices[index]

@@ -19,7 +19,7 @@ def test_demo_runs_every_step_and_reports_dice(tmp_path):
     assert f"mean Dice on 1 held-out phantoms = {dice['heldout']:.3f}" in result.output
     assert f"{'1.5x field of view':<20} {dice['heldout_fov1.5']:.3f}" in result.output
     assert f"{'half the spacing':<20} {dice['heldout_halfspacing']:.3f}" in result.output
-    assert "spacing: 5.5x5.5 mm, the median in-plane spacing of 2 training case(s)" in result.output
+    assert "spacing: 5.5x5.5 mm — the median in-plane spacing of 2 training case(s)" in result.output
     for name, size in (("heldout", 64), ("heldout_fov1.5", 96), ("heldout_halfspacing", 128)):
         assert nib.load(out / "predictions" / name / "phantom_000.nii.gz").shape == (size, size, 8)
         assert (out / "overlays" / name / "phantom_000.png").stat().st_size > 1000

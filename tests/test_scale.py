@@ -17,17 +17,16 @@ from swinseg.data import (
     LoadedCase,
     SliceDataset,
     load_case,
-    open_training_data,
-    resolve_intensities,
-    resolve_spacing,
     set_bounds,
     to_grid_case,
 )
 from swinseg.datasets import CaseFiles
 from swinseg.errors import SwinsegError
 from swinseg.phantom import make_phantom, phantom_volume, write_phantom_dataset
+from swinseg.plan import fingerprint, intensity_decision, spacing_decision
 from swinseg.predict import Predictor
 from swinseg.preprocess import gaussian_importance, grid_size, prepare_volume, resample_labels, tile_starts
+from swinseg.train import TrainConfig, open_data
 
 TILE = 32
 
@@ -263,10 +262,11 @@ def test_crops_place_small_slices_anywhere_and_reach_beyond_large_ones():
 def test_spacing_auto_is_the_median_of_the_training_cases():
     cases = [LoadedCase(str(i), np.zeros((1, 2, 2)), np.zeros((1, 2, 2), np.uint8), (3.0, s, s + 0.5))
              for i, s in enumerate((0.7, 0.8, 1.5))]
-    prep, note = resolve_spacing(Preprocessing(), "auto", cases)
-    assert prep.spacing == (0.8, 1.3) and "median" in note and "0.7-1.5" in note
-    assert resolve_spacing(prep, "none", cases)[0].spacing is None
-    assert resolve_spacing(Preprocessing(), (2.0, 2.5), cases)[0].spacing == (2.0, 2.5)
+    found = fingerprint(cases, None, seed=0)
+    auto = spacing_decision("auto", Preprocessing(), found)
+    assert auto.value == [0.8, 1.3] and "median" in auto.reason and "0.7-1.5" in auto.reason
+    assert spacing_decision("none", Preprocessing(), found).value is None
+    assert spacing_decision((2.0, 2.5), Preprocessing(), found).value == [2.0, 2.5]
 
 
 def test_channel_names_decide_the_normalisation():
@@ -274,14 +274,14 @@ def test_channel_names_decide_the_normalisation():
     labels = np.zeros((2, 10, 10), np.uint8)
     labels[:, 2:8, 2:8] = 1
     case = LoadedCase("c", rng.normal(300, 50, (2, 10, 10)), labels, (1.0, 1.0, 1.0))
-    mr, notes = resolve_intensities(Preprocessing(), "T2", [case], seed=0)
-    assert mr.modality == "MR" and mr.percentiles == (0.5, 99.5) and "instead of the card's CT window" in notes[0]
-    ct, notes = resolve_intensities(Preprocessing(), "CT", [case], seed=0)
-    assert ct.window == (-125.0, 275.0) and "the card's" in notes[0]
-    auto, notes = resolve_intensities(Preprocessing(window="auto"), "CT", [case], seed=0)
+    mr = intensity_decision(Preprocessing(), fingerprint([case], "T2", seed=0))
+    assert mr.value == {"modality": "MR", "percentiles": [0.5, 99.5]} and "instead of the card's CT window" in mr.reason
+    ct = intensity_decision(Preprocessing(), fingerprint([case], "CT", seed=0))
+    assert ct.value["window"] == [-125.0, 275.0] and "the card's" in ct.reason
+    auto = intensity_decision(Preprocessing(window="auto"), fingerprint([case], "CT", seed=0))
     foreground = case.image[labels > 0]
-    assert auto.window == pytest.approx(tuple(np.percentile(foreground, (0.5, 99.5))), abs=0.01)
-    assert "percentiles of the training foreground" in notes[0]
+    assert auto.value["window"] == pytest.approx(list(np.percentile(foreground, (0.5, 99.5))), abs=0.01)
+    assert "percentiles of the training foreground" in auto.reason
     with pytest.raises(SwinsegError, match="window is 'auto'"):
         Predictor(BlurModel(), dataclasses.replace(card_for(None), preprocessing=Preprocessing(window="auto")),
                   device="cpu").predict_volume(phantom())
@@ -289,8 +289,8 @@ def test_channel_names_decide_the_normalisation():
 
 def test_training_data_on_the_target_grid(tmp_path: Path):
     root = write_phantom_dataset(tmp_path / "ds", 3, seed=0, shape=(4, 48, 48), spacing=(10.0, 7.33, 7.33))
-    data = open_training_data(root, img_size=TILE, preprocessing=Preprocessing(), spacing="auto",
-                              validation_cases=["phantom_002"])
+    config = TrainConfig(data=str(root), spacing="auto", val_cases=["phantom_002"])
+    data = open_data(config, card_for(None))
     assert data.preprocessing.spacing == pytest.approx((7.33, 7.33)) and any("median" in note for note in data.notes)
     assert any("channel 0 'CT'" in note for note in data.notes)
     assert isinstance(data.slices.source, GridSlices) and len(data.slices) == 8

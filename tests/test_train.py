@@ -70,20 +70,22 @@ def test_poly_schedule_per_iteration_reaches_zero():
     assert optimizer.param_groups[0]["lr"] == 0.0
 
 
-def test_defaults_are_the_published_recipe_and_lr_scales_with_batch():
-    config = TrainConfig()
+def test_published_recipe_is_the_paper_and_lr_scales_with_batch():
+    config = TrainConfig(recipe="published")
     assert (config.epochs, config.batch_size, config.learning_rate, config.seed) == (150, 24, 0.05, 1234)
-    assert (config.momentum, config.weight_decay, config.poly_power) == (0.9, 1e-4, 0.9)
-    assert (config.ce_weight, config.dice_weight, config.augment) == (0.4, 0.6, "reference")
-    assert TrainConfig(batch_size=12).learning_rate == pytest.approx(0.025)
+    assert (config.optimizer, config.momentum, config.weight_decay, config.poly_power) == ("sgd", 0.9, 1e-4, 0.9)
+    assert (config.ce_weight, config.dice_weight, config.augment, config.warmup) == (0.4, 0.6, "reference", 0.0)
+    assert TrainConfig(recipe="published", batch_size=12).learning_rate == pytest.approx(0.025)
     assert TrainConfig(batch_size=12, lr=0.01).learning_rate == 0.01
+    assert TrainConfig(pretrained="swin_tiny.pth").recipe == "published"  # ImageNet weights: the paper's recipe
     finetune = resolve_config(finetune=True)
-    assert (finetune.epochs, finetune.learning_rate, finetune.model) == (50, 0.01, None)
+    assert (finetune.epochs, finetune.learning_rate, finetune.model, finetune.recipe) == (50, 0.01, None, "published")
 
 
 def test_config_file_then_flags(tmp_path):
     path = tmp_path / "recipe.yaml"
-    path.write_text("epochs: 3\nweight_decay: 1e-4\nclasses: [background, liver]\nbatch_size: 6\n")
+    path.write_text("epochs: 3\nweight_decay: 1e-4\nclasses: [background, liver]\nbatch_size: 6\n"
+                    "recipe: published\n")
     config = resolve_config(path, {"epochs": 5, "seed": None})
     assert (config.epochs, config.weight_decay, config.batch_size) == (5, 1e-4, 6)
     assert config.classes == ["background", "liver"]

@@ -10,9 +10,10 @@ EPOCHS=${EPOCHS:-150}          # the paper's 150 epochs (13,950 iterations at ba
 BATCH=${BATCH:-24}
 DEVICE=${DEVICE:-auto}
 
-# The published recipe is the default: 0.4 CE + 0.6 Dice, SGD lr 0.05 at batch 24, poly decay, seed 1234.
+# The published recipe (the default with --pretrained): 0.4 CE + 0.6 Dice, SGD lr 0.05 at batch 24, poly decay,
+# seed 1234.
 # No validation during training, as in the paper: the model after the last epoch is final.safetensors.
-swinseg train --data "$SYNAPSE" --model "$MODEL" --pretrained "$PRETRAINED" -o "$RUN" \
+swinseg train --data "$SYNAPSE" --model "$MODEL" --pretrained "$PRETRAINED" --recipe published -o "$RUN" \
   --epochs "$EPOCHS" --batch-size "$BATCH" --val-every 0 --device "$DEVICE" ${TRAIN_ARGS:-}
 
 # One slice per pass, cubic resize to 224, nearest resize of the labels back: the published evaluation path.

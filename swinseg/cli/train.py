@@ -26,14 +26,23 @@ OPTIONS: dict[str, tuple[Any, str]] = {
                    "swin_unet_tiny; finetune the checkpoint's card; a reference .pth needs one)"),
     "classes": (str, "Comma-separated label names, index = label value. (default: the dataset's, else the card's)"),
     "freeze_encoder": (bool, "Train only the decoder (small datasets). (default: off)"),
+    "recipe": (str, "published (the paper's: SGD lr 0.05, for ImageNet-initialised encoders) or scratch (AdamW "
+                    "with warm-up: what trains a randomly initialised network); sets --optimizer, --base-lr, "
+                    "--weight-decay, --warmup, --augment, --rotation unless given. (default: published with "
+                    "--pretrained and for finetune, else scratch)"),
     "epochs": (int, "Epochs. (default: 150; finetune 50)"),
+    "iterations": (int, "Optimiser steps instead of --epochs (rounded up to whole epochs)."),
     "batch_size": (int, "Global batch size, split across torchrun processes. (default: 24)"),
+    "optimizer": (str, "sgd (momentum --momentum) or adamw (norms and biases not decayed). (default: the "
+                       "recipe's: published sgd, scratch adamw)"),
     "base_lr": (float, "Learning rate at --base-batch, scaled linearly to --batch-size. "
-                       "(default: 0.05; finetune 0.01)"),
+                       "(default: the recipe's: published 0.05, scratch 0.001; finetune 0.01)"),
     "base_batch": (int, "Batch size at which --base-lr holds. (default: 24)"),
     "lr": (float, "Learning rate as is (no batch scaling). (default: base-lr x batch-size / base-batch)"),
     "momentum": (float, "SGD momentum. (default: 0.9)"),
-    "weight_decay": (float, "SGD weight decay. (default: 1e-4)"),
+    "weight_decay": (float, "Weight decay. (default: the recipe's: published 1e-4, scratch 0.01)"),
+    "warmup": (float, "Share of the iterations with a linear learning-rate warm-up before the poly decay. "
+                      "(default: the recipe's: published 0, scratch 0.05)"),
     "poly_power": (float, "Poly decay power, lr x (1 - it/max_it)^p per iteration. (default: 0.9)"),
     "ce_weight": (float, "Cross-entropy weight in the loss. (default: 0.4)"),
     "dice_weight": (float, "Soft Dice weight in the loss. (default: 0.6)"),
