@@ -34,6 +34,7 @@ RECIPES: dict[str, dict[str, Any]] = {
                 "augment": "reference", "rotation": 180.0},
 }
 OPTIMIZERS = ("sgd", "adamw")
+PRE_RECIPE_KEYS = {"momentum", "poly_power", "base_batch", "lr"}  # every run's config.yaml holds them
 
 
 @dataclass
@@ -205,7 +206,10 @@ def resolve_config(
     flags given on the command line; None values are ignored)."""
     values: dict[str, Any] = dict(FINETUNE_DEFAULTS) if finetune else {}
     if config_file is not None:
-        values.update(read_config_file(config_file))
+        read = read_config_file(config_file)
+        if "recipe" not in read and PRE_RECIPE_KEYS <= set(read):  # a run's config.yaml from before recipes
+            read["recipe"] = "published"
+        values.update(read)
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return TrainConfig(**values)
 

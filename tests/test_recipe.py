@@ -4,12 +4,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import yaml
 from torch import nn
 
 from swinseg.augment import strong_sample
 from swinseg.errors import SwinsegError
 from swinseg.phantom import write_phantom_dataset
-from swinseg.train import TrainConfig, make_optimizer, poly_schedule, train
+from swinseg.train import TrainConfig, make_optimizer, poly_schedule, resolve_config, train
 
 
 def test_without_imagenet_weights_the_scratch_recipe_is_the_default_and_flags_win():
@@ -75,3 +76,14 @@ def test_an_iteration_budget_becomes_whole_epochs(tmp_path):
     result = train(config)
     assert len(result.history) == 2  # 8 slices = 4 batches an epoch: 5 steps need 2 epochs
     assert result.history[-1]["iteration"] == 8 and result.history[-1]["lr"] == 0.0
+
+
+def test_a_run_configured_before_recipes_resumes_with_the_published_one(tmp_path):
+    old = {key: value for key, value in TrainConfig(recipe="published").to_dict().items()
+           if key not in ("recipe", "optimizer", "warmup", "rotation", "iterations")}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(old), encoding="utf-8")
+    config = resolve_config(path)
+    assert (config.recipe, config.optimizer, config.learning_rate) == ("published", "sgd", 0.05)
+    path.write_text("epochs: 3\n", encoding="utf-8")  # a hand-written config: the default recipe
+    assert resolve_config(path).recipe == "scratch"

@@ -47,8 +47,9 @@ OPTIONS: dict[str, tuple[Any, str]] = {
     "ce_weight": (float, "Cross-entropy weight in the loss. (default: 0.4)"),
     "dice_weight": (float, "Soft Dice weight in the loss. (default: 0.6)"),
     "augment": (str, "reference (the published rot90+flip or rotation +-20 degrees), strong (nnU-Net's: scaling, "
-                     "rotation, deformation, mirroring, noise, blur, brightness, contrast, low resolution, gamma) "
-                     "or none. (default: reference)"),
+                     "rotation, deformation, mirroring along the planned axes, noise, blur, brightness, contrast, "
+                     "low resolution, gamma) or none. (default: the recipe's, reference)"),
+    "rotation": (float, "Strong augmentation: the largest rotation, in degrees. (default: the recipe's, 180)"),
     "context_slices": (int, "2.5-D input: feed each slice with its K neighbours on either side as channels "
                             "(1: slices z-1, z, z+1 as the 3 channels; K > 1 widens the input layer to 2K+1); "
                             "recorded in the checkpoint. (default: the card's, 0)"),
