@@ -8,6 +8,7 @@ PRECISIONS = ("auto", "bf16", "fp16", "fp32")  # --precision
 EVALUATION_PROTOCOLS = ("synapse-paper",)  # evaluate --protocol
 BACKENDS = ("auto", "torch", "onnxruntime", "openvino")  # predict --backend (auto: torch on CUDA, else fastest)
 AUGMENTATIONS = ("none", "reference", "strong")  # train --augment
+MIRRORS = ("auto", "both", "rows", "columns", "none")  # train --mirror (auto: swinseg.plan decides)
 OUTPUT_TYPES = ("auto", "dicom-seg", "rtstruct")  # predict --output-type: auto = NIfTI (PNG for 2-D images)
 
 HD95_DEFINITIONS = {  # evaluate --hd95

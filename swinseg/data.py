@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -246,12 +246,22 @@ def _window(array: np.ndarray, row: int, col: int, size: int) -> np.ndarray:
     return out
 
 
+class EpochSampler(torch.utils.data.DistributedSampler):
+    """DistributedSampler whose indices carry the epoch (`epoch * len(dataset) + i`, see SliceDataset): workers
+    of a persistent loader need not be told the epoch."""
+
+    def __iter__(self) -> Iterator[int]:
+        offset = self.epoch * len(self.dataset)  # type: ignore[arg-type]
+        return (offset + index for index in super().__iter__())
+
+
 class SliceDataset(torch.utils.data.Dataset):
     """Training samples as the network takes them: dict(image=(1 or 2k+1, S, S) float32, label=(S, S) int64,
     name=str), S = img_size: whole slices resized to S (Npz/MemorySlices, the published path) or S crops of
     slices on the target grid (GridSlices). A numpy Generator seeded by (seed, epoch, index) draws the crop and
     the `augment`ation: "reference" (the published one), "strong" (nnU-Net's, swinseg.augment) or "none".
-    Call `set_epoch` before each epoch (DataLoader workers must not be persistent)."""
+    Item `epoch * len(self) + i` is sample i of that epoch (after `set_epoch`'s), so one loader with persistent
+    workers serves every epoch (`EpochSampler` numbers them)."""
 
     def __init__(self, source: NpzSlices | MemorySlices | GridSlices, img_size: int, *,
                  augment: str = "reference", seed: int = 1234, mirror_axes: tuple[int, ...] = (0, 1),
@@ -268,9 +278,10 @@ class SliceDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.source)
 
-    def sample(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """The numpy (image, label) pair of `index` after cropping or resizing, and augmentation."""
-        rng = np.random.default_rng((self.seed, self.epoch, int(index)))
+    def sample(self, index: int, epoch: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The numpy (image, label) pair of `index` in `epoch` (default: set_epoch's) after cropping or resizing,
+        and augmentation."""
+        rng = np.random.default_rng((self.seed, self.epoch if epoch is None else int(epoch), int(index)))
         size = self.img_size
         if isinstance(self.source, GridSlices):
             if self.augment == "strong":
@@ -290,8 +301,9 @@ class SliceDataset(torch.utils.data.Dataset):
             image, label = augment_slice(image, label, rng)
         return resize_pair(image, label, size)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        image, label = self.sample(index)
+    def __getitem__(self, item: int) -> dict[str, Any]:
+        later, index = divmod(int(item), len(self.source))
+        image, label = self.sample(index, self.epoch + later)
         image = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
         return {
             "image": image.unsqueeze(0) if image.ndim == 2 else image,

@@ -305,8 +305,9 @@ def decide(found: Fingerprint | None, card: ModelCard, config: Any, device: str 
         intensities, count = intensity_decision(prep, found), sum(shape[0] for shape in found.shapes)
     resolved = dataclasses.replace(prep, plane=plane.value, spacing=_pair(spacing.value), **_scheme(intensities))
     batch = batch_decision(config, card, device, processes)
+    mirror = mirror_decision(classes, resolved, config.mirror)
     return Plan("synapse" if found is None else "nnunet", spacing, plane, patch_decision(card, resolved, found),
-                intensities, oversampling_decision(config, resolved), batch, mirror_decision(classes, resolved),
+                intensities, oversampling_decision(config, resolved), batch, mirror,
                 iterations_decision(config, batch.value, count, processes), resolved, found)
 
 
@@ -477,10 +478,15 @@ def _parameters(card: ModelCard) -> int:
         return sum(p.numel() for p in SwinUnet(card.network).parameters())
 
 
-def mirror_decision(classes: Sequence[str], prep: Preprocessing) -> Decision:
-    """Slice axes that mirroring may flip: both (nnU-Net's default) unless a class names a side (left,
-    right, _l, _r, ...) or is a one-sided organ (liver, spleen, ...): then not the left-right one, where a flip
-    would show the anatomy on the wrong side."""
+MIRROR_AXES = {"both": [0, 1], "rows": [0], "columns": [1], "none": []}  # --mirror: the slice axes flipped
+
+
+def mirror_decision(classes: Sequence[str], prep: Preprocessing, given: str | None = None) -> Decision:
+    """Slice axes that mirroring may flip: `given` (--mirror both|rows|columns|none), else both (nnU-Net's
+    default) unless a class names a side (left, right, _l, _r, ...) or is a one-sided organ (liver, spleen,
+    ...): then not the left-right one, where a flip would show the anatomy on the wrong side."""
+    if given is not None and given != "auto":
+        return Decision(MIRROR_AXES[given], given, "given", "--mirror")
     lateral = [name for name in classes[1:] if _names_a_side(name)]
     one_sided = [name for name in classes[1:] if any(organ in name.lower() for organ in ONE_SIDED_ORGANS)]
     axes = [0, 1]

@@ -1,13 +1,17 @@
-"""Training and finetuning: the published Swin-Unet recipe, resumable, on one CPU or many GPUs.
+"""Training and finetuning: the published Swin-Unet recipe or the from-scratch one, resumable, on one CPU or
+many GPUs.
 
-`train(config)` runs the loop: 0.4 CE + 0.6 soft Dice, SGD (momentum 0.9, weight decay 1e-4), learning rate
-0.05 at batch 24 scaled linearly with the batch and decayed per iteration by (1 - it / max_it)^0.9, the
-reference augmentation, seed 1234. Each epoch it writes atomically, in the run directory:
+`train(config)` runs the loop of the config's recipe (swinseg.train_config.RECIPES). Published: 0.4 CE + 0.6
+soft Dice, SGD (momentum 0.9, weight decay 1e-4), learning rate 0.05 at batch 24 scaled linearly with the batch
+and decayed per iteration by (1 - it / max_it)^0.9, the reference augmentation, seed 1234. Scratch: AdamW with
+a linear warm-up before the same decay, and the strong augmentation. The data decisions come from the planner
+(swinseg.plan, written to `plan.json`). Each epoch it writes atomically, in the run directory:
 
 - `last.pt`: the full training state (model, optimiser, scheduler, GradScaler, epoch, the RNG states of every
   process, the metrics so far), which `resume=True` continues from bit-identically (shuffling and
   augmentation are seeded by (seed, epoch), so the data of the next epoch does not depend on the past);
-- `metrics.csv` and `curves.png`: loss, learning rate, slices/s and validation Dice per class;
+- `metrics.csv` and `curves.png` (redrawn at most every 30 s): loss, learning rate, slices/s and validation
+  Dice per class;
 - `best.safetensors`: the best model on validation (a predict-ready swinseg checkpoint);
 - at the end `final.safetensors`: the model after the last epoch (also `best` when nothing was validated).
 
@@ -33,6 +37,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from swinseg.config import ModelCard, load_card
+from swinseg.data import EpochSampler
 from swinseg.datasets import check_splits, fold_splits, is_nnunet, is_synapse, open_nnunet
 from swinseg.device import autocast, precision_name, rank_device, resolve_device, resolve_precision, torchrun_rank
 from swinseg.errors import SwinsegError
@@ -57,6 +62,7 @@ METRICS_FILE = "metrics.csv"
 CURVES_FILE = "curves.png"
 PATH_OPTIONS = ("data", "output", "pretrained", "checkpoint", "splits")
 SPLITS_FILE = "splits.json"
+CURVES_SECONDS = 30.0  # curves.png is redrawn at most this often (and after the last epoch)
 
 
 # ------------------------------------------------------------------------------------------- distributed
@@ -237,7 +243,7 @@ def open_data(
     built = {"img_size": card.network.img_size, "augment": config.augment, "seed": config.seed,
              "max_rotation": config.rotation}
     if resumed:
-        mirror = planner.mirror_decision(card.classes, prep)
+        mirror = planner.mirror_decision(card.classes, prep, config.mirror)
         return open_training_data(cases, preprocessing=prep, oversample_foreground=config.oversample_foreground,
                                   notes=["preprocessing: the run's card, as resolved when the run started"],
                                   mirror_axes=tuple(mirror.value), **built)
@@ -285,21 +291,19 @@ def cross_validation_splits(config: TrainConfig) -> list[dict[str, list[str]]] |
     return splits
 
 
-def epoch_loader(
-    data: TrainingData, config: TrainConfig, dist: Distributed, epoch: int, device: torch.device
-) -> torch.utils.data.DataLoader:
-    """The loader of one epoch. Shuffling (seed, epoch) and augmentation (seed, epoch, slice index) depend on
-    nothing that ran before, so a resumed run draws exactly the batches of an uninterrupted one, with any
-    number of workers."""
-    sampler = torch.utils.data.DistributedSampler(
-        data.slices, num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=config.seed
-    )
-    sampler.set_epoch(epoch)
-    data.slices.set_epoch(epoch)
-    return torch.utils.data.DataLoader(
+def training_loader(
+    data: TrainingData, config: TrainConfig, dist: Distributed, device: torch.device
+) -> tuple[torch.utils.data.DataLoader, EpochSampler]:
+    """The loader of every epoch (its workers persist: starting them each epoch cost small datasets half their
+    time) and its sampler, to be given each epoch with `set_epoch`. Shuffling (seed, epoch) and augmentation
+    (seed, epoch, slice index) depend on nothing that ran before, so a resumed run draws exactly the batches of
+    an uninterrupted one, with any number of workers."""
+    sampler = EpochSampler(data.slices, num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=config.seed)
+    loader = torch.utils.data.DataLoader(
         data.slices, batch_size=config.batch_size // dist.world_size, sampler=sampler,
-        num_workers=config.num_workers, pin_memory=device.type == "cuda", persistent_workers=False,
+        num_workers=config.num_workers, pin_memory=device.type == "cuda", persistent_workers=config.num_workers > 0,
     )
+    return loader, sampler
 
 
 def _mix_seed(*values: int) -> int:
@@ -360,7 +364,7 @@ class Step:
     def for_model(cls, model: nn.Module, config: TrainConfig, max_iterations: int, device: torch.device,
                   dtype: torch.dtype | None) -> Step:
         optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], config)
-        return cls(DiceCELoss(config.ce_weight, config.dice_weight), optimizer,
+        return cls(DiceCELoss(config.ce_weight, config.dice_weight, dice_background=config.dice_background), optimizer,
                    poly_schedule(optimizer, max_iterations, config.poly_power, config.warmup),
                    torch.amp.GradScaler(device.type, enabled=dtype == torch.float16), device, dtype)
 
@@ -481,13 +485,15 @@ class Trainer:
         if dist.enabled:
             ids = [device.index] if device.type == "cuda" else None
             self.trained = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-        self.batches_per_epoch = len(epoch_loader(self.data, config, dist, 0, device))
+        self.loader, self.sampler = training_loader(self.data, config, dist, device)
+        self.batches_per_epoch = len(self.loader)
         if config.iterations is not None:  # a budget in optimiser steps: whole epochs that reach it
             epochs = max(1, -(-config.iterations // self.batches_per_epoch))
             config = self.config = dataclasses.replace(config, epochs=epochs)
         self.step = Step.for_model(self.model, config, config.epochs * self.batches_per_epoch, device, self.dtype)
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {"dice": None, "epoch": None}
+        self.plotted = -float("inf")  # when curves.png was last drawn (time.perf_counter)
 
     @property
     def validating(self) -> bool:
@@ -519,8 +525,8 @@ class Trainer:
     def run(self, stop_after: int | None = None) -> TrainResult:
         config = self.config
         for epoch in range(len(self.history), min(config.epochs, stop_after or config.epochs)):
-            loader = epoch_loader(self.data, config, self.dist, epoch, self.device)
-            row = train_epoch(self.trained, loader, self.step, self.dist, self.events, epoch, config.epochs)
+            self.sampler.set_epoch(epoch)
+            row = train_epoch(self.trained, self.loader, self.step, self.dist, self.events, epoch, config.epochs)
             if self.validating and ((epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs):
                 self.events.validating(f"validating on {_count(len(self.data.volumes), 'volume')}")
                 self.validate(row)
@@ -549,7 +555,8 @@ class Trainer:
                 self.save_model(BEST_FILE, row["epoch"], row["val_dice"])
 
     def save(self) -> None:
-        """last.pt (with every process's RNG states), metrics.csv and curves.png, each atomically."""
+        """last.pt (with every process's RNG states) and metrics.csv, each atomically; curves.png too after the
+        last epoch and at most every CURVES_SECONDS (drawing it took a quarter of a small dataset's epoch)."""
         rng = self.dist.all_gather(capture_rng_state())
         if not self.dist.is_main:
             return
@@ -558,7 +565,10 @@ class Trainer:
                  "card": self.card.to_dict()}
         save_training_state(self.run_dir / STATE_FILE, state)
         write_metrics(self.run_dir / METRICS_FILE, self.history, self.card.classes)
-        plot_curves(self.run_dir / CURVES_FILE, self.history, self.card.classes)
+        now = time.perf_counter()
+        if now - self.plotted >= CURVES_SECONDS or len(self.history) == self.config.epochs:
+            plot_curves(self.run_dir / CURVES_FILE, self.history, self.card.classes)
+            self.plotted = now
 
     def finish(self) -> None:
         if not self.dist.is_main:

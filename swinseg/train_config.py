@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from swinseg.choices import AUGMENTATIONS, PLANES
+from swinseg.choices import AUGMENTATIONS, MIRRORS, PLANES
 from swinseg.config import MAX_CONTEXT
 from swinseg.errors import SwinsegError
 from swinseg.io import atomic_output
@@ -29,9 +29,9 @@ FINETUNE_DEFAULTS: dict[str, Any] = {"model": None, "recipe": "published", "base
 # encoders; "scratch": what trains a randomly initialised Swin-Unet (README, "Training recipe").
 RECIPES: dict[str, dict[str, Any]] = {
     "published": {"optimizer": "sgd", "base_lr": 0.05, "weight_decay": 1e-4, "warmup": 0.0,
-                  "augment": "reference", "rotation": 180.0},
+                  "augment": "reference", "rotation": 180.0, "dice_background": True},
     "scratch": {"optimizer": "adamw", "base_lr": 1e-3, "weight_decay": 0.01, "warmup": 0.05,
-                "augment": "reference", "rotation": 180.0},
+                "augment": "strong", "rotation": 15.0, "dice_background": True},
 }
 OPTIMIZERS = ("sgd", "adamw")
 PRE_RECIPE_KEYS = {"momentum", "poly_power", "base_batch", "lr"}  # every run's config.yaml holds them
@@ -62,8 +62,10 @@ class TrainConfig:
     poly_power: float = 0.9
     ce_weight: float = 0.4
     dice_weight: float = 0.6
+    dice_background: bool | None = None  # background in the soft Dice (published) or not (nnU-Net); the recipe's
     augment: str | None = None  # reference | strong (nnU-Net's) | none; YAML true/false: reference/none
     rotation: float | None = None  # strong augmentation: largest rotation in degrees; default: the recipe's
+    mirror: str | None = None  # strong augmentation's mirror axes: auto (planned) | both | rows | columns | none
     context_slices: int | None = None  # 2.5-D: neighbours on either side fed as channels; default: the card's (0)
     spacing: str | None = None  # auto | none | SY,SX mm; default: the card's if it names one, else auto
     plane: str | None = None  # axial | coronal | sagittal training slices; default: the card's (axial)
@@ -103,6 +105,10 @@ class TrainConfig:
             self.augment = "reference" if self.augment in ("true", "yes") else "none"
         if self.augment not in AUGMENTATIONS:
             raise SwinsegError(f"--augment {self.augment!r}: expected one of {', '.join(AUGMENTATIONS)}")
+        if self.mirror is not None:
+            self.mirror = self.mirror.lower()
+            if self.mirror not in MIRRORS:
+                raise SwinsegError(f"--mirror {self.mirror!r}: expected one of {', '.join(MIRRORS)}")
         if self.context_slices is not None and not 0 <= self.context_slices <= MAX_CONTEXT:
             raise SwinsegError(f"--context-slices must be 0-{MAX_CONTEXT}, got {self.context_slices}")
         self.fold = self.fold.strip().lower()

@@ -66,6 +66,6 @@ def test_two_cpu_processes_train_resume_and_only_rank_0_writes(phantoms, tmp_pat
     assert [row["iteration"] for row in state["history"]] == [2, 4]
     assert len(state["rng"]) == 2 and all(row["val_dice"] is not None for row in state["history"])
     assert sorted(p.name for p in run.iterdir()) == [
-        "best.safetensors", "config.yaml", "curves.png", "final.safetensors", "last.pt", "metrics.csv"]
+        "best.safetensors", "config.yaml", "curves.png", "final.safetensors", "last.pt", "metrics.csv", "plan.json"]
     model, card = load_checkpoint(run / "final.safetensors")
     assert card.name == "swin_unet_test" and model.config.num_classes == 6

@@ -16,7 +16,7 @@ from swinseg.train import TrainConfig, make_optimizer, poly_schedule, resolve_co
 def test_without_imagenet_weights_the_scratch_recipe_is_the_default_and_flags_win():
     config = TrainConfig()
     assert (config.recipe, config.optimizer, config.base_lr, config.weight_decay) == ("scratch", "adamw", 1e-3, 0.01)
-    assert config.warmup > 0
+    assert config.warmup > 0 and (config.augment, config.rotation, config.dice_background) == ("strong", 15.0, True)
     assert TrainConfig(checkpoint="trained.safetensors").recipe == "published"
     given = TrainConfig(recipe="scratch", base_lr=3e-4, optimizer="SGD")
     assert (given.base_lr, given.optimizer, given.weight_decay) == (3e-4, "sgd", 0.01)
@@ -87,3 +87,16 @@ def test_a_run_configured_before_recipes_resumes_with_the_published_one(tmp_path
     assert (config.recipe, config.optimizer, config.learning_rate) == ("published", "sgd", 0.05)
     path.write_text("epochs: 3\n", encoding="utf-8")  # a hand-written config: the default recipe
     assert resolve_config(path).recipe == "scratch"
+
+
+def test_mirror_flag_overrides_the_planned_axes():
+    from swinseg.config import Preprocessing
+    from swinseg.plan import mirror_decision
+
+    lateral = ("background", "kidney_left", "kidney_right")
+    assert mirror_decision(lateral, Preprocessing()).value == [0]
+    forced = mirror_decision(lateral, Preprocessing(), "both")
+    assert forced.value == [0, 1] and forced.flag == "--mirror"
+    assert mirror_decision(lateral, Preprocessing(), "none").value == []
+    with pytest.raises(SwinsegError, match="--mirror 'diagonal'"):
+        TrainConfig(mirror="diagonal")

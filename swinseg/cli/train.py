@@ -48,8 +48,13 @@ OPTIONS: dict[str, tuple[Any, str]] = {
     "dice_weight": (float, "Soft Dice weight in the loss. (default: 0.6)"),
     "augment": (str, "reference (the published rot90+flip or rotation +-20 degrees), strong (nnU-Net's: scaling, "
                      "rotation, deformation, mirroring along the planned axes, noise, blur, brightness, contrast, "
-                     "low resolution, gamma) or none. (default: the recipe's, reference)"),
-    "rotation": (float, "Strong augmentation: the largest rotation, in degrees. (default: the recipe's, 180)"),
+                     "low resolution, gamma) or none. (default: the recipe's: published reference, scratch strong)"),
+    "rotation": (float, "Strong augmentation: the largest rotation, in degrees. (default: the recipe's: "
+                        "published 180, scratch 15)"),
+    "mirror": (str, "Strong augmentation's mirroring: auto (planned: no left-right flips when a class names a side "
+                    "or is a one-sided organ), both, rows, columns or none. (default: auto)"),
+    "dice_background": (bool, "Count the background class in the soft Dice (published) or not (nnU-Net). "
+                              "(default: the recipe's: yes)"),
     "context_slices": (int, "2.5-D input: feed each slice with its K neighbours on either side as channels "
                             "(1: slices z-1, z, z+1 as the 3 channels; K > 1 widens the input layer to 2K+1); "
                             "recorded in the checkpoint. (default: the card's, 0)"),
@@ -80,7 +85,8 @@ OPTIONS: dict[str, tuple[Any, str]] = {
     "precision": (str, "auto, bf16, fp16 or fp32 (auto: bf16/fp16 on CUDA, fp32 on CPU). (default: auto)"),
 }
 FLAGS = {"output": ["-o", "--output"], "model": ["-m", "--model"], "checkpoint": ["-c", "--checkpoint"],
-         "freeze_encoder": ["--freeze-encoder/--no-freeze-encoder"]}
+         "freeze_encoder": ["--freeze-encoder/--no-freeze-encoder"],
+         "dice_background": ["--dice-background/--no-dice-background"]}
 FINETUNE_ONLY = {"checkpoint": (Path, "Trained model to start from: swinseg .safetensors or a reference "
                                       "Swin-Unet checkpoint (with --model CARD).")}
 TRAIN_ONLY = {"pretrained": (Path, "ImageNet Swin-T weights (official swin_tiny_patch4_window7_224.pth or timm) "
@@ -111,10 +117,12 @@ def _command(finetune: bool) -> Callable[..., None]:
     return cli_errors(command)
 
 
-TRAIN_HELP = """Train a Swin-Unet with the published recipe (resumable; torchrun for many GPUs).
+TRAIN_HELP = """Train a Swin-Unet (resumable; torchrun for many GPUs); `swinseg plan DATA` shows the data choices.
 
-Defaults reproduce the paper: 0.4 CE + 0.6 soft Dice, SGD momentum 0.9, weight decay 1e-4, lr 0.05 at
-batch 24 (scaled linearly), poly 0.9 per iteration, 150 epochs, reference augmentation, seed 1234.
+With --pretrained the published recipe (--recipe published): 0.4 CE + 0.6 soft Dice, SGD momentum 0.9, weight
+decay 1e-4, lr 0.05 at batch 24 (scaled linearly), poly 0.9 per iteration, 150 epochs, reference augmentation,
+seed 1234. Without ImageNet weights the scratch recipe: AdamW lr 0.001 at batch 24, weight decay 0.01, 5%
+linear warm-up, strong augmentation (rotation up to 15 degrees, mirroring only along the planned axes).
 Example: swinseg train --data synapse/ --pretrained swin_tiny_patch4_window7_224.pth -o runs/synapse
 """
 FINETUNE_HELP = """Finetune a trained Swin-Unet on new data or a new label set.
