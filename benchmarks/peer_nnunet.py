@@ -53,7 +53,7 @@ from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accuracy import real_ct_data, write_nnunet  # noqa: E402
-from scale_real_ct import CLASSES, DATA, resampled  # noqa: E402
+from scale_real_ct import CLASSES, DATA, remapped_labels, resampled  # noqa: E402
 
 from swinseg import io  # noqa: E402
 from swinseg.metrics import dice  # noqa: E402
@@ -145,23 +145,12 @@ def ct_benchmark(root: Path) -> Benchmark:
     return Benchmark("ct", DATASET_IDS["ct"], classes, sets, pooled=True)
 
 
-def remapped(label: sitk.Image, ids: dict[str, int]) -> sitk.Image:
-    """A label map reduced to `ids`' organs, numbered 1.. in their order."""
-    array = sitk.GetArrayFromImage(label)
-    out = np.zeros_like(array, dtype=np.uint8)
-    for new, old in enumerate(ids.values(), start=1):
-        out[array == old] = new
-    result = sitk.GetImageFromArray(out)
-    result.CopyInformation(label)
-    return result
-
-
 def mr_benchmark(root: Path) -> Benchmark:
     """The real MR in 4 blocks of 5 slices: even blocks train, odd blocks held out (every organ on both sides)."""
     if not MR_DATA.is_dir():
         raise SystemExit(f"{MR_DATA}: the real MR is not here")
     mr = sitk.ReadImage(str(MR_DATA / "example_mr.nii.gz"))
-    labels = remapped(sitk.ReadImage(str(MR_DATA / "example_seg_mr.nii.gz")), MR_ORGANS)
+    labels = remapped_labels(MR_DATA / "example_seg_mr.nii.gz", MR_ORGANS)
     starts = range(0, mr.GetSize()[2] - MR_BLOCK + 1, MR_BLOCK)
     blocks = {f"block{i}": (mr[:, :, z:z + MR_BLOCK], labels[:, :, z:z + MR_BLOCK]) for i, z in enumerate(starts)}
     even = {name: pair for i, (name, pair) in enumerate(blocks.items()) if i % 2 == 0}

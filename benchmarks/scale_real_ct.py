@@ -31,12 +31,12 @@ ORGANS = {"liver": 5, "spleen": 1, "kidney_left": 3, "kidney_right": 2, "aorta":
 CLASSES = ["background", *ORGANS]
 
 
-def remapped_labels(path: Path) -> sitk.Image:
-    """The TotalSegmentator label map reduced to the demo card's five organs (ids 1-5)."""
+def remapped_labels(path: Path, organs: dict[str, int] = ORGANS) -> sitk.Image:
+    """A TotalSegmentator label map reduced to `organs` (default: the demo card's five), numbered 1.. in order."""
     image = sitk.ReadImage(str(path))
     array = sitk.GetArrayFromImage(image)
     out = np.zeros_like(array, dtype=np.uint8)
-    for new, old in enumerate(ORGANS.values(), start=1):
+    for new, old in enumerate(organs.values(), start=1):
         out[array == old] = new
     result = sitk.GetImageFromArray(out)
     result.CopyInformation(image)
