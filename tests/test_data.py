@@ -174,6 +174,25 @@ def test_loader_workers_give_the_same_batches(tmp_path: Path) -> None:
     assert torch.equal(batches[0], batches[1])
 
 
+def test_one_persistent_loader_draws_each_epoch_as_a_fresh_loader_would(tmp_path: Path) -> None:
+    import torch
+
+    from swinseg.data import EpochSampler
+
+    write_synapse(tmp_path / "Synapse")
+    data = open_training_data(tmp_path / "Synapse", img_size=32, preprocessing=PREP, seed=3)
+    sampler = EpochSampler(data.slices, num_replicas=1, rank=0, shuffle=True, seed=3)
+    loader = torch.utils.data.DataLoader(data.slices, batch_size=2, sampler=sampler, num_workers=2,
+                                         persistent_workers=True)
+    for epoch in (0, 1):
+        sampler.set_epoch(epoch)
+        persistent = torch.cat([batch["image"] for batch in loader])
+        plain = torch.utils.data.DistributedSampler(data.slices, 1, 0, shuffle=True, seed=3)
+        plain.set_epoch(epoch)
+        fresh = torch.stack([torch.as_tensor(data.slices.sample(i, epoch)[0]).unsqueeze(0) for i in plain])
+        assert torch.equal(persistent, fresh)  # same order, same augmentation of (seed, epoch, index)
+
+
 # ------------------------------------------------------------------------------------------------ nnU-Net
 
 
