@@ -22,6 +22,7 @@ import numpy as np
 import scipy.ndimage
 
 from swinseg.config import AUTO, ModelCard, Preprocessing, parse_spacing
+from swinseg.data import FOREGROUND_OVERSAMPLING, LoadedCase, TrainingCases
 from swinseg.errors import SwinsegError
 from swinseg.io import atomic_output
 from swinseg.preprocess import DEFAULT_TILE_OVERLAP, grid_size, slice_axis, tile_starts
@@ -29,13 +30,9 @@ from swinseg.preprocess import DEFAULT_TILE_OVERLAP, grid_size, slice_axis, tile
 if TYPE_CHECKING:
     import torch
 
-    from swinseg.data import LoadedCase, TrainingCases
-
 PLAN_FILE = "plan.json"
 SAMPLED_VOXELS = 100_000  # intensities sampled per case (nnU-Net's fingerprint samples 10k per case and class)
 PERCENTILES = (0.5, 50.0, 99.5)
-FOREGROUND_OVERSAMPLING = 1 / 3  # nnU-Net's share of crops centred on a foreground voxel
-SPACING_CHOICES = ("auto", "none", "card")
 # Bytes a training sample holds per img_size^2 x embed_dim: the tensors autograd saves for the backward of
 # swin_unet_test/demo/tiny/tiny_full measure 43-52 (fp32, torch.autograd.graph.saved_tensors_hooks), doubled
 # for the backward's own buffers and the allocator; mixed precision only lowers it.
