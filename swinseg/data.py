@@ -557,7 +557,7 @@ def read_training_cases(path: str | Path, preprocessing: Preprocessing, *, seed:
     if is_nnunet(root):
         dataset = open_nnunet(root)
         train, validation = split_cases(dataset.names, test_fraction=validation_fraction,
-                                        test_cases=validation_cases, seed=seed)
+                                        test_cases=validation_cases, seed=seed, held_out="val")
         check_fits_in_memory(dataset, train + validation)
         loaded = load_cases(dataset, train + validation, preprocessing, progress)
         return TrainingCases("nnunet", root, dataset.classes, train, validation,

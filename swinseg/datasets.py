@@ -190,18 +190,19 @@ def open_nnunet(root: str | Path) -> NnunetDataset:
 
 
 def split_cases(names: Sequence[str], *, test_fraction: float = 0.2, test_cases: Sequence[str] | None = None,
-                seed: int = 1234) -> tuple[list[str], list[str]]:
+                seed: int = 1234, held_out: str = "test") -> tuple[list[str], list[str]]:
     """(train, test) case names: `test_cases` as given (all must exist), else a seeded random
-    `test_fraction` (at least one case when the fraction is > 0 and there are two cases or more)."""
+    `test_fraction` (at least one case when the fraction is > 0 and there are two cases or more).
+    `held_out` names the options in errors: "test" (preprocess: --test-cases) or "val" (train: --val-cases)."""
     names = sorted(names)
     if test_cases is not None:
         unknown = sorted(set(test_cases) - set(names))
         if unknown:
-            raise SwinsegError(f"--test-cases: unknown cases {shorten(unknown)}; known: {shorten(names)}")
+            raise SwinsegError(f"--{held_out}-cases: unknown cases {shorten(unknown)}; known: {shorten(names)}")
         test = sorted(set(test_cases))
     else:
         if not 0.0 <= test_fraction < 1.0:
-            raise SwinsegError(f"--test-fraction must be in [0, 1), got {test_fraction}")
+            raise SwinsegError(f"--{held_out}-fraction must be in [0, 1), got {test_fraction}")
         count = int(round(len(names) * test_fraction))
         if test_fraction > 0 and len(names) > 1:
             count = min(max(count, 1), len(names) - 1)

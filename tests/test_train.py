@@ -271,3 +271,12 @@ def test_cross_validation_folds_are_seeded_disjoint_and_written_to_the_run(phant
     assert result.exit_code == 0, result.output
     fold = json.loads((run / "splits.json").read_text())[1]
     assert yaml.safe_load((run / "config.yaml").read_text())["val_cases"] == fold["val"]
+
+
+def test_validation_split_errors_name_the_train_options(phantoms, tmp_path):
+    unknown = CliRunner().invoke(app, ["train", "--data", str(phantoms), "-o", str(tmp_path / "a"),
+                                       "--model", "swin_unet_test", "--val-cases", "nope", "--device", "cpu"])
+    assert unknown.exit_code == 1 and "--val-cases: unknown cases nope" in unknown.output
+    whole = CliRunner().invoke(app, ["train", "--data", str(phantoms), "-o", str(tmp_path / "b"),
+                                     "--model", "swin_unet_test", "--val-fraction", "1.0", "--device", "cpu"])
+    assert whole.exit_code == 1 and "--val-fraction must be in [0, 1)" in whole.output
