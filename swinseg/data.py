@@ -41,6 +41,7 @@ from swinseg.datasets import (
     shorten,
     split_cases,
 )
+from swinseg.defaults import FOREGROUND_OVERSAMPLING, SEED
 from swinseg.errors import SwinsegError
 from swinseg.io import check_same_geometry, itk, oriented_spacing, read_volume
 from swinseg.labels import label_map
@@ -61,7 +62,6 @@ if TYPE_CHECKING:
 
 Progress = Callable[[int, int, str], None]  # (done, total, current item name)
 
-FOREGROUND_OVERSAMPLING = 1 / 3  # nnU-Net's share of samples centred on a foreground voxel
 FOREGROUND_LOCATIONS = 10_000  # voxels remembered per class and case for that
 CROP_MARGIN = 1 / 4  # how far (in tiles) a training crop may reach beyond its slice
 
@@ -264,7 +264,7 @@ class SliceDataset(torch.utils.data.Dataset):
     workers serves every epoch (`EpochSampler` numbers them)."""
 
     def __init__(self, source: NpzSlices | MemorySlices | GridSlices, img_size: int, *,
-                 augment: str = "reference", seed: int = 1234, mirror_axes: tuple[int, ...] = (0, 1),
+                 augment: str = "reference", seed: int = SEED, mirror_axes: tuple[int, ...] = (0, 1),
                  max_rotation: float = 180.0) -> None:
         if augment not in AUGMENTATIONS:
             raise SwinsegError(f"--augment {augment!r}: expected one of {', '.join(AUGMENTATIONS)}")
@@ -539,7 +539,7 @@ class TrainingData:
     plan: Plan | None = None  # the plan that decided them (None: a resumed run takes its card's)
 
 
-def read_training_cases(path: str | Path, preprocessing: Preprocessing, *, seed: int = 1234,
+def read_training_cases(path: str | Path, preprocessing: Preprocessing, *, seed: int = SEED,
                         validation_fraction: float = 0.2, validation_cases: Sequence[str] | None = None,
                         lists: str | Path | None = None, progress: Progress | None = None) -> TrainingCases:
     """Open a dataset folder in the Synapse or nnU-Net layout and read what training will use, once.
@@ -579,7 +579,7 @@ def _read_synapse(root: Path, validation_cases: Sequence[str] | None, lists: str
 
 
 def open_training_data(source: str | Path | TrainingCases, *, img_size: int, preprocessing: Preprocessing,
-                       augment: str | bool = "reference", seed: int = 1234, validation_fraction: float = 0.2,
+                       augment: str | bool = "reference", seed: int = SEED, validation_fraction: float = 0.2,
                        validation_cases: Sequence[str] | None = None, lists: str | Path | None = None,
                        oversample_foreground: float = FOREGROUND_OVERSAMPLING, notes: Sequence[str] = (),
                        plan: Plan | None = None, progress: Progress | None = None,

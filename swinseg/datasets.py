@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from swinseg.config import read_dataset_labels
+from swinseg.defaults import SEED
 from swinseg.errors import SwinsegError
 from swinseg.io import case_name, find_images
 
@@ -190,7 +191,7 @@ def open_nnunet(root: str | Path) -> NnunetDataset:
 
 
 def split_cases(names: Sequence[str], *, test_fraction: float = 0.2, test_cases: Sequence[str] | None = None,
-                seed: int = 1234, held_out: str = "test") -> tuple[list[str], list[str]]:
+                seed: int = SEED, held_out: str = "test") -> tuple[list[str], list[str]]:
     """(train, test) case names: `test_cases` as given (all must exist), else a seeded random
     `test_fraction` (at least one case when the fraction is > 0 and there are two cases or more).
     `held_out` names the options in errors: "test" (preprocess: --test-cases) or "val" (train: --val-cases)."""
@@ -214,7 +215,7 @@ def split_cases(names: Sequence[str], *, test_fraction: float = 0.2, test_cases:
     return train, test
 
 
-def fold_splits(names: Sequence[str], folds: int, seed: int = 1234) -> list[dict[str, list[str]]]:
+def fold_splits(names: Sequence[str], folds: int, seed: int = SEED) -> list[dict[str, list[str]]]:
     """nnU-Net-style cross-validation: the cases shuffled with `seed` and dealt into `folds` disjoint
     validation sets; fold k trains on the others. The same for every fold of a run (it depends on nothing else)."""
     names = sorted(names)

@@ -22,10 +22,11 @@ import numpy as np
 import scipy.ndimage
 
 from swinseg.config import AUTO, ModelCard, Preprocessing, parse_spacing
-from swinseg.data import FOREGROUND_OVERSAMPLING, LoadedCase, TrainingCases
+from swinseg.data import LoadedCase, TrainingCases
+from swinseg.defaults import FOREGROUND_OVERSAMPLING, TILE_OVERLAP
 from swinseg.errors import SwinsegError
 from swinseg.io import atomic_output
-from swinseg.preprocess import DEFAULT_TILE_OVERLAP, grid_size, slice_axis, tile_starts
+from swinseg.preprocess import grid_size, slice_axis, tile_starts
 
 if TYPE_CHECKING:
     import torch
@@ -421,7 +422,7 @@ def patch_decision(card: ModelCard, prep: Preprocessing, found: Fingerprint | No
     tiles = len(tile_starts(grid[0], size)) * len(tile_starts(grid[1], size))
     return Decision(size, f"{size}x{size} px crops",
                     f"the card's img_size; a median slice ({rows}x{cols} px) is {grid[0]}x{grid[1]} px at "
-                    f"{_mm(prep.spacing)}: {tiles} tile(s) at overlap {DEFAULT_TILE_OVERLAP:g} in predict")
+                    f"{_mm(prep.spacing)}: {tiles} tile(s) at overlap {TILE_OVERLAP:g} in predict")
 
 
 def oversampling_decision(config: Any, prep: Preprocessing) -> Decision:

@@ -32,10 +32,10 @@ from swinseg import io, postprocess
 from swinseg.backends import ONNX_SUFFIX, Network, OnnxGraph, cached_graph, open_network, read_onnx, resolve_backend
 from swinseg.choices import PROTOCOLS
 from swinseg.config import ModelCard, load_card
+from swinseg.defaults import TILE_OVERLAP
 from swinseg.device import resolve_device, resolve_precision
 from swinseg.errors import SwinsegError
 from swinseg.preprocess import (
-    DEFAULT_TILE_OVERLAP,
     PreparedVolume,
     gaussian_importance,
     grid_size,
@@ -80,7 +80,7 @@ class Predictor:
         precision: str = "auto",
         tta: bool = False,
         protocol: str = "fast",
-        tile_overlap: float = DEFAULT_TILE_OVERLAP,
+        tile_overlap: float = TILE_OVERLAP,
         backend: str = "torch",
     ) -> None:
         if protocol not in PROTOCOLS:

@@ -36,6 +36,7 @@ import scipy.sparse
 from swinseg import io
 from swinseg.choices import PLANES
 from swinseg.config import AUTO, Preprocessing
+from swinseg.defaults import TILE_OVERLAP
 from swinseg.errors import SwinsegError
 
 if TYPE_CHECKING:
@@ -44,7 +45,6 @@ if TYPE_CHECKING:
     from swinseg.io import Volume
 
 _PLANE_LETTERS = {"axial": "SI", "coronal": "AP", "sagittal": "LR"}
-DEFAULT_TILE_OVERLAP = 0.5
 
 
 # ------------------------------------------------------------------------------------ orientation and plane
@@ -180,7 +180,7 @@ def resample_to_grid(image: np.ndarray, bounds: tuple[float, float], label: np.n
 # -------------------------------------------------------------------------------------------------- tiles
 
 
-def tile_starts(length: int, tile: int, overlap: float = DEFAULT_TILE_OVERLAP) -> list[int]:
+def tile_starts(length: int, tile: int, overlap: float = TILE_OVERLAP) -> list[int]:
     """Start offsets of `tile`-long windows covering `length` (>= tile) with at least `overlap` between
     neighbours, evenly spread from 0 to length - tile (nnU-Net's sliding window)."""
     if length <= tile:
@@ -190,7 +190,7 @@ def tile_starts(length: int, tile: int, overlap: float = DEFAULT_TILE_OVERLAP) -
     return [int(round(i * (length - tile) / (count - 1))) for i in range(count)]
 
 
-def tile_corners(height: int, width: int, tile: int, overlap: float = DEFAULT_TILE_OVERLAP) -> list[tuple[int, int]]:
+def tile_corners(height: int, width: int, tile: int, overlap: float = TILE_OVERLAP) -> list[tuple[int, int]]:
     """(row, column) of every tile covering a height x width grid already padded to at least one tile."""
     return [(y, x) for y in tile_starts(height, tile, overlap) for x in tile_starts(width, tile, overlap)]
 

@@ -16,9 +16,8 @@ import yaml
 
 from swinseg.choices import AUGMENTATIONS, MIRRORS, PLANES
 from swinseg.config import MAX_CONTEXT
+from swinseg.defaults import FOREGROUND_OVERSAMPLING, SEED
 from swinseg.errors import SwinsegError
-from swinseg.io import atomic_output
-from swinseg.labels import split_list
 
 # Finetuning starts from a trained network: a fifth of the published learning rate, a third of the epochs.
 # The network, classes and preprocessing come from the checkpoint unless --model / --classes say otherwise.
@@ -69,8 +68,8 @@ class TrainConfig:
     context_slices: int | None = None  # 2.5-D: neighbours on either side fed as channels; default: the card's (0)
     spacing: str | None = None  # auto | none | SY,SX mm; default: the card's if it names one, else auto
     plane: str | None = None  # axial | coronal | sagittal training slices; default: the card's (axial)
-    oversample_foreground: float = 1 / 3  # share of crops centred on a foreground voxel (target spacing only)
-    seed: int = 1234
+    oversample_foreground: float = FOREGROUND_OVERSAMPLING  # crops centred on a foreground voxel (target spacing)
+    seed: int = SEED
     val_every: int = 10  # epochs; 0 disables validation
     val_fraction: float = 0.2  # nnU-Net layout: share of the cases held out (Synapse: the test_vol volumes)
     val_cases: list[str] | None = None  # held-out cases by name instead
@@ -168,6 +167,8 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
     base = next((a for a in args if a is not type(None)), hint)
     try:
         if typing.get_origin(base) is list:
+            from swinseg.labels import split_list  # numpy: not at CLI start-up
+
             return split_list(value)
         if base is bool:
             if isinstance(value, str):
@@ -221,5 +222,7 @@ def resolve_config(
 
 
 def write_config(config: TrainConfig, path: Path) -> None:
+    from swinseg.io import atomic_output  # SimpleITK: not at CLI start-up
+
     with atomic_output(path) as tmp:
         tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")

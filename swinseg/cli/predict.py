@@ -13,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from swinseg.choices import BACKENDS, OUTPUT_TYPES, PLANES, PRECISIONS, PROTOCOLS
 from swinseg.cli._common import choice_type, cli_errors, err, out, state
+from swinseg.defaults import TILE_OVERLAP
 
 Plane = choice_type("Plane", PLANES)
 Protocol = choice_type("Protocol", PROTOCOLS)
@@ -72,7 +73,7 @@ def predict(
         show_default=False,
     ),
     tile_overlap: float = typer.Option(
-        0.5, "--tile-overlap", min=0.0, max=0.95,
+        TILE_OVERLAP, "--tile-overlap", min=0.0, max=0.95,
         help="Overlap of neighbouring tiles, for models with a target spacing (slices resampled and tiled).",
     ),
     protocol: Protocol = typer.Option(

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from swinseg.cli._common import cli_errors, err, fail, out
+from swinseg.defaults import SEED
 
 
 @cli_errors
@@ -20,7 +21,7 @@ def preprocess(
                                                help="Share of cases held out as test volumes (default: 0.2)."),
     test_cases: str | None = typer.Option(None, "--test-cases",
                                           help="Comma-separated case names to hold out (instead of a random split)."),
-    seed: int = typer.Option(1234, "--seed", help="Seed of the random train/test split."),
+    seed: int = typer.Option(SEED, "--seed", help="Seed of the random train/test split."),
 ) -> None:
     """Convert a NIfTI dataset into the Synapse layout: train_npz/ slices, test_vol_h5/ volumes, lists.
 

@@ -17,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from swinseg.cli._common import cli_errors, out
 
 # name -> (type, help); the default of every option is None = "not given" (the config file or the recipe decides).
+# A help text without "(default: ...)" gets the one TrainConfig, RECIPES and FINETUNE_DEFAULTS define (_help).
 OPTIONS: dict[str, tuple[Any, str]] = {
     "data": (Path, "Dataset folder: Synapse layout (train_npz/, test_vol_h5/, lists) or nnU-Net/MSD "
                    "(imagesTr/, labelsTr/, dataset.json)."),
@@ -25,36 +26,31 @@ OPTIONS: dict[str, tuple[Any, str]] = {
     "model": (str, "Model card (name or YAML): network, preprocessing, classes. (default: train "
                    "swin_unet_tiny; finetune the checkpoint's card; a reference .pth needs one)"),
     "classes": (str, "Comma-separated label names, index = label value. (default: the dataset's, else the card's)"),
-    "freeze_encoder": (bool, "Train only the decoder (small datasets). (default: off)"),
+    "freeze_encoder": (bool, "Train only the decoder (small datasets)."),
     "recipe": (str, "published (the paper's: SGD lr 0.05, for ImageNet-initialised encoders) or scratch (AdamW "
                     "with warm-up: what trains a randomly initialised network); sets --optimizer, --base-lr, "
                     "--weight-decay, --warmup, --augment, --rotation unless given. (default: published with "
                     "--pretrained and for finetune, else scratch)"),
-    "epochs": (int, "Epochs. (default: 150; finetune 50)"),
+    "epochs": (int, "Epochs."),
     "iterations": (int, "Optimiser steps instead of --epochs (rounded up to whole epochs)."),
-    "batch_size": (int, "Global batch size, split across torchrun processes. (default: 24)"),
-    "optimizer": (str, "sgd (momentum --momentum) or adamw (norms and biases not decayed). (default: the "
-                       "recipe's: published sgd, scratch adamw)"),
-    "base_lr": (float, "Learning rate at --base-batch, scaled linearly to --batch-size. "
-                       "(default: the recipe's: published 0.05, scratch 0.001; finetune 0.01)"),
-    "base_batch": (int, "Batch size at which --base-lr holds. (default: 24)"),
+    "batch_size": (int, "Global batch size, split across torchrun processes."),
+    "optimizer": (str, "sgd (momentum --momentum) or adamw (norms and biases not decayed)."),
+    "base_lr": (float, "Learning rate at --base-batch, scaled linearly to --batch-size."),
+    "base_batch": (int, "Batch size at which --base-lr holds."),
     "lr": (float, "Learning rate as is (no batch scaling). (default: base-lr x batch-size / base-batch)"),
-    "momentum": (float, "SGD momentum. (default: 0.9)"),
-    "weight_decay": (float, "Weight decay. (default: the recipe's: published 1e-4, scratch 0.01)"),
-    "warmup": (float, "Share of the iterations with a linear learning-rate warm-up before the poly decay. "
-                      "(default: the recipe's: published 0, scratch 0.05)"),
-    "poly_power": (float, "Poly decay power, lr x (1 - it/max_it)^p per iteration. (default: 0.9)"),
-    "ce_weight": (float, "Cross-entropy weight in the loss. (default: 0.4)"),
-    "dice_weight": (float, "Soft Dice weight in the loss. (default: 0.6)"),
+    "momentum": (float, "SGD momentum."),
+    "weight_decay": (float, "Weight decay."),
+    "warmup": (float, "Share of the iterations with a linear learning-rate warm-up before the poly decay."),
+    "poly_power": (float, "Poly decay power, lr x (1 - it/max_it)^p per iteration."),
+    "ce_weight": (float, "Cross-entropy weight in the loss."),
+    "dice_weight": (float, "Soft Dice weight in the loss."),
+    "dice_background": (bool, "Count the background class in the soft Dice (published) or not (nnU-Net)."),
     "augment": (str, "reference (the published rot90+flip or rotation +-20 degrees), strong (nnU-Net's: scaling, "
                      "rotation, deformation, mirroring along the planned axes, noise, blur, brightness, contrast, "
-                     "low resolution, gamma) or none. (default: the recipe's: published reference, scratch strong)"),
-    "rotation": (float, "Strong augmentation: the largest rotation, in degrees. (default: the recipe's: "
-                        "published 180, scratch 15)"),
+                     "low resolution, gamma) or none."),
+    "rotation": (float, "Strong augmentation: the largest rotation, in degrees."),
     "mirror": (str, "Strong augmentation's mirroring: auto (planned: no left-right flips when a class names a side "
                     "or is a one-sided organ), both, rows, columns or none. (default: auto)"),
-    "dice_background": (bool, "Count the background class in the soft Dice (published) or not (nnU-Net). "
-                              "(default: the recipe's: yes)"),
     "context_slices": (int, "2.5-D input: feed each slice with its K neighbours on either side as channels "
                             "(1: slices z-1, z, z+1 as the 3 channels; K > 1 widens the input layer to 2K+1); "
                             "recorded in the checkpoint. (default: the card's, 0)"),
@@ -64,25 +60,24 @@ OPTIONS: dict[str, tuple[Any, str]] = {
     "plane": (str, "Slicing plane of the training slices: axial, coronal or sagittal; recorded in the checkpoint, "
                    "so predict slices the same way. (default: the card's, axial; finetune: the checkpoint's)"),
     "oversample_foreground": (float, "Share of training crops centred on a voxel of a random foreground class "
-                                     "(with a target spacing). (default: 0.333, nnU-Net's)"),
-    "seed": (int, "Seed of initialisation, shuffling, augmentation and splits. (default: 1234)"),
-    "val_every": (int, "Validate every N epochs (and after the last); 0 turns validation off. "
-                       "(default: 10; finetune 5)"),
+                                     "(with a target spacing; nnU-Net's share)."),
+    "seed": (int, "Seed of initialisation, shuffling, augmentation and splits."),
+    "val_every": (int, "Validate every N epochs (and after the last); 0 turns validation off."),
     "val_fraction": (float, "nnU-Net layout: fraction of cases held out for validation (Synapse: test_vol "
-                            "volumes). (default: 0.2)"),
+                            "volumes)."),
     "val_cases": (str, "Comma-separated case names to validate on instead."),
     "folds": (int, "Cross-validation (nnU-Net layout): split the cases into this many seeded folds, written to "
                    "RUN_DIR/splits.json, and validate on --fold."),
     "fold": (str, "The fold held out for validation with --folds or --splits, or all: train every fold in turn "
                   "into RUN_DIR/fold_K (a finished fold is skipped), then predict and evaluate the out-of-fold cases "
-                  "into RUN_DIR/crossval. (default: 0)"),
+                  "into RUN_DIR/crossval."),
     "splits": (Path, "A splits.json (nnU-Net's format: [{\"train\": [...], \"val\": [...]}, ...]) to take the "
                      "folds from."),
-    "val_batch_size": (int, "Slices per forward pass in validation. (default: 16)"),
+    "val_batch_size": (int, "Slices per forward pass in validation."),
     "num_workers": (int, "DataLoader worker processes per training process; results do not depend on it. "
                          "(default: the CPU cores, at most 8)"),
-    "device": (str, "auto, cpu, cuda or cuda:N (torchrun: the local rank's GPU). (default: auto)"),
-    "precision": (str, "auto, bf16, fp16 or fp32 (auto: bf16/fp16 on CUDA, fp32 on CPU). (default: auto)"),
+    "device": (str, "auto, cpu, cuda or cuda:N (torchrun: the local rank's GPU)."),
+    "precision": (str, "auto, bf16, fp16 or fp32 (auto: bf16/fp16 on CUDA, fp32 on CPU)."),
 }
 FLAGS = {"output": ["-o", "--output"], "model": ["-m", "--model"], "checkpoint": ["-c", "--checkpoint"],
          "freeze_encoder": ["--freeze-encoder/--no-freeze-encoder"],
@@ -93,9 +88,35 @@ TRAIN_ONLY = {"pretrained": (Path, "ImageNet Swin-T weights (official swin_tiny_
                                    "to initialise encoder and decoder, as the published recipe does.")}
 
 
+def _help(name: str, text: str) -> str:
+    """`text` with the default that TrainConfig, the recipes and finetune's defaults give `name`, unless it
+    states its own."""
+    from swinseg.train_config import FINETUNE_DEFAULTS, RECIPES, TrainConfig
+
+    if "(default:" in text or name not in TrainConfig.__dataclass_fields__:
+        return text
+    if name in RECIPES["scratch"]:
+        default = "the recipe's: " + ", ".join(f"{recipe} {_shown(values[name])}" for recipe, values in RECIPES.items())
+    else:
+        value = TrainConfig.__dataclass_fields__[name].default
+        if value in (None, ""):
+            return text
+        default = _shown(value)
+    if name in FINETUNE_DEFAULTS and name != "recipe":
+        default += f"; finetune {_shown(FINETUNE_DEFAULTS[name])}"
+    return f"{text} (default: {default})"
+
+
+def _shown(value: Any) -> str:
+    """A default as the help shows it: numbers with 3 significant digits, booleans as on/off."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
 def _parameter(name: str, kind: Any, help_text: str) -> inspect.Parameter:
     flags = FLAGS.get(name, [f"--{name.replace('_', '-')}"])
-    option = typer.Option(None, *flags, help=help_text, show_default=False)
+    option = typer.Option(None, *flags, help=_help(name, help_text), show_default=False)
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=Optional[kind])
 
 
