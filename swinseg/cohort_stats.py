@@ -122,30 +122,33 @@ def paired_comparison(a: Sequence[float], b: Sequence[float], resamples: int = 1
             "wilcoxon_p": wilcoxon_p(x - y)}
 
 
-def _column(evaluation: Evaluation, label: int, metric: str) -> dict[str, float]:
-    """Case name -> value of `metric` for `label`."""
-    return {row["case"]: float(row[metric]) for row in evaluation.rows() if row["label"] == label and metric in row}
+def _column(rows: list[dict[str, Any]], label: int, metric: str) -> dict[str, float]:
+    """Case name -> value of `metric` for `label` (rows as Evaluation.rows gives them)."""
+    return {row["case"]: float(row[metric]) for row in rows if row["label"] == label and metric in row}
 
 
 def evaluation_statistics(evaluation: Evaluation, resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
     """Per class: bootstrap CIs of the mean Dice, HD95 (and NSD when computed), Bland-Altman and ICC(3,1) of
     the predicted against the reference volumes (ml)."""
     metrics = [m for m in CI_METRICS if m in evaluation.settings.metrics]
+    rows = evaluation.rows()
     per_class: dict[str, Any] = {}
     for label, name in evaluation.labels.items():
-        pred = _column(evaluation, label, "pred_ml")
-        ref = _column(evaluation, label, "ref_ml")
+        pred = _column(rows, label, "pred_ml")
+        ref = _column(rows, label, "ref_ml")
         cases = sorted(pred)
         per_class[str(label)] = {
             "name": name,
-            "ci": {m: bootstrap_mean_ci(list(_column(evaluation, label, m).values()), resamples, seed)
+            "ci": {m: bootstrap_mean_ci(list(_column(rows, label, m).values()), resamples, seed)
                    for m in metrics},
             "volume": {
                 "bland_altman": bland_altman([pred[c] for c in cases], [ref[c] for c in cases]),
                 "icc_3_1": icc_3_1([[pred[c], ref[c]] for c in cases]),
             },
         }
-    return {"resamples": int(resamples), "seed": int(seed), "level": LEVEL, "per_class": per_class}
+    definitions = {key: DEFINITIONS[key] for key in ("bootstrap_ci", "bland_altman", "icc")}
+    return {"resamples": int(resamples), "seed": int(seed), "level": LEVEL, "definitions": definitions,
+            "per_class": per_class}
 
 
 def compare_evaluations(a: Evaluation, b: Evaluation, resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
@@ -160,14 +163,16 @@ def compare_evaluations(a: Evaluation, b: Evaluation, resamples: int = 1000, see
     common = sorted(names_a & names_b)
     if not common:
         raise SwinsegError(f"--compare: {a.prediction} and {b.prediction} share no scored case")
+    rows_a, rows_b = a.rows(), b.rows()
     per_class: dict[str, Any] = {}
     for label, name in a.labels.items():
         entry: dict[str, Any] = {"name": name}
         for metric in metrics:
-            col_a, col_b = _column(a, label, metric), _column(b, label, metric)
+            col_a, col_b = _column(rows_a, label, metric), _column(rows_b, label, metric)
             entry[metric] = paired_comparison([col_a[c] for c in common], [col_b[c] for c in common], resamples,
                                               seed)
         per_class[str(label)] = entry
     return {"a": str(a.prediction), "b": str(b.prediction), "n_cases": len(common),
             "only_in_a": sorted(names_a - names_b), "only_in_b": sorted(names_b - names_a),
-            "resamples": int(resamples), "seed": int(seed), "level": LEVEL, "per_class": per_class}
+            "resamples": int(resamples), "seed": int(seed), "level": LEVEL,
+            "definition": DEFINITIONS["comparison"], "per_class": per_class}
