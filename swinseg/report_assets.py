@@ -26,8 +26,8 @@ td.verdict.ok { color: #070; }
 #case { margin-top: 1.5em; display: flex; gap: 2em; flex-wrap: wrap; align-items: flex-start; }
 #case[hidden] { display: none; }
 .viewer { position: relative; width: 512px; max-width: 100%; background: #000; }
-.viewer img { display: block; width: 100%; }
-.viewer #mask { position: absolute; top: 0; left: 0; opacity: 0.5; }
+.viewer img { display: block; width: 100%; } .viewer img[hidden] { display: none; }
+.viewer #mask { position: absolute; top: 0; left: 0; opacity: 0.5; image-rendering: pixelated; }
 .viewer.no-scan #mask { position: static; }
 .controls { margin: 0.5em 0; display: grid; grid-template-columns: auto 1fr auto; gap: 0.3em 0.6em;
             align-items: center; max-width: 512px; }
@@ -131,7 +131,7 @@ SCRIPT = """
     viewer.classList.toggle("no-scan", current.scan_images.length === 0);
     scan.hidden = current.scan_images.length === 0;
     slider.max = String(current.slices.length - 1);
-    var present = data.classes.filter(function (item) { return current.volumes_ml[String(item.label)]; });
+    var present = data.classes.filter(function (item) { return current.labels.indexOf(item.label) >= 0; });
     fill(document.getElementById("legend"), present.map(function (item) {
       var li = element("li"), swatch = element("span");
       swatch.className = "swatch";

@@ -24,9 +24,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from swinseg import __version__
+from swinseg import __version__, metrics
 from swinseg.errors import SwinsegError
 from swinseg.io import (
+    Volume,
     atomic_output,
     case_name,
     check_same_geometry,
@@ -146,9 +147,10 @@ def _data_uri(picture: Any, kind: str) -> str:
 
 
 def slice_size(shape: Sequence[int], spacing: Sequence[float]) -> tuple[int, int]:
-    """(height, width) in pixels of a slice of `shape` (y, x) and `spacing` mm: physical aspect, SLICE_PX long."""
+    """(height, width) in pixels of a slice of `shape` (y, x) and `spacing` mm: the physical aspect, the longest
+    side as many pixels as the slice has along its longest axis, at most SLICE_PX (the browser scales it up)."""
     height_mm, width_mm = shape[0] * float(spacing[0]), shape[1] * float(spacing[1])
-    scale = SLICE_PX / max(height_mm, width_mm)
+    scale = min(SLICE_PX, max(shape[0], shape[1])) / max(height_mm, width_mm)
     return max(1, round(height_mm * scale)), max(1, round(width_mm * scale))
 
 
@@ -186,6 +188,7 @@ def load_case(case: ReviewCase, class_names: dict[int, str], max_slices: int) ->
     counts = np.bincount(labels.ravel().astype(np.int64))
     case.volumes_ml = {int(k): float(n) * voxel_ml for k, n in enumerate(counts) if k > 0 and n}
     case.statistics, case.qc = read_statistics(statistics_file(case.mask))
+    score_reference(case, mask, labels)
     scan = None
     if case.scan is not None:
         scan = read_volume(case.scan)
@@ -223,15 +226,28 @@ def class_names_for(cases: Sequence[ReviewCase], given: dict[int, str] | None) -
     return names
 
 
-def score_references(cases: Sequence[ReviewCase], labels: Sequence[int]) -> None:
-    """Dice and HD95 (medpy definitions, mm, empty masks scored worst as `swinseg evaluate` does) of every case
-    with a reference."""
-    from swinseg.evaluate import CasePair, Settings, evaluate_case
+def score_reference(case: ReviewCase, mask: Volume, labels: np.ndarray) -> None:
+    """Dice and HD95 of each label in the mask or its reference (medpy definitions, mm, as `swinseg evaluate`
+    computes them by default)."""
+    if case.reference is None:
+        return
+    reference = read_volume(case.reference, dataset="label")
+    try:
+        check_same_geometry(mask, reference)
+    except SwinsegError as error:
+        raise SwinsegError(f"--reference: {error}") from error
+    scores = metrics.score_labels(labels, label_map(reference.array, case.reference), None, reference.spacing)
+    case.scores = {label: {"dice": s.dice, "hd95": s.hd95} for label, s in scores.items()}
 
+
+def fill_absent_scores(cases: Sequence[ReviewCase], labels: Sequence[int]) -> None:
+    """Labels in neither the mask nor the reference of a case score as both empty (Dice 1, HD95 0), as evaluate's
+    default empty-mask policy has it."""
+    both_empty = metrics.empty_scores(0, 0, "worst", 0.0)
     for case in cases:
         if case.reference is not None:
-            result = evaluate_case(CasePair(case.name, case.mask, case.reference), list(labels), Settings())
-            case.scores = {label: {"dice": s.dice, "hd95": s.hd95} for label, s in result.scores.items()}
+            for label in labels:
+                case.scores.setdefault(label, {"dice": both_empty.dice, "hd95": both_empty.hd95})
 
 
 def build_review(masks: str | Path, *, images: str | Path | None = None, reference: str | Path | None = None,
@@ -253,7 +269,7 @@ def build_review(masks: str | Path, *, images: str | Path | None = None, referen
     for case in cases:
         for row in case.statistics if case.statistics_computed else []:
             row["name"] = names.get(row["label"], row["name"])
-    score_references(cases, list(names))
+    fill_absent_scores(cases, list(names))
     cases.sort(key=lambda case: (case.rank, case.name))
     return cases, names
 
@@ -305,7 +321,7 @@ def page_data(cases: Sequence[ReviewCase], names: dict[int, str]) -> dict[str, A
         "cases": [{
             "name": case.name, "mask": str(case.mask), "scan": str(case.scan) if case.scan else None,
             "reference": str(case.reference) if case.reference else None, "qc": case.qc,
-            "volumes_ml": {str(k): v for k, v in case.volumes_ml.items()}, "statistics": case.statistics,
+            "labels": list(case.volumes_ml), "statistics": case.statistics,
             "slices": case.slices, "start": case.start, "scan_images": case.scan_images,
             "mask_images": case.mask_images,
         } for case in cases],
@@ -324,8 +340,9 @@ def render_page(cases: Sequence[ReviewCase], names: dict[int, str], masks: str |
     """The whole HTML page."""
     flagged = sum(case.flagged for case in cases)
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    subtitle = (f"{len(cases)} cases from {masks}; {flagged} flagged by QC; swinseg {__version__}; {created}. "
-                "Click a column header to sort, a row to open the case.")
+    plural = "" if len(cases) == 1 else "s"
+    subtitle = (f"{len(cases)} case{plural} from {masks}; {flagged} flagged by QC; swinseg {__version__}; "
+                f"{created}. Click a column header to sort, a row to open the case.")
     return page_html(title="swinseg review", subtitle=html.escape(subtitle),
                      table=cohort_table(cases, names), data=script_json(page_data(cases, names)))
 

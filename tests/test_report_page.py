@@ -87,10 +87,11 @@ def test_cases_volumes_scores_order_and_names(cohort: dict[str, Path]) -> None:
     assert xss.qc is None and xss.scan == cohort["scans"] / f"{XSS}_0000.nii.gz"
     assert [row["name"] for row in xss.statistics] == ["liver", "kidney"]  # computed on the scan: no JSON
     assert len(good.slices) == 4 and len(good.mask_images) == len(good.scan_images) == 4  # 6 slices capped at 4
-    kind, size = _decode(good.mask_images[0])
-    assert kind == "png" and max(size) == rp.SLICE_PX
-    assert size == (rp.SLICE_PX, round(rp.SLICE_PX * 24 / 30))  # 20 x 1.5 mm wide, 24 x 1 mm high
-    assert _decode(good.scan_images[0])[0] == "jpeg"
+    assert _decode(good.mask_images[0]) == ("png", (24, 19))  # 20 x 1.5 mm wide, 24 x 1 mm high; 24 px long
+    assert _decode(good.scan_images[0]) == ("jpeg", (24, 19))
+    assert rp.slice_size((512, 512), (0.7, 0.7)) == (rp.SLICE_PX, rp.SLICE_PX)  # large slices shrink
+    assert rp.slice_size((100, 400), (2.0, 0.5)) == (rp.SLICE_PX, rp.SLICE_PX)  # at their physical aspect
+    assert rp.slice_size((300, 200), (0.5, 0.5)) == (rp.SLICE_PX, round(rp.SLICE_PX * 2 / 3))
 
 
 def test_page_escapes_file_text_and_needs_no_network(cohort: dict[str, Path], tmp_path: Path) -> None:
@@ -241,4 +242,17 @@ def test_page_in_chromium(browser, cohort: dict[str, Path], tmp_path: Path) -> N
     _no_alert(browser)
     errors = [entry for entry in browser.get_log("browser") if entry["level"] in ("SEVERE", "WARNING")]
     assert errors == []
-    print(f"screenshots in {tmp_path}")
+
+
+def test_page_without_scans_in_chromium(browser, cohort: dict[str, Path], tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    path, _ = rp.write_review(cohort["masks"] / "good.nii.gz", tmp_path / "review.html")
+    browser.get(path.as_uri())
+    browser.find_element(By.CSS_SELECTOR, "#cohort tbody tr").click()
+    assert not browser.find_element(By.ID, "scan").is_displayed()  # no broken picture
+    mask = browser.find_element(By.ID, "mask")
+    assert mask.is_displayed() and mask.size["width"] > 100 and mask.size["height"] > 50
+    assert [li.text for li in browser.find_elements(By.CSS_SELECTOR, "#legend li")] == ["liver", "label_2"]
+    browser.save_screenshot(str(tmp_path / "no_scan.png"))
+    assert [entry for entry in browser.get_log("browser") if entry["level"] in ("SEVERE", "WARNING")] == []
