@@ -53,7 +53,8 @@ def report_command(
                                    max_slices=max_slices, progress=advance)
     flagged = sum(case.flagged for case in cases)
     size_mb = path.stat().st_size / 1e6
-    out.print(f"review of {len(cases)} cases ({flagged} flagged by QC) written to {path} ({size_mb:.1f} MB)",
+    plural = "" if len(cases) == 1 else "s"
+    out.print(f"review of {len(cases)} case{plural} ({flagged} flagged by QC) written to {path} ({size_mb:.1f} MB)",
               highlight=False, markup=False)
 
 
