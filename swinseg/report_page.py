@@ -210,9 +210,10 @@ def load_case(case: ReviewCase, class_names: dict[int, str], max_slices: int) ->
 
 
 def class_names_for(cases: Sequence[ReviewCase], given: dict[int, str] | None) -> dict[int, str]:
-    """{label: name} of every label shown: `given` (-m/--labels/--dataset-json) first, then the names in the
-    statistics files, then an nnU-Net dataset.json beside the masks, else `label_N`."""
-    present = sorted({label for case in cases for label in case.volumes_ml} | set(given or {}))
+    """{label: name} of every label shown (in a mask or a reference, or given): `given` (-m/--labels/
+    --dataset-json) first, then the names in the statistics files, then an nnU-Net dataset.json beside the masks,
+    else `label_N`."""
+    present = sorted({label for case in cases for label in (*case.volumes_ml, *case.scores)} | set(given or {}))
     from_files: dict[int, str] = {}
     for case in cases:
         for row in [] if case.statistics_computed else case.statistics:

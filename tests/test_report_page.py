@@ -94,6 +94,14 @@ def test_cases_volumes_scores_order_and_names(cohort: dict[str, Path]) -> None:
     assert rp.slice_size((300, 200), (0.5, 0.5)) == (rp.SLICE_PX, round(rp.SLICE_PX * 2 / 3))
 
 
+def test_a_label_only_in_the_references_gets_its_columns(cohort: dict[str, Path], tmp_path: Path) -> None:
+    shutil.copy(cohort["masks"] / "bad.nii.gz", tmp_path / "bad.nii.gz")  # organ 2 missing, no statistics file
+    cases, names = rp.build_review(tmp_path / "bad.nii.gz", reference=cohort["refs"] / "bad.nii.gz")
+    assert names == {1: "label_1", 2: "label_2"}
+    assert cases[0].scores[2]["dice"] == 0.0 and cases[0].volumes_ml.keys() == {1}
+    assert "label_2 Dice" in rp.cohort_table(cases, names)
+
+
 def test_page_escapes_file_text_and_needs_no_network(cohort: dict[str, Path], tmp_path: Path) -> None:
     path, _ = rp.write_review(cohort["masks"], tmp_path / "review.html", images=cohort["scans"])
     page = path.read_text(encoding="utf-8")
