@@ -23,7 +23,8 @@ from typing import Any
 from swinseg import io
 from swinseg.datasets import open_nnunet
 from swinseg.errors import SwinsegError
-from swinseg.evaluate import Evaluation, evaluate, fmt, json_safe, write_reports
+from swinseg.evaluate import Evaluation, evaluate
+from swinseg.evaluate_report import fmt, json_safe, write_reports
 from swinseg.train import (
     BEST_FILE,
     CONFIG_FILE,

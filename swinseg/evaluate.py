@@ -1,17 +1,17 @@
 """Evaluation of predicted label maps against references: case matching, label names, per-case scores and
-the reports (per_case.csv, summary.json, summary.md, dice_hd95.png).
+their summary (the report files are written by swinseg.evaluate_report).
 
 The numbers come from swinseg.metrics (equal to medpy); this module reads the volumes, checks their geometry,
-runs the cases (optionally in a process pool) and summarises. Library use:
+runs the cases (optionally in a process pool) and summarises, with bootstrap confidence intervals and volume
+agreement from swinseg.cohort_stats. Library use:
 
-    from swinseg.evaluate import evaluate, write_reports
+    from swinseg.evaluate import evaluate
+    from swinseg.evaluate_report import write_reports
     result = evaluate("preds/", "labelsTs/", labels={1: "liver"}, jobs=4)
     result.summary()["per_class"]["1"]["dice"]["mean"]
 """
 from __future__ import annotations
 
-import csv
-import json
 import math
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -22,12 +22,11 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from swinseg import __version__, metrics
+from swinseg import __version__, cohort_stats, metrics
 from swinseg.config import load_card, read_dataset_labels
 from swinseg.errors import SwinsegError
-from swinseg.io import atomic_output, case_name, check_same_geometry, find_images, read_volume, resample_like
+from swinseg.io import case_name, check_same_geometry, find_images, read_volume, resample_like
 from swinseg.labels import label_map, parse_labels
-from swinseg.overlay import overlay_files
 
 METRICS = ("dice", "iou", "hd95", "assd", "pred_ml", "ref_ml")
 CSV_COLUMNS = (
@@ -131,8 +130,10 @@ class Evaluation:
                     rows[-1]["nsd"] = score.nsd
         return rows
 
-    def summary(self, worst: int = 5) -> dict[str, Any]:
-        """Means, stds, medians and counts per class, the mean over classes, definitions and inputs."""
+    def summary(self, worst: int = 5, bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
+        """Means, stds, medians and counts per class, the mean over classes, definitions and inputs; with
+        `bootstrap` > 0 also "statistics": bootstrap CIs of the means (that many resamples, numpy generator
+        seeded with `seed`) and the volume agreement per class (swinseg.cohort_stats)."""
         rows = self.rows()
         per_class: dict[str, Any] = {}
         for label, name in self.labels.items():
@@ -145,7 +146,7 @@ class Evaluation:
             metric: _mean([per_class[str(label)][metric]["mean"] for label in self.labels])
             for metric in ("dice", "iou", "hd95", "assd", *self.settings.metrics[len(METRICS):])
         }
-        return {
+        summary: dict[str, Any] = {
             "swinseg_version": __version__,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "prediction": str(self.prediction),
@@ -165,6 +166,9 @@ class Evaluation:
             "mean_over_classes": over_classes,
             "worst_cases": self.worst_cases(worst, rows),
         }
+        if bootstrap:
+            summary["statistics"] = cohort_stats.evaluation_statistics(self, bootstrap, seed)
+        return summary
 
     def definitions(self) -> dict[str, str]:
         unit = self.settings.unit
@@ -404,179 +408,3 @@ def _stats(values: list[float]) -> dict[str, float | int]:
         "n": n,
         "n_nan": len(values) - n,
     }
-
-
-# ---------------------------------------------------------------------------------------------- reports
-
-
-def write_reports(evaluation: Evaluation, folder: str | Path, summary: dict[str, Any] | None = None) -> list[Path]:
-    """Write per_case.csv, summary.json, summary.md and dice_hd95.png into `folder` (each atomically);
-    `summary`: the evaluation's summary if already computed."""
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise SwinsegError(f"{folder}: report folder is a file")
-    folder.mkdir(parents=True, exist_ok=True)
-    rows, summary = evaluation.rows(), summary or evaluation.summary()
-    written = []
-    with atomic_output(folder / "per_case.csv") as tmp:
-        with open(tmp, "w", newline="", encoding="utf-8") as handle:
-            columns = CSV_COLUMNS if evaluation.settings.nsd_tolerance is None else (
-                *CSV_COLUMNS[:CSV_COLUMNS.index("assd") + 1], "nsd", *CSV_COLUMNS[CSV_COLUMNS.index("assd") + 1:])
-            writer = csv.DictWriter(handle, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows({key: _csv_value(row[key]) for key in columns} for row in rows)
-    written.append(folder / "per_case.csv")
-    with atomic_output(folder / "summary.json") as tmp:
-        tmp.write_text(json.dumps(json_safe(summary), indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    written.append(folder / "summary.json")
-    with atomic_output(folder / "summary.md") as tmp:
-        tmp.write_text(summary_markdown(summary), encoding="utf-8")
-    written.append(folder / "summary.md")
-    with atomic_output(folder / "dice_hd95.png") as tmp:
-        box_plots(evaluation, tmp)
-    written.append(folder / "dice_hd95.png")
-    return written
-
-
-def write_worst_overlays(evaluation: Evaluation, images: str | Path, folder: str | Path, count: int = 3) -> list[Path]:
-    """Overlay pictures (prediction | reference) of the `count` cases with the lowest mean Dice into
-    `folder`/overlays/, the scans taken from `images` (a scan file, or a folder matched by case name)."""
-    images = Path(images)
-    scan_files = [images] if images.is_file() else find_images(images)
-    scans = {case_name(path, strip_channel=True): path for path in scan_files}
-    if len(scan_files) == 1 and len(evaluation.results) == 1:  # one scan for one case, whatever its name
-        scans = {evaluation.results[0].case.name: scan_files[0]}
-
-    def mean_dice(result: PairScores) -> float:
-        values = [s.dice for s in result.scores.values() if not math.isnan(s.dice)]
-        return sum(values) / len(values) if values else math.inf
-
-    written = []
-    for result in sorted(evaluation.results, key=mean_dice)[:count]:
-        scan = scans.get(result.case.name)
-        if scan is None:
-            raise SwinsegError(f"--images {images}: no scan for case {result.case.name!r}")
-        out_png = Path(folder) / "overlays" / f"{result.case.name}.png"
-        overlay_files(scan, result.case.prediction, out_png, reference_path=result.case.reference,
-                      class_names=evaluation.labels,
-                      title=f"{result.case.name}: mean Dice {mean_dice(result):.3f} (prediction | reference)")
-        written.append(out_png)
-    return written
-
-
-def json_safe(value: Any) -> Any:
-    """The value with NaN/inf replaced by None (strict JSON)."""
-    if isinstance(value, dict):
-        return {key: json_safe(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(item) for item in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def _csv_value(value: Any) -> Any:
-    if isinstance(value, float):
-        return "nan" if math.isnan(value) else repr(value)
-    return value
-
-
-def fmt(value: float, digits: int = 4) -> str:
-    """A number for tables ("-" for NaN)."""
-    return "-" if value is None or math.isnan(value) else f"{value:.{digits}f}"
-
-
-def paper_table(summary: dict[str, Any], method: str) -> tuple[list[str], list[str]]:
-    """The Swin-Unet/TransUNet results table: method, DSC and HD95 means over classes, then per-class DSC (%)."""
-    per_class = summary["per_class"]
-    header = ["Method", "DSC", "HD95"] + [per_class[label]["name"] for label in per_class]
-    row = [
-        method,
-        fmt(100 * summary["mean_over_classes"]["dice"], 2),
-        fmt(summary["mean_over_classes"]["hd95"], 2),
-    ] + [fmt(100 * per_class[label]["dice"]["mean"], 2) for label in per_class]
-    return header, row
-
-
-def summary_markdown(summary: dict[str, Any]) -> str:
-    """summary.md: settings, per-class table (mean ± std), mean over classes, worst cases, unmatched cases."""
-    unit = summary["definitions"]["distance_unit"]
-    lines = [
-        "# swinseg evaluation",
-        "",
-        f"- prediction: `{summary['prediction']}`; reference: `{summary['reference']}`; "
-        f"{summary['n_cases']} cases; swinseg {summary['swinseg_version']}; {summary['created']}",
-        f"- HD95 definition `{summary['definitions']['hd95']}`: {summary['definitions']['hd95_definition']}",
-        f"- distances in {unit} ({summary['definitions']['spacing']}); volumes in ml",
-        f"- empty masks, policy `{summary['definitions']['empty_policy']}`: "
-        f"{summary['definitions']['empty_policy_definition']}",
-    ]
-    if summary["protocol"]:
-        lines.append(f"- protocol: `{summary['protocol']}`")
-    if summary["protocol"] == "synapse-paper":
-        header, row = paper_table(summary, Path(summary["prediction"]).name)
-        lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header), "| " + " | ".join(row) + " |"]
-    lines += [
-        "",
-        f"| label | class | n | Dice | IoU | HD95 ({unit}) | ASSD ({unit}) | pred ml | ref ml | "
-        "pred empty | ref empty | both empty |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for label, entry in summary["per_class"].items():
-        cells = [label, entry["name"], str(entry["dice"]["n"])]
-        cells += [mean_std(entry[metric], 2 if metric.endswith("ml") else 4) for metric in METRICS]
-        cells += [str(entry["flags"][flag]) for flag in FLAGS]
-        lines.append("| " + " | ".join(cells) + " |")
-    means = summary["mean_over_classes"]
-    lines.append(
-        "| | **mean over classes** | | " + " | ".join(f"**{fmt(means[m])}**" for m in ("dice", "iou", "hd95", "assd"))
-        + " | | | | | |"
-    )
-    lines += [
-        "", "## Worst cases (lowest Dice)", "",
-        f"| case | class | Dice | HD95 ({unit}) | pred ml | ref ml | flag |", "|---|---|---|---|---|---|---|",
-    ]  # fmt: skip
-    for row in summary["worst_cases"]:
-        lines.append(
-            f"| {row['case']} | {row['class']} | {fmt(row['dice'])} | {fmt(row['hd95'])} | "
-            f"{fmt(row['pred_ml'], 2)} | {fmt(row['ref_ml'], 2)} | {row['flag']} |"
-        )
-    for key, title in (("missing_predictions", "References without a prediction"),
-                       ("extra_predictions", "Predictions without a reference"),
-                       ("labels_only_in_predictions", "Labels only in predictions (not evaluated)")):  # fmt: skip
-        if summary[key]:
-            lines += ["", f"## {title}", "", ", ".join(str(v) for v in summary[key])]
-    return "\n".join(lines) + "\n"
-
-
-def mean_std(stats: dict[str, Any], digits: int) -> str:
-    if stats["n"] == 0:
-        return "-"
-    text = fmt(stats["mean"], digits)
-    return text if math.isnan(stats["std"]) else f"{text} ± {fmt(stats['std'], digits)}"
-
-
-def box_plots(evaluation: Evaluation, path: str | Path) -> None:
-    """dice_hd95.png: per-class box plots of Dice and HD95 over cases (NaN values left out)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = evaluation.rows()
-    names = list(evaluation.labels.values())
-    width = max(6.0, 0.9 * len(names) + 2)
-    figure, axes = plt.subplots(1, 2, figsize=(2 * width, 4.8), constrained_layout=True)
-    for axis, metric, title in (
-        (axes[0], "dice", "Dice"),
-        (axes[1], "hd95", f"HD95 ({evaluation.settings.hd95}, {evaluation.settings.unit})"),
-    ):
-        data = [_finite(row[metric] for row in rows if row["label"] == label) for label in evaluation.labels]
-        axis.boxplot([values or [math.nan] for values in data], showmeans=True)
-        axis.set_xticks(range(1, len(names) + 1), names, rotation=45, ha="right")
-        axis.set_title(title)
-        axis.grid(axis="y", alpha=0.3)
-    axes[0].set_ylim(-0.02, 1.02)
-    figure.suptitle(f"{len(evaluation.results)} cases, empty policy '{evaluation.settings.empty}'")
-    figure.savefig(path, dpi=120)
-    plt.close(figure)

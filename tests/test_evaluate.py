@@ -13,6 +13,7 @@ from shared_files import EXAMPLE_SEG, needs_shared
 from typer.testing import CliRunner
 
 from swinseg import evaluate as ev
+from swinseg import evaluate_report as rep
 from swinseg.cli import app
 from swinseg.errors import SwinsegError
 from swinseg.io import Volume, read_volume, write_volume
@@ -167,8 +168,9 @@ def test_float_and_bad_label_maps(tmp_path: Path) -> None:
 
 def test_reports_with_nan_policy(dataset: dict, tmp_path: Path) -> None:
     result = ev.evaluate(dataset["preds"], dataset["refs"], settings=ev.Settings(empty="nan"))
-    written = ev.write_reports(result, tmp_path / "report")
-    assert [p.name for p in written] == ["per_case.csv", "summary.json", "summary.md", "dice_hd95.png"]
+    written = rep.write_reports(result, tmp_path / "report")
+    assert [p.name for p in written] == ["per_case.csv", "summary.json", "summary.md", "dice_hd95.png",
+                                         "bland_altman.png"]
     with open(tmp_path / "report" / "per_case.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 2 * 3 and list(rows[0]) == list(ev.CSV_COLUMNS)
@@ -227,7 +229,7 @@ def test_synapse_paper_protocol_uses_voxel_units_and_paper_rules(dataset: dict) 
     assert rows[("case_a", 8)]["dice"] == 0.0 and rows[("case_a", 8)]["hd95"] == 0.0  # both empty: (0, 0)
     pred, ref = (a == 1 for a in dataset["arrays"]["case_a"])
     assert rows[("case_a", 1)]["hd95"] == medpy_binary.hd95(pred, ref)  # voxel units, as the papers
-    header, row = ev.paper_table(result.summary(), "ours")
+    header, row = rep.paper_table(result.summary(), "ours")
     assert header[:3] == ["Method", "DSC", "HD95"] and header[3] == "aorta" and len(row) == 11
 
 

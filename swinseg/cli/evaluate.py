@@ -61,9 +61,23 @@ def evaluate_command(
     images: Optional[Path] = typer.Option(
         None, "--images", help="Scans (file or folder): overlay pictures of the 3 worst cases in REPORT_DIR/overlays/."
     ),
+    bootstrap: int = typer.Option(
+        1000, "--bootstrap", min=0, metavar="N",
+        help="Resamples for the 95% bootstrap confidence intervals of the mean Dice, HD95 and NSD per class, the "
+        "volume agreement (Bland-Altman, ICC(3,1)) and --compare; 0 = none.",
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap resampling (same seed, same intervals)."),
+    compare: Optional[Path] = typer.Option(
+        None, "--compare", metavar="PRED_B",
+        help="A second method's predictions (file or folder), scored the same way: paired comparison PREDICTION - "
+        "PRED_B per class (mean difference with its bootstrap CI, Wilcoxon signed-rank p).",
+    ),
 ) -> None:
-    """Dice, IoU, HD95, ASSD and volumes per case and class, equal to medpy, with reports."""
+    """Dice, IoU, HD95, ASSD and volumes per case and class, equal to medpy, with reports, confidence intervals,
+    volume agreement and an optional paired comparison of two methods."""
+    from swinseg import cohort_stats
     from swinseg import evaluate as ev
+    from swinseg import evaluate_report as rep
 
     if protocol is not None:
         if labels or model or dataset_json:
@@ -86,19 +100,28 @@ def evaluate_command(
         fail(f"--jobs must be >= 0, got {jobs}")
     if images is not None and output is None:
         fail("--images draws pictures into the report folder: give -o REPORT_DIR too")
+    if compare is not None and not bootstrap:
+        fail("--compare reports bootstrap intervals: give --bootstrap N with N > 0")
 
     result = _run_with_progress(ev, prediction, reference, label_names, settings, jobs, quiet=as_json)
-    summary = result.summary(worst=worst)
+    summary = result.summary(worst=worst, bootstrap=bootstrap, seed=seed)
+    if compare is not None:
+        other = _run_with_progress(ev, compare, reference, result.labels, settings, jobs, quiet=as_json)
+        summary["comparison"] = cohort_stats.compare_evaluations(result, other, bootstrap, seed)
     if output is not None:
-        written = ev.write_reports(result, output, summary)
+        written = rep.write_reports(result, output, summary)
         if images is not None:
-            written += ev.write_worst_overlays(result, images, output)
+            written += rep.write_worst_overlays(result, images, output)
         names = ", ".join(str(p.relative_to(output)) for p in written)
         err.print(f"reports written to {output}/ ({names})", highlight=False)
     if as_json:
-        typer.echo(json.dumps(ev.json_safe(summary), indent=2, allow_nan=False))
+        typer.echo(json.dumps(rep.json_safe(summary), indent=2, allow_nan=False))
     else:
-        _print_tables(ev, summary, worst)
+        _print_tables(ev, rep, summary, worst)
+        if "statistics" in summary:
+            _print_statistics(rep, summary["statistics"], unit=summary["definitions"]["distance_unit"])
+        if "comparison" in summary:
+            _print_comparison(rep, summary["comparison"], unit=summary["definitions"]["distance_unit"])
     _warn_unmatched(ev, summary)
 
 
@@ -119,13 +142,13 @@ def _run_with_progress(ev: Any, prediction: Path, reference: Path, labels: Any, 
         return ev.evaluate(prediction, reference, labels=labels, settings=settings, jobs=jobs, progress=advance)
 
 
-def _print_tables(ev: Any, summary: dict[str, Any], worst: int) -> None:
+def _print_tables(ev: Any, rep: Any, summary: dict[str, Any], worst: int) -> None:
     from rich.table import Table
 
     definitions = summary["definitions"]
     unit = definitions["distance_unit"]
     if summary["protocol"] == "synapse-paper":
-        header, row = ev.paper_table(summary, Path(summary["prediction"]).name)
+        header, row = rep.paper_table(summary, Path(summary["prediction"]).name)
         wide = out.width >= 120
         paper = Table(title="Synapse multi-organ CT, the Swin-Unet/TransUNet protocol (DSC %, HD95 in voxels)"
                       if wide else "Swin-Unet/TransUNet protocol")  # fmt: skip
@@ -156,13 +179,13 @@ def _print_tables(ev: Any, summary: dict[str, Any], worst: int) -> None:
         flags = entry["flags"]
         table.add_row(
             f"{label} {entry['name']}", str(entry["dice"]["n"]),
-            *(ev.mean_std(entry[m], _DIGITS[m]) for m in shown),
+            *(rep.mean_std(entry[m], _DIGITS[m]) for m in shown),
             f"{flags['pred_empty']}/{flags['ref_empty']}/{flags['both_empty']}",
         )  # fmt: skip
     means = summary["mean_over_classes"]
     table.add_section()
     table.add_row(
-        "mean over classes", "", *(ev.fmt(means[m], _DIGITS[m]) if m in means else "" for m in shown), "",
+        "mean over classes", "", *(rep.fmt(means[m], _DIGITS[m]) if m in means else "" for m in shown), "",
         style="bold",
     )
     out.print(table)
@@ -172,14 +195,56 @@ def _print_tables(ev: Any, summary: dict[str, Any], worst: int) -> None:
         for name in ("case", "class", "Dice", f"HD95 ({unit})", "pred ml", "ref ml", "flag"):
             cases.add_column(name)
         for row in summary["worst_cases"]:
-            cases.add_row(row["case"], row["class"], ev.fmt(row["dice"], 4), ev.fmt(row["hd95"], 2),
-                          ev.fmt(row["pred_ml"], 1), ev.fmt(row["ref_ml"], 1), row["flag"])  # fmt: skip
+            cases.add_row(row["case"], row["class"], rep.fmt(row["dice"], 4), rep.fmt(row["hd95"], 2),
+                          rep.fmt(row["pred_ml"], 1), rep.fmt(row["ref_ml"], 1), row["flag"])  # fmt: skip
         out.print(cases)
     out.print(
         f"HD95 = {definitions['hd95']}: {definitions['hd95_definition']}. Distances in {unit} "
         f"({definitions['spacing']}). Empty masks: {definitions['empty_policy']}.",
         highlight=False,
     )
+
+
+def _print_statistics(rep: Any, statistics: dict[str, Any], unit: str) -> None:
+    from rich.table import Table
+
+    per_class = statistics["per_class"]
+    metrics = list(next(iter(per_class.values()))["ci"]) if per_class else []
+    table = Table(title=f"means [95% bootstrap CI, {statistics['resamples']} resamples, seed {statistics['seed']}]; "
+                        "volumes: prediction - reference (ml)")
+    table.add_column("class")
+    for metric in metrics:
+        table.add_column(_HEADERS[metric].format(unit=unit), justify="right")
+    for name in ("vol bias", "95% LoA", "ICC(3,1)"):
+        table.add_column(name, justify="right")
+    for label, entry in per_class.items():
+        agreement = entry["volume"]["bland_altman"]
+        table.add_row(
+            f"{label} {entry['name']}", *(rep.ci_text(entry["ci"][m], _DIGITS[m]) for m in metrics),
+            rep.fmt(agreement["bias"], 1), f"{rep.fmt(agreement['loa_low'], 1)} to {rep.fmt(agreement['loa_high'], 1)}",
+            rep.fmt(entry["volume"]["icc_3_1"], 3),
+        )  # fmt: skip
+    out.print(table)
+
+
+def _print_comparison(rep: Any, comparison: dict[str, Any], unit: str) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"A - B on {comparison['n_cases']} cases (A {comparison['a']}, B {comparison['b']}): "
+                        "mean difference [95% bootstrap CI], Wilcoxon signed-rank p")
+    table.add_column("class")
+    table.add_column("metric")
+    for name in ("mean A", "mean B", "A - B [95% CI]", "p"):
+        table.add_column(name, justify="right")
+    for label, entry in comparison["per_class"].items():
+        for metric in ("dice", "hd95", "nsd"):
+            if metric in entry:
+                row, digits = entry[metric], _DIGITS[metric]
+                table.add_row(f"{label} {entry['name']}", _HEADERS[metric].format(unit=unit),
+                              rep.fmt(row["mean_a"], digits), rep.fmt(row["mean_b"], digits),
+                              f"{rep.fmt(row['mean_difference'], digits)} [{rep.fmt(row['low'], digits)}, "
+                              f"{rep.fmt(row['high'], digits)}]", rep.fmt(row["wilcoxon_p"], 4))  # fmt: skip
+    out.print(table)
 
 
 def _warn_unmatched(ev: Any, summary: dict[str, Any]) -> None:
