@@ -55,11 +55,19 @@ class SwinUnetConfig(_YamlSection):
     mlp_ratio: float = 4.0
     drop_path_rate: float = 0.2
     skip_scales: tuple[int, ...] = SKIP_SCALES
+    conv_skip: int = 0  # channels of a full-resolution convolutional skip; 0 = the published network
 
     def __post_init__(self) -> None:
         for name in ("depths", "num_heads", "skip_scales"):
             object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
         self.validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The card section; `conv_skip` only when set, so swinseg 0.1 can still read published cards."""
+        values = super().to_dict()
+        if not values["conv_skip"]:
+            del values["conv_skip"]
+        return values
 
     @property
     def stage_resolutions(self) -> tuple[int, ...]:
@@ -72,6 +80,8 @@ class SwinUnetConfig(_YamlSection):
             raise SwinsegError(f"depths and num_heads need 4 stages, got {self.depths} and {self.num_heads}")
         if self.img_size <= 0 or self.img_size % 32:
             raise SwinsegError(f"img_size {self.img_size} is not a positive multiple of 32")
+        if self.conv_skip < 0:
+            raise SwinsegError(f"conv_skip {self.conv_skip} is negative (0 turns the convolutional skip off)")
         bad_skips = set(self.skip_scales) - set(SKIP_SCALES)
         if bad_skips:
             raise SwinsegError(f"skip_scales {sorted(bad_skips)} not in {list(SKIP_SCALES)}")

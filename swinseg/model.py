@@ -10,6 +10,11 @@ The encoder uses timm's layout (PatchMerging at the START of stages 1-3), so its
 
 A scale left out of ``config.skip_scales`` gets no skip: that decoder stage takes the upsampled features
 alone and has no fusion Linear (``concat_back_dim.i`` is an Identity, as for the bottleneck).
+
+``config.conv_skip`` > 0 (not in the published network) adds what a 4x4-patch transformer lacks for small
+structures and sharp borders: a full-resolution convolutional skip. Two 3x3 convolutions on the image
+(``conv_stem``) are concatenated with the 4x-expanded decoder output and fused by a 3x3 convolution
+(``conv_fuse``) before the 1x1 ``output`` convolution.
 """
 from __future__ import annotations
 
@@ -25,6 +30,15 @@ from swinseg.config import SwinUnetConfig, load_card
 from swinseg.errors import SwinsegError
 
 PATCH_SIZE = 4
+
+
+def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
+    """3x3 convolution, instance norm, leaky ReLU (nnU-Net's block)."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False),
+        nn.InstanceNorm2d(out_channels, affine=True),
+        nn.LeakyReLU(0.01, inplace=True),
+    )
 
 
 class PatchExpand(nn.Module):
@@ -172,7 +186,11 @@ class SwinUnet(nn.Module):
             )
         self.norm_up = nn.LayerNorm(c.embed_dim)
         self.up = PatchExpand(c.embed_dim, c.embed_dim, PATCH_SIZE)
-        self.output = nn.Conv2d(c.embed_dim, c.num_classes, kernel_size=1, bias=False)
+        if c.conv_skip:
+            self.conv_stem = nn.Sequential(conv_block(c.in_chans, c.conv_skip), conv_block(c.conv_skip, c.conv_skip))
+            self.conv_fuse = conv_block(c.embed_dim + c.conv_skip, c.conv_skip)
+        head_channels = c.conv_skip or c.embed_dim
+        self.output = nn.Conv2d(head_channels, c.num_classes, kernel_size=1, bias=False)
 
         self.apply(_init_weights)
         self.set_fused_attention(fused_attention)
@@ -198,6 +216,7 @@ class SwinUnet(nn.Module):
         elif x.shape[1] != c.in_chans:
             raise SwinsegError(f"SwinUnet expects 1 or {c.in_chans} input channels, got {x.shape[1]}")
 
+        image = x
         x = self.patch_embed(x)
         skips = []
         for stage in self.layers:
@@ -219,6 +238,9 @@ class SwinUnet(nn.Module):
             if stage.upsample is not None:
                 up_blocks = stage.upsample.forward_blocks(x)
         x = self.norm_up(x)
+        if c.conv_skip:
+            features = torch.cat([_rearrange(self.up.forward_blocks(x)).permute(0, 3, 1, 2), self.conv_stem(image)], 1)
+            return self.output(self.conv_fuse(features))
         return self._head(x)
 
     def _head(self, x: torch.Tensor) -> torch.Tensor:

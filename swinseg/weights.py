@@ -244,6 +244,8 @@ def infer_unet_config(weights: WeightFile, base: SwinUnetConfig | None = None) -
     values["skip_scales"] = tuple(
         sorted(PATCH_SIZE * 2 ** (n - 1 - i) for i in range(1, n) if f"concat_back_dim.{i}.weight" in state)
     )
+    if "conv_fuse.0.weight" in state:
+        values["conv_skip"] = state["conv_fuse.0.weight"].shape[0]
     if base is not None:
         values.setdefault("img_size", base.img_size)
         values["drop_path_rate"] = base.drop_path_rate

@@ -162,3 +162,24 @@ def test_timm_blocks_route_attention_through_the_overridden_attn(monkeypatch):
     monkeypatch.setattr(GatherWindowBlock, "_attn", lambda self, x: calls.append(1) or original(self, x))
     SwinUnet(TEST_CONFIG)(torch.rand(1, 1, 64, 64))
     assert calls
+
+
+def test_conv_skip_adds_a_full_resolution_path_that_survives_a_checkpoint(tmp_path):
+    from swinseg.weights import load_checkpoint, save_checkpoint
+
+    config = dataclasses.replace(TEST_CONFIG, conv_skip=8)
+    model = SwinUnet(config).eval()
+    assert count(model) > count(SwinUnet(TEST_CONFIG))
+    x = torch.rand(2, 1, 64, 64)
+    logits = model(x)
+    assert logits.shape == (2, 6, 64, 64)
+    model(x).sum().backward()
+    assert model.conv_stem[0][0].weight.grad.abs().sum() > 0  # the image reaches the head through the convolutions
+    card = dataclasses.replace(load_card("swin_unet_test"), network=config)
+    assert "conv_skip" not in load_card("swin_unet_test").network.to_dict()  # the published layout unchanged
+    save_checkpoint(tmp_path / "conv.safetensors", model, card)
+    loaded, loaded_card = load_checkpoint(tmp_path / "conv.safetensors")
+    assert loaded_card.network.conv_skip == 8
+    assert torch.equal(loaded.eval()(x), logits)
+    with pytest.raises(SwinsegError, match="conv_skip -1"):
+        dataclasses.replace(TEST_CONFIG, conv_skip=-1)
