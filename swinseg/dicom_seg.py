@@ -18,6 +18,13 @@ from swinseg.io import Volume, atomic_output
 from swinseg.overlay import label_color
 
 SUFFIX = ".dcm"
+# type 2 patient and study attributes that de-identification (DICOM PS3.15 basic profile) empties or removes:
+# a SEG or RTSTRUCT copies them, so removed ones are set empty on the headers read
+DEIDENTIFIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "StudyID",
+                "AccessionNumber", "ReferringPhysicianName")
+# what a SEG or RTSTRUCT must reference and nothing can recover: (keyword, what it identifies)
+REFERENCED = (("StudyInstanceUID", "study"), ("SeriesInstanceUID", "series"),
+              ("FrameOfReferenceUID", "frame of reference"))
 # class name -> the attribute of pydicom's SNOMED CT code dictionary (codes.SCT) for it
 ORGAN_CODES = {
     "liver": "Liver", "spleen": "Spleen", "kidney_left": "Kidney", "kidney_right": "Kidney", "kidney": "Kidney",
@@ -79,13 +86,40 @@ def check_source_series(labels: np.ndarray, volume: Volume, card: ModelCard, wha
         raise SwinsegError(f"label {int(labels.max())} beyond the card's {len(card.classes)} classes")
 
 
+def read_sources(volume: Volume) -> list[Any]:
+    """The headers (no pixels) of the series' slice files as a SEG or RTSTRUCT references them, repaired where
+    de-identification left them incomplete: an empty or missing SOP class or instance UID is taken from the file
+    meta (MediaStorageSOPClassUID, MediaStorageSOPInstanceUID), removed DEIDENTIFIED attributes are set empty.
+    A slice without a study, series or frame-of-reference UID is refused: nothing can recover it."""
+    import pydicom
+
+    headers = []
+    for file in volume.source_files:
+        header = pydicom.dcmread(file, stop_before_pixels=True)
+        meta = getattr(header, "file_meta", None) or {}
+        for keyword in ("SOPClassUID", "SOPInstanceUID"):
+            if not header.get(keyword):
+                value = meta.get(f"MediaStorage{keyword}")
+                if not value:
+                    raise SwinsegError(f"{file}: no {keyword}, in the data set or the file meta; a SEG or RTSTRUCT "
+                                       "must reference each source image by it")
+                setattr(header, keyword, value)
+        for keyword, what in REFERENCED:
+            if not header.get(keyword):
+                raise SwinsegError(f"{file}: no {keyword} (removed by de-identification?); a SEG or RTSTRUCT must "
+                                   f"reference the source {what}, and nothing else identifies it")
+        for keyword in DEIDENTIFIED:
+            if keyword not in header:
+                setattr(header, keyword, "")
+        headers.append(header)
+    return headers
+
+
 def write_dicom_seg(path: str | Path, labels: np.ndarray, volume: Volume, card: ModelCard) -> None:
     """Write `labels` (the volume's array order) as a DICOM SEG referencing the series `volume` was read from."""
     check_source_series(labels, volume, card, "a DICOM SEG")
     hd = _hd()
-    import pydicom
-
-    sources = [pydicom.dcmread(file, stop_before_pixels=True) for file in volume.source_files]
+    sources = read_sources(volume)
     try:
         seg = hd.seg.Segmentation(
             source_images=sources, pixel_array=np.ascontiguousarray(labels, dtype=np.uint8),
