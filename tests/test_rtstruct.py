@@ -244,6 +244,11 @@ def test_predict_writes_an_rtstruct_matching_the_nifti_mask_of_the_run(tmp_path,
     assert_valid_rtstruct(tmp_path / "rt.dcm", mask, series, CARD.classes, tmp_path / "judge")
     source = [Path(file) for file in series.source_files]
     assert_matches(rasterise(tmp_path / "rt.dcm", source, mask.shape), mask, min_dice=0.97)
+    coarse = runner.invoke(app, ["predict", str(tmp_path / "series"), "-c", str(checkpoint), "-o", str(tmp_path /
+                                 "coarse.dcm"), "--output-type", "rtstruct", "--min-contour-area", "1e5"])
+    assert coarse.exit_code == 0, coarse.output
+    assert coarse.stderr.count("warning:") == 1 and "enclosing less than 100000 mm² left out" in coarse.stderr
+    assert "ContourSequence" not in pydicom.dcmread(tmp_path / "coarse.dcm").ROIContourSequence[0]
     refused = runner.invoke(app, ["predict", str(tmp_path / "series"), "-c", str(checkpoint), "-o",
                                   str(tmp_path / "rt.nii.gz"), "--output-type", "rtstruct"])
     assert refused.exit_code == 1 and "an RTSTRUCT is a DICOM file; name it .dcm" in refused.stderr
