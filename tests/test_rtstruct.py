@@ -322,3 +322,19 @@ def test_a_speckled_mask_is_written_fast_and_small(tmp_path):
     assert time.perf_counter() - began < 10.0
     assert (tmp_path / "rt.dcm").stat().st_size < 1_000_000 and "left out" in note
     assert_valid_rtstruct(tmp_path / "rt.dcm", np.zeros_like(labels), volume, CARD.classes, tmp_path / "judge")
+
+
+def test_a_contour_beyond_64_kib_is_written(tmp_path):
+    """A square with a notched border: one contour of about 6,000 points, whose ContourData (~150 kB) would not fit
+    the 16-bit value length of Explicit VR; the file is Implicit VR, and valid."""
+    dicom_series(tmp_path / "series", np.zeros((1, 512, 512), np.int16), pixel_mm=0.7)
+    volume = read_volume(tmp_path / "series")
+    labels = np.zeros(volume.array.shape, np.uint8)
+    labels[0, 4:508, 4:508] = 1
+    for edge in (4, 5, 506, 507):
+        labels[0, edge, 4:508:2] = labels[0, 4:508:2, edge] = 0
+    write_rtstruct(tmp_path / "rt.dcm", labels, volume, CARD, min_contour_area=0)
+    contours = pydicom.dcmread(tmp_path / "rt.dcm").ROIContourSequence[0].ContourSequence
+    longest = max(contours, key=lambda contour: int(contour.NumberOfContourPoints))
+    assert len("\\".join(str(value) for value in longest.ContourData)) > 65534
+    assert_valid_rtstruct(tmp_path / "rt.dcm", labels, volume, CARD.classes, tmp_path / "judge")
