@@ -116,11 +116,11 @@ def _without_specks(mask: np.ndarray, min_pixels: float) -> tuple[np.ndarray, in
     mask = mask & ~small[regions]
     if not mask.any():  # all speckle: no holes to look for
         return mask, int(small.sum())
-    background, _ = ndimage.label(np.pad(~mask, 1, constant_values=True), structure=np.ones((3, 3), bool))
-    sizes = np.bincount(background.ravel())
-    pinholes = sizes < min_pixels
-    pinholes[[0, background[0, 0]]] = False  # the mask, and the background around it
-    return mask | pinholes[background[1:-1, 1:-1]], int(small.sum() + pinholes.sum())
+    background, _ = ndimage.label(~mask, structure=np.ones((3, 3), bool))
+    pinholes = np.bincount(background.ravel()) < min_pixels
+    pinholes[0] = False  # the mask
+    pinholes[np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]])] = False  # outside
+    return mask | pinholes[background], int(small.sum() + pinholes.sum())
 
 
 def _slice_contours(mask: np.ndarray) -> list[np.ndarray]:
