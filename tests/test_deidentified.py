@@ -3,6 +3,7 @@ gives a DICOM SEG and an RTSTRUCT that dciodvfy passes and that read back (plast
 nothing recovers (no frame of reference, no study UID) is refused in one line."""
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -12,11 +13,13 @@ import pydicom
 import pytest
 from dicom_files import DEIDENTIFICATIONS, UNRECOVERABLE, deidentify, dicom_series
 from dicom_judges import assert_valid_rtstruct, assert_valid_seg
+from typer.testing import CliRunner
 
+from swinseg.cli import app
 from swinseg.config import load_card
 from swinseg.dicom_seg import write_dicom_seg
 from swinseg.errors import SwinsegError
-from swinseg.io import read_volume
+from swinseg.io import read_volume, write_volume
 from swinseg.rtstruct import write_rtstruct
 
 CARD = load_card("swin_unet_test")
@@ -88,25 +91,33 @@ def test_all_options_at_once(good_series, tmp_path):
     assert_valid_rtstruct(tmp_path / "rt.dcm", labels, volume, CARD.classes, tmp_path / "judge")
 
 
-@pytest.mark.parametrize("option", sorted(UNRECOVERABLE))
-def test_what_nothing_recovers_is_refused_in_one_line(good_series, tmp_path, option):
-    volume = read_volume(series_like(good_series, tmp_path / "series", UNRECOVERABLE[option]))
+def no_sop_class(header: pydicom.Dataset) -> None:
+    header.SOPClassUID = header.file_meta.MediaStorageSOPClassUID = ""
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    *((UNRECOVERABLE[option], rf"no {option.removesuffix('-removed')} \(removed by de-identification\?\); a SEG or "
+       "RTSTRUCT must reference the source") for option in sorted(UNRECOVERABLE)),
+    (no_sop_class, "no SOPClassUID, in the data set or the file meta"),
+], ids=[*sorted(UNRECOVERABLE), "sop-class-nowhere"])
+def test_what_nothing_recovers_is_refused_in_one_line(good_series, tmp_path, change, message):
+    volume = read_volume(series_like(good_series, tmp_path / "series", change))
     labels = mask(volume.array.shape)
-    keyword = option.removesuffix("-removed")
     for write in (write_dicom_seg, write_rtstruct):
-        with pytest.raises(SwinsegError, match=rf"slice_\d+\.dcm: no {keyword} \(removed by de-identification\?\)")\
-                as error:
+        with pytest.raises(SwinsegError, match=rf"slice_\d+\.dcm: {message}") as error:
             write(tmp_path / "out.dcm", labels, volume, CARD)
         assert "\n" not in str(error.value)
         assert not (tmp_path / "out.dcm").exists()
+    write_volume(tmp_path / "mask.nii.gz", labels, volume)
+    for kind in ("seg", "rtstruct"):
+        result = CliRunner().invoke(app, ["to-dicom", str(tmp_path / "mask.nii.gz"), "--series", str(volume.path),
+                                          "-o", str(tmp_path / "out.dcm"), "--output-type", kind])
+        assert result.exit_code == 1 and result.stderr.count("\n") == 1, result.output
+        assert re.match(rf"error: \S+slice_\d+\.dcm: {message}", result.stderr), result.stderr
 
 
 def test_predict_on_a_series_without_sop_class(good_series, tmp_path, checkpoint):
     """The issue's series: SOPClassUID empty, as some anonymisers leave it (highdicom failed with KeyError: '')."""
-    from typer.testing import CliRunner
-
-    from swinseg.cli import app
-
     series = series_like(good_series, tmp_path / "series", DEIDENTIFICATIONS["sop-class-empty"])
     volume = read_volume(series)
     for name, kind in (("seg.dcm", "dicom-seg"), ("rt.dcm", "rtstruct"), ("mask.nii.gz", "auto")):
