@@ -249,6 +249,7 @@ def test_predict_writes_an_rtstruct_matching_the_nifti_mask_of_the_run(tmp_path,
     assert coarse.exit_code == 0, coarse.output
     assert coarse.stderr.count("warning:") == 1 and "enclosing less than 100000 mm² left out" in coarse.stderr
     assert "ContourSequence" not in pydicom.dcmread(tmp_path / "coarse.dcm").ROIContourSequence[0]
+    assert_valid_rtstruct(tmp_path / "coarse.dcm", np.zeros_like(mask), series, CARD.classes, tmp_path / "judge_coarse")
     refused = runner.invoke(app, ["predict", str(tmp_path / "series"), "-c", str(checkpoint), "-o",
                                   str(tmp_path / "rt.nii.gz"), "--output-type", "rtstruct"])
     assert refused.exit_code == 1 and "an RTSTRUCT is a DICOM file; name it .dcm" in refused.stderr
