@@ -6,6 +6,9 @@ say, else with SNOMED CT where the class is a known organ (otherwise generic "Ti
 overlays, with swinseg as the algorithm. highdicom and pydicom are imported only when a SEG is written."""
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +115,26 @@ def read_sources(volume: Volume) -> list[Any]:
             if keyword not in header:
                 setattr(header, keyword, "")
         headers.append(header)
+    seen: dict[str, str] = {}
+    for file, header in zip(volume.source_files, headers):
+        other = seen.setdefault(str(header.SOPInstanceUID), file)
+        if other != file:
+            raise SwinsegError(f"{file}: SOPInstanceUID {header.SOPInstanceUID} also on {other}; a SEG or RTSTRUCT "
+                               "references each source image by it")
     return headers
+
+
+@contextmanager
+def _quiet_highdicom() -> Iterator[None]:
+    """highdicom's logged warnings kept off the terminal, where a library's messages never go raw (what they
+    concern, such as duplicate source images, read_sources refuses itself)."""
+    logger = logging.getLogger("highdicom")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def write_dicom_seg(path: str | Path, labels: np.ndarray, volume: Volume, card: ModelCard) -> None:
@@ -121,13 +143,14 @@ def write_dicom_seg(path: str | Path, labels: np.ndarray, volume: Volume, card: 
     hd = _hd()
     sources = read_sources(volume)
     try:
-        seg = hd.seg.Segmentation(
-            source_images=sources, pixel_array=np.ascontiguousarray(labels, dtype=np.uint8),
-            segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=segment_descriptions(card),
-            series_instance_uid=hd.UID(), series_number=9901, sop_instance_uid=hd.UID(), instance_number=1,
-            manufacturer="swinseg", manufacturer_model_name=card.name, software_versions=__version__,
-            device_serial_number="1", series_description=f"swinseg {card.name}", omit_empty_frames=False,
-        )
+        with _quiet_highdicom():
+            seg = hd.seg.Segmentation(
+                source_images=sources, pixel_array=np.ascontiguousarray(labels, dtype=np.uint8),
+                segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=segment_descriptions(card),
+                series_instance_uid=hd.UID(), series_number=9901, sop_instance_uid=hd.UID(), instance_number=1,
+                manufacturer="swinseg", manufacturer_model_name=card.name, software_versions=__version__,
+                device_serial_number="1", series_description=f"swinseg {card.name}", omit_empty_frames=False,
+            )
     except (ValueError, AttributeError, TypeError) as error:
         raise SwinsegError(f"{volume.path}: cannot build a DICOM SEG on this series ({error})") from error
     with atomic_output(path) as tmp:

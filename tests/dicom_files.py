@@ -62,9 +62,11 @@ def _replace_uids(header: Any) -> None:
     profile's U action keeps references consistent), the file meta's instance UID with them."""
     import pydicom
 
-    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID"):
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID"):
         setattr(header, keyword, pydicom.uid.generate_uid(entropy_srcs=[header.get(keyword)]))
-    header.file_meta.MediaStorageSOPInstanceUID = header.SOPInstanceUID
+    instance = header.get("SOPInstanceUID") or header.file_meta.MediaStorageSOPInstanceUID  # emptied: the meta's
+    header.SOPInstanceUID = header.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid(
+        entropy_srcs=[instance])
 
 
 DATES_AND_TIMES = ("StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate", "StudyTime", "SeriesTime",

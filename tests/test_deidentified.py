@@ -84,6 +84,8 @@ def test_deidentified_series_gives_valid_seg_and_rtstruct(good_series, tmp_path,
 
 def test_all_options_at_once(good_series, tmp_path):
     volume = read_volume(series_like(good_series, tmp_path / "series", *DEIDENTIFICATIONS.values()))
+    instances = {pydicom.dcmread(file, stop_before_pixels=True).SOPInstanceUID for file in volume.source_files}
+    assert len(instances) == len(volume.source_files)
     labels = mask(volume.array.shape)
     write_dicom_seg(tmp_path / "seg.dcm", labels, volume, CARD)
     assert_valid_seg(tmp_path / "seg.dcm")
@@ -95,11 +97,18 @@ def no_sop_class(header: pydicom.Dataset) -> None:
     header.SOPClassUID = header.file_meta.MediaStorageSOPClassUID = ""
 
 
+def one_instance_uid(header: pydicom.Dataset) -> None:
+    """Every slice given the same SOPInstanceUID (a broken anonymiser): no slice can be referenced."""
+    header.SOPInstanceUID = header.file_meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.2.1125.99"
+
+
 @pytest.mark.parametrize(("change", "message"), [
     *((UNRECOVERABLE[option], rf"no {option.removesuffix('-removed')} \(removed by de-identification\?\); a SEG or "
        "RTSTRUCT must reference the source") for option in sorted(UNRECOVERABLE)),
     (no_sop_class, "no SOPClassUID, in the data set or the file meta"),
-], ids=[*sorted(UNRECOVERABLE), "sop-class-nowhere"])
+    (one_instance_uid, r"SOPInstanceUID 1\.2\.826\.0\.1\.3680043\.2\.1125\.99 also on \S+slice_\d+\.dcm; a SEG or "
+                       "RTSTRUCT references each source image by it"),
+], ids=[*sorted(UNRECOVERABLE), "sop-class-nowhere", "one-instance-uid"])
 def test_what_nothing_recovers_is_refused_in_one_line(good_series, tmp_path, change, message):
     volume = read_volume(series_like(good_series, tmp_path / "series", change))
     labels = mask(volume.array.shape)
