@@ -136,3 +136,19 @@ def test_predict_on_a_series_without_sop_class(good_series, tmp_path, checkpoint
     labels = read_volume(tmp_path / "mask.nii.gz").array
     assert_valid_seg(tmp_path / "seg.dcm")
     assert_valid_rtstruct(tmp_path / "rt.dcm", labels, volume, CARD.classes, tmp_path / "judge")
+
+
+def test_to_dicom_in_a_process_prints_no_library_warning(good_series, tmp_path):
+    """A real process on a series with every option applied: stdout says what was written, stderr stays empty
+    (no raw pydicom or highdicom message)."""
+    import subprocess
+    import sys
+
+    volume = read_volume(series_like(good_series, tmp_path / "series", *DEIDENTIFICATIONS.values()))
+    write_volume(tmp_path / "mask.nii.gz", mask(volume.array.shape), volume)
+    for kind in ("seg", "rtstruct"):
+        run = subprocess.run([sys.executable, "-m", "swinseg", "to-dicom", str(tmp_path / "mask.nii.gz"), "--series",
+                              str(volume.path), "-o", str(tmp_path / f"{kind}.dcm"), "--output-type", kind, "--labels",
+                              "liver,spleen,5=aorta"], capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0 and run.stderr == "", run.stderr
+        assert run.stdout.startswith(f"wrote {tmp_path / kind}.dcm")
