@@ -6,6 +6,9 @@ say, else with SNOMED CT where the class is a known organ (otherwise generic "Ti
 overlays, with swinseg as the algorithm. highdicom and pydicom are imported only when a SEG is written."""
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,13 @@ from swinseg.io import Volume, atomic_output
 from swinseg.overlay import label_color
 
 SUFFIX = ".dcm"
+# type 2 patient and study attributes that de-identification (DICOM PS3.15 basic profile) empties or removes:
+# a SEG or RTSTRUCT copies them, so removed ones are set empty on the headers read
+DEIDENTIFIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "StudyID",
+                "AccessionNumber", "ReferringPhysicianName")
+# what a SEG or RTSTRUCT must reference and nothing can recover: (keyword, what it identifies)
+REFERENCED = (("StudyInstanceUID", "study"), ("SeriesInstanceUID", "series"),
+              ("FrameOfReferenceUID", "frame of reference"))
 # class name -> the attribute of pydicom's SNOMED CT code dictionary (codes.SCT) for it
 ORGAN_CODES = {
     "liver": "Liver", "spleen": "Spleen", "kidney_left": "Kidney", "kidney_right": "Kidney", "kidney": "Kidney",
@@ -79,21 +89,68 @@ def check_source_series(labels: np.ndarray, volume: Volume, card: ModelCard, wha
         raise SwinsegError(f"label {int(labels.max())} beyond the card's {len(card.classes)} classes")
 
 
+def read_sources(volume: Volume) -> list[Any]:
+    """The headers (no pixels) of the series' slice files as a SEG or RTSTRUCT references them, repaired where
+    de-identification left them incomplete: an empty or missing SOP class or instance UID is taken from the file
+    meta (MediaStorageSOPClassUID, MediaStorageSOPInstanceUID), removed DEIDENTIFIED attributes are set empty.
+    A slice without a study, series or frame-of-reference UID is refused: nothing can recover it."""
+    import pydicom
+
+    headers = []
+    for file in volume.source_files:
+        header = pydicom.dcmread(file, stop_before_pixels=True)
+        meta = getattr(header, "file_meta", None) or {}
+        for keyword in ("SOPClassUID", "SOPInstanceUID"):
+            if not header.get(keyword):
+                value = meta.get(f"MediaStorage{keyword}")
+                if not value:
+                    raise SwinsegError(f"{file}: no {keyword}, in the data set or the file meta; a SEG or RTSTRUCT "
+                                       "must reference each source image by it")
+                setattr(header, keyword, value)
+        for keyword, what in REFERENCED:
+            if not header.get(keyword):
+                raise SwinsegError(f"{file}: no {keyword} (removed by de-identification?); a SEG or RTSTRUCT must "
+                                   f"reference the source {what}, and nothing else identifies it")
+        for keyword in DEIDENTIFIED:
+            if keyword not in header:
+                setattr(header, keyword, "")
+        headers.append(header)
+    seen: dict[str, str] = {}
+    for file, header in zip(volume.source_files, headers):
+        other = seen.setdefault(str(header.SOPInstanceUID), file)
+        if other != file:
+            raise SwinsegError(f"{file}: SOPInstanceUID {header.SOPInstanceUID} also on {other}; a SEG or RTSTRUCT "
+                               "references each source image by it")
+    return headers
+
+
+@contextmanager
+def _quiet_highdicom() -> Iterator[None]:
+    """highdicom's logged warnings kept off the terminal, where a library's messages never go raw (what they
+    concern, such as duplicate source images, read_sources refuses itself)."""
+    logger = logging.getLogger("highdicom")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def write_dicom_seg(path: str | Path, labels: np.ndarray, volume: Volume, card: ModelCard) -> None:
     """Write `labels` (the volume's array order) as a DICOM SEG referencing the series `volume` was read from."""
     check_source_series(labels, volume, card, "a DICOM SEG")
     hd = _hd()
-    import pydicom
-
-    sources = [pydicom.dcmread(file, stop_before_pixels=True) for file in volume.source_files]
+    sources = read_sources(volume)
     try:
-        seg = hd.seg.Segmentation(
-            source_images=sources, pixel_array=np.ascontiguousarray(labels, dtype=np.uint8),
-            segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=segment_descriptions(card),
-            series_instance_uid=hd.UID(), series_number=9901, sop_instance_uid=hd.UID(), instance_number=1,
-            manufacturer="swinseg", manufacturer_model_name=card.name, software_versions=__version__,
-            device_serial_number="1", series_description=f"swinseg {card.name}", omit_empty_frames=False,
-        )
+        with _quiet_highdicom():
+            seg = hd.seg.Segmentation(
+                source_images=sources, pixel_array=np.ascontiguousarray(labels, dtype=np.uint8),
+                segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=segment_descriptions(card),
+                series_instance_uid=hd.UID(), series_number=9901, sop_instance_uid=hd.UID(), instance_number=1,
+                manufacturer="swinseg", manufacturer_model_name=card.name, software_versions=__version__,
+                device_serial_number="1", series_description=f"swinseg {card.name}", omit_empty_frames=False,
+            )
     except (ValueError, AttributeError, TypeError) as error:
         raise SwinsegError(f"{volume.path}: cannot build a DICOM SEG on this series ({error})") from error
     with atomic_output(path) as tmp:

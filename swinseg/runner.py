@@ -104,6 +104,7 @@ class RunOptions:
     channel: int | None = None
     overwrite: bool = False
     allow_gaps: bool = False  # interpolate missing DICOM slices instead of refusing the series
+    min_contour_area: float = rtstruct.MIN_CONTOUR_AREA  # mm²: smaller regions and holes left out of an RTSTRUCT
 
 
 def _output_name(source: Path, output_type: str, name: str | None = None) -> str:
@@ -302,7 +303,8 @@ def predict_cases(
                 continue
             if writing is not None:
                 yield writing.result()
-            writing = writer.submit(_write_case, result, loaded.volume, labels, probabilities, predictor.card)
+            writing = writer.submit(_write_case, result, loaded.volume, labels, probabilities, predictor.card,
+                                    options.min_contour_area)
         if writing is not None:
             yield writing.result()
 
@@ -341,7 +343,7 @@ def _predict_loaded(
 
 def _write_case(
     result: CaseResult, volume: io.Volume, labels: np.ndarray, probabilities: np.ndarray | None,
-    card: ModelCard,
+    card: ModelCard, min_contour_area: float,
 ) -> CaseResult:
     """Write the case's outputs, the mask last (its presence marks the case as finished)."""
     began = time.perf_counter()
@@ -358,7 +360,8 @@ def _write_case(
         if case.kind == "dicom-seg":
             dicom_seg.write_dicom_seg(case.output, labels, volume, card)
         elif case.kind == "rtstruct":
-            rtstruct.write_rtstruct(case.output, labels, volume, card)
+            note = rtstruct.write_rtstruct(case.output, labels, volume, card, min_contour_area)
+            result.notes += (note,) if note else ()
         else:
             io.write_volume(case.output, labels, volume)
     except Exception as error:  # noqa: BLE001

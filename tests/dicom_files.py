@@ -1,8 +1,11 @@
-"""DICOM series written for tests (SimpleITK/GDCM), with the tags a scanner writes and highdicom needs."""
+"""DICOM series written for tests (SimpleITK/GDCM), with the tags a scanner writes and highdicom needs, and the
+same series as de-identification leaves it."""
 from __future__ import annotations
 
 import locale
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -37,3 +40,66 @@ def dicom_series(folder: Path, array: np.ndarray, spacing: float = 2.0, tilt_mm:
         writer.Execute(image)
     locale.setlocale(locale.LC_CTYPE, saved_locale)
     return files
+
+
+def _blank(*keywords: str) -> Callable[[Any], None]:
+    def change(header: Any) -> None:
+        for keyword in keywords:
+            setattr(header, keyword, "")
+    return change
+
+
+def _remove(*keywords: str) -> Callable[[Any], None]:
+    def change(header: Any) -> None:
+        for keyword in keywords:
+            if keyword in header:
+                delattr(header, keyword)
+    return change
+
+
+def _replace_uids(header: Any) -> None:
+    """New UIDs for the study, series, instance and frame of reference, the same for every slice (as the
+    profile's U action keeps references consistent), the file meta's instance UID with them."""
+    import pydicom
+
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID"):
+        setattr(header, keyword, pydicom.uid.generate_uid(entropy_srcs=[header.get(keyword)]))
+    instance = header.get("SOPInstanceUID") or header.file_meta.MediaStorageSOPInstanceUID  # emptied: the meta's
+    header.SOPInstanceUID = header.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid(
+        entropy_srcs=[instance])
+
+
+DATES_AND_TIMES = ("StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate", "StudyTime", "SeriesTime",
+                   "AcquisitionTime", "ContentTime", "InstanceCreationDate", "InstanceCreationTime")
+# one de-identification option at a time, as DICOM PS3.15's basic profile (Z: emptied, X: removed, U: new UIDs)
+# and anonymisers beyond it leave a series; each still makes valid SEG and RTSTRUCT output
+DEIDENTIFICATIONS: dict[str, Callable[[Any], None]] = {
+    "sop-class-empty": _blank("SOPClassUID"),  # the file meta's MediaStorageSOPClassUID stays
+    "sop-class-removed": _remove("SOPClassUID"),
+    "sop-instance-empty": _blank("SOPInstanceUID"),
+    **{f"{keyword}-empty": _blank(keyword) for keyword in (
+        "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyID", "AccessionNumber",
+        "ReferringPhysicianName", "StudyDate", "StudyTime")},
+    **{f"{keyword}-removed": _remove(keyword) for keyword in (
+        "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyID", "AccessionNumber",
+        "ReferringPhysicianName", "SeriesNumber", "InstanceNumber", "Manufacturer", "InstitutionName",
+        "StationName", "SeriesDescription")},
+    "dates-and-times-removed": _remove(*DATES_AND_TIMES),
+    "dates-and-times-empty": _blank(*DATES_AND_TIMES),
+    "uids-replaced": _replace_uids,
+    "private-removed": lambda header: header.remove_private_tags(),
+}
+# what nothing recovers: a SEG or RTSTRUCT must reference it
+UNRECOVERABLE = {"FrameOfReferenceUID-removed": _remove("FrameOfReferenceUID"),
+                 "StudyInstanceUID-removed": _remove("StudyInstanceUID")}
+
+
+def deidentify(files: list[Path], *changes: Callable[[Any], None]) -> None:
+    """Apply de-identification `changes` (DEIDENTIFICATIONS values) to each slice file in place."""
+    import pydicom
+
+    for file in files:
+        header = pydicom.dcmread(file)
+        for change in changes:
+            change(header)
+        header.save_as(file)

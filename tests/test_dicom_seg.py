@@ -11,6 +11,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 from dicom_files import dicom_series
+from dicom_judges import assert_valid_seg
 from shared_files import EXAMPLE_CT
 from typer.testing import CliRunner
 
@@ -36,6 +37,7 @@ def test_seg_reads_back_as_the_nifti_mask(series, checkpoint, tmp_path):
     for out in (nifti, seg_path):
         result = CliRunner().invoke(app, ["predict", str(series), "-c", str(checkpoint), "-o", str(out)])
         assert result.exit_code == 0, result.output
+    assert_valid_seg(seg_path)
     mask = np.asarray(nib.load(nifti).dataobj).T  # (z, y, x) as the series' slices
     volume = read_volume(series)
     seg = hd.seg.segread(seg_path)
@@ -68,6 +70,7 @@ def test_output_type_names_seg_files_in_a_folder(series, checkpoint, tmp_path):
                                       str(tmp_path / "out"), "--output-type", "dicom-seg"])
     assert result.exit_code == 0, result.output
     assert hd.seg.segread(tmp_path / "out" / "patient.dcm").NumberOfFrames > 0
+    assert_valid_seg(tmp_path / "out" / "patient.dcm")
 
 
 def test_a_card_gives_its_own_segment_codes(series, tmp_path):

@@ -110,6 +110,7 @@ def test_into_pacs(tmp_path, checkpoint):
     import pydicom
     import SimpleITK as sitk
     from dicom_files import dicom_series
+    from dicom_judges import assert_valid_rtstruct, assert_valid_seg
     from shared_files import EXAMPLE_CT
 
     if EXAMPLE_CT.exists():
@@ -126,3 +127,9 @@ def test_into_pacs(tmp_path, checkpoint):
     assert (out / "patient42_ct_preview.png").read_bytes()[:4] == b"\x89PNG" and (out / "statistics.csv").is_file()
     rtstruct = pydicom.dcmread(out / "rtstruct" / "patient42_ct.dcm")
     assert rtstruct.Modality == "RTSTRUCT" and rtstruct.FrameOfReferenceUID == seg.FrameOfReferenceUID
+    assert_valid_seg(out / "patient42_ct.dcm")
+    volume = read_volume(tmp_path / "incoming" / "patient42" / "ct")
+    uids = [pydicom.dcmread(file, stop_before_pixels=True).SOPInstanceUID for file in volume.source_files]
+    labels = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, combine_segments=True)  # = RTSTRUCT's
+    assert_valid_rtstruct(out / "rtstruct" / "patient42_ct.dcm", labels, volume, load_card("swin_unet_test").classes,
+                          tmp_path / "judge")

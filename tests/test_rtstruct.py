@@ -11,6 +11,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 from dicom_files import dicom_series
+from dicom_judges import assert_valid_rtstruct
 from shared_files import EXAMPLE_CT, EXAMPLE_SEG, needs_shared
 from skimage.draw import polygon2mask
 
@@ -119,7 +120,8 @@ def test_contours_rasterise_back_onto_the_mask(tmp_path, oblique):
     truth = phantom()
     volume, files = encoded_series(tmp_path / "series", truth, oblique)
     labels = (volume.array // 100).astype(np.uint8)  # the volume's array order, as predict hands it over
-    write_rtstruct(tmp_path / "rt.dcm", labels, volume, CARD)
+    assert write_rtstruct(tmp_path / "rt.dcm", labels, volume, CARD, min_contour_area=0) is None
+    assert_valid_rtstruct(tmp_path / "rt.dcm", labels, volume, CARD.classes, tmp_path / "judge")
     assert_matches(rasterise(tmp_path / "rt.dcm", files, truth.shape), truth, min_dice=0.97)
     if oblique:  # the series' slice order really is the reverse of the file order
         assert [Path(file) for file in volume.source_files] == files[::-1]
@@ -128,12 +130,14 @@ def test_contours_rasterise_back_onto_the_mask(tmp_path, oblique):
 def test_header_references_the_source_series(tmp_path):
     truth = phantom()
     volume, _ = encoded_series(tmp_path / "series", truth, oblique=False)
-    write_rtstruct(tmp_path / "rt.dcm", (volume.array // 100).astype(np.uint8), volume, CARD)
+    labels = (volume.array // 100).astype(np.uint8)
+    write_rtstruct(tmp_path / "rt.dcm", labels, volume, CARD, min_contour_area=0)
+    assert_valid_rtstruct(tmp_path / "rt.dcm", labels, volume, CARD.classes, tmp_path / "judge")
     rt = pydicom.dcmread(tmp_path / "rt.dcm")
     sources = [pydicom.dcmread(file, stop_before_pixels=True) for file in volume.source_files]
     source = sources[0]
     assert rt.SOPClassUID == rt.file_meta.MediaStorageSOPClassUID == "1.2.840.10008.5.1.4.1.1.481.3"
-    assert rt.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+    assert rt.file_meta.TransferSyntaxUID == pydicom.uid.ImplicitVRLittleEndian  # 32-bit lengths: long contours
     assert rt.Modality == "RTSTRUCT"
     assert rt.SeriesInstanceUID != source.SeriesInstanceUID and rt.SOPInstanceUID != source.SOPInstanceUID
     for keyword in ("PatientName", "PatientID", "StudyInstanceUID", "StudyDate", "StudyID", "AccessionNumber",
@@ -212,7 +216,8 @@ def test_real_ct_organs_rasterise_back(tmp_path):
     files = dicom_series(tmp_path / "series", ct)
     volume = read_volume(tmp_path / "series")
     np.testing.assert_array_equal(volume.array, ct)
-    write_rtstruct(tmp_path / "rt.dcm", truth, volume, CARD)
+    write_rtstruct(tmp_path / "rt.dcm", truth, volume, CARD, min_contour_area=0)
+    assert_valid_rtstruct(tmp_path / "rt.dcm", truth, volume, CARD.classes, tmp_path / "judge")
     masks = rasterise(tmp_path / "rt.dcm", files, truth.shape)
     assert all((truth == label).sum() > 100 for label in TOTALSEG)
     assert_matches(masks, truth, min_dice=0.95)
@@ -235,8 +240,16 @@ def test_predict_writes_an_rtstruct_matching_the_nifti_mask_of_the_run(tmp_path,
     assert pydicom.dcmread(tmp_path / "rt.dcm").SOPClassUID == "1.2.840.10008.5.1.4.1.1.481.3"
     mask = read_volume(tmp_path / "mask.nii.gz").array
     assert len(np.unique(mask)) > 1
-    source = [Path(file) for file in read_volume(tmp_path / "series").source_files]
+    series = read_volume(tmp_path / "series")
+    assert_valid_rtstruct(tmp_path / "rt.dcm", mask, series, CARD.classes, tmp_path / "judge")
+    source = [Path(file) for file in series.source_files]
     assert_matches(rasterise(tmp_path / "rt.dcm", source, mask.shape), mask, min_dice=0.97)
+    coarse = runner.invoke(app, ["predict", str(tmp_path / "series"), "-c", str(checkpoint), "-o", str(tmp_path /
+                                 "coarse.dcm"), "--output-type", "rtstruct", "--min-contour-area", "1e5"])
+    assert coarse.exit_code == 0, coarse.output
+    assert coarse.stderr.count("warning:") == 1 and "enclosing less than 100000 mm² left out" in coarse.stderr
+    assert "ContourSequence" not in pydicom.dcmread(tmp_path / "coarse.dcm").ROIContourSequence[0]
+    assert_valid_rtstruct(tmp_path / "coarse.dcm", np.zeros_like(mask), series, CARD.classes, tmp_path / "judge_coarse")
     refused = runner.invoke(app, ["predict", str(tmp_path / "series"), "-c", str(checkpoint), "-o",
                                   str(tmp_path / "rt.nii.gz"), "--output-type", "rtstruct"])
     assert refused.exit_code == 1 and "an RTSTRUCT is a DICOM file; name it .dcm" in refused.stderr
@@ -253,10 +266,76 @@ def test_long_and_non_ascii_names_fit_their_value_representations(tmp_path):
     names = ["background"] + [f"Milz_ä_肝_structure_{k}_with_a_long_name" for k in range(1, len(CARD.classes))]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # pydicom warns on over-long values and on characters it cannot encode
-        write_rtstruct(tmp_path / "rt.dcm", (volume.array // 100).astype(np.uint8), volume, CARD.with_classes(names))
+        labels = (volume.array // 100).astype(np.uint8)
+        write_rtstruct(tmp_path / "rt.dcm", labels, volume, CARD.with_classes(names), min_contour_area=0)
         rtstruct = pydicom.dcmread(tmp_path / "rt.dcm")
         rtstruct.RTROIObservationsSequence[0].ROIObservationLabel  # noqa: B018 - decoding validates the value
     assert rtstruct.StructureSetROISequence[0].ROIName == names[1]
     label = rtstruct.RTROIObservationsSequence[0].ROIObservationLabel
     assert names[1].startswith(label) and len(label.encode()) <= 16 < len(names[1])  # SH: at most 16
     assert rtstruct.RTROIObservationsSequence[0].RTROIInterpretedType == ""  # not an organ of the table
+    assert_valid_rtstruct(tmp_path / "rt.dcm", labels, volume, names, tmp_path / "judge")
+
+
+def speckled(shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(label map, what an RTSTRUCT with the default minimum area of 5 mm² on 0.8 mm pixels (0.64 mm² each, so
+    regions and holes under 7.8 pixels go) keeps of it): on every slice a liver square with a 2-pixel pinhole
+    (filled) and a 16-pixel hole (kept), lone spleen pixels and a 3-pixel speck (dropped), a 9-pixel aorta
+    (kept)."""
+    labels = np.zeros(shape, np.uint8)
+    labels[:, 4:24, 4:24] = 1
+    labels[:, 8:9, 8:10] = 0  # pinhole
+    labels[:, 14:18, 14:18] = 0  # hole
+    labels[:, 30, 30] = labels[:, 34, 40] = labels[:, 2, 40] = 2
+    labels[:, 30:33, 36] = 2
+    labels[:, 36:39, 4:7] = 5
+    kept = labels.copy()
+    kept[:, 8:9, 8:10] = 1
+    kept[kept == 2] = 0
+    return labels, kept
+
+
+def test_specks_and_pinholes_are_left_out_and_counted(tmp_path):
+    labels, kept = speckled((3, 40, 48))
+    files = dicom_series(tmp_path / "series", np.zeros(labels.shape, np.int16), pixel_mm=0.8)
+    volume = read_volume(tmp_path / "series")
+    note = write_rtstruct(tmp_path / "rt.dcm", labels, volume, CARD)
+    assert note == (f"{tmp_path / 'rt.dcm'}: 15 contour(s) enclosing less than 5 mm² left out (specks and pinholes; "
+                    "--min-contour-area 0 keeps them)")  # per slice: 3 lone pixels, a speck, a pinhole
+    assert_valid_rtstruct(tmp_path / "rt.dcm", kept, volume, CARD.classes, tmp_path / "judge")
+    masks = rasterise(tmp_path / "rt.dcm", files, labels.shape)
+    for label in range(1, len(CARD.classes)):
+        np.testing.assert_array_equal(masks[label], kept == label)
+    assert write_rtstruct(tmp_path / "all.dcm", labels, volume, CARD, min_contour_area=0) is None
+    assert_valid_rtstruct(tmp_path / "all.dcm", labels, volume, CARD.classes, tmp_path / "judge_all")
+
+
+def test_a_speckled_mask_is_written_fast_and_small(tmp_path):
+    """Random labels on every voxel of a 512x512 series (what made 20 slices take 473 s and 199 MB): linear time,
+    a generous bound here (benchmarks/rtstruct_speed.py measures 100 slices)."""
+    import time
+
+    dicom_series(tmp_path / "series", np.zeros((4, 512, 512), np.int16), pixel_mm=0.7)
+    volume = read_volume(tmp_path / "series")
+    labels = np.random.default_rng(0).integers(0, len(CARD.classes), volume.array.shape).astype(np.uint8)
+    began = time.perf_counter()
+    note = write_rtstruct(tmp_path / "rt.dcm", labels, volume, CARD)
+    assert time.perf_counter() - began < 10.0
+    assert (tmp_path / "rt.dcm").stat().st_size < 1_000_000 and "left out" in note
+    assert_valid_rtstruct(tmp_path / "rt.dcm", np.zeros_like(labels), volume, CARD.classes, tmp_path / "judge")
+
+
+def test_a_contour_beyond_64_kib_is_written(tmp_path):
+    """A square with a notched border: one contour of about 6,000 points, whose ContourData (~150 kB) would not fit
+    the 16-bit value length of Explicit VR; the file is Implicit VR, and valid."""
+    dicom_series(tmp_path / "series", np.zeros((1, 512, 512), np.int16), pixel_mm=0.7)
+    volume = read_volume(tmp_path / "series")
+    labels = np.zeros(volume.array.shape, np.uint8)
+    labels[0, 4:508, 4:508] = 1
+    for edge in (4, 5, 506, 507):
+        labels[0, edge, 4:508:2] = labels[0, 4:508:2, edge] = 0
+    write_rtstruct(tmp_path / "rt.dcm", labels, volume, CARD, min_contour_area=0)
+    contours = pydicom.dcmread(tmp_path / "rt.dcm").ROIContourSequence[0].ContourSequence
+    longest = max(contours, key=lambda contour: int(contour.NumberOfContourPoints))
+    assert len("\\".join(str(value) for value in longest.ContourData)) > 65534
+    assert_valid_rtstruct(tmp_path / "rt.dcm", labels, volume, CARD.classes, tmp_path / "judge")
