@@ -51,6 +51,7 @@ class OnnxGraph:
 
     path: Path
     card: ModelCard
+    openvino_cache: Path | None = None  # OpenVINO's compiled-model cache, where the file's content is fixed
 
 
 def installed(package: str) -> bool:
@@ -243,12 +244,13 @@ def open_network(backend: str, model: torch.nn.Module | OnnxGraph, card: ModelCa
         return _torch_network(model, device, dtype)
     if dtype is not None:
         raise SwinsegError(f"--backend {backend} runs float32; drop --precision (or use --backend torch)")
-    path = model.path if isinstance(model, OnnxGraph) else cached_graph(model, card)[0]
-    return _onnx_network(backend, path)
+    graph = model if isinstance(model, OnnxGraph) else OnnxGraph(cached_graph(model, card)[0], card,
+                                                                 openvino_cache=cache_folder() / "openvino")
+    return _onnx_network(backend, graph.path, graph.openvino_cache)
 
 
-def _onnx_network(backend: str, path: Path) -> Network:
-    return _onnxruntime_network(path) if backend == "onnxruntime" else _openvino_network(path)
+def _onnx_network(backend: str, path: Path, openvino_cache: Path | None = None) -> Network:
+    return _onnxruntime_network(path) if backend == "onnxruntime" else _openvino_network(path, openvino_cache)
 
 
 def _torch_network(model: torch.nn.Module, device: torch.device, dtype: torch.dtype | None) -> Network:
@@ -280,18 +282,41 @@ def _onnxruntime_network(path: Path) -> Network:
     return run
 
 
-def _openvino_network(path: Path) -> Network:
-    ov = _require("openvino")
-    core = ov.Core()
+def _openvino_config() -> dict[str, Any]:
     # f32: on CPUs with bf16 units OpenVINO would otherwise run bf16 (logits off by ~0.04); LATENCY: one stream
     # using every core, which suits one synchronous request per batch (THROUGHPUT measured 3x slower here).
-    config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
-              "INFERENCE_NUM_THREADS": torch.get_num_threads()}
+    return {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_NUM_THREADS": torch.get_num_threads()}
+
+
+def _openvino_network(path: Path, cache: Path | None = None) -> Network:
+    """The compiled graph. With `cache` (for files whose content never changes under their path: the export
+    cache's, a stored model's), compiled once per machine and setting, then read from OpenVINO's cache there."""
+    ov = _require("openvino")
+    core = ov.Core()
     try:
-        compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+        compiled = (_compile_cached(core, path, cache) if cache is not None
+                    else core.compile_model(core.read_model(str(path)), "CPU", _openvino_config()))
     except Exception as error:  # noqa: BLE001 - openvino raises RuntimeError subclasses of its own
         raise SwinsegError(f"{path}: openvino cannot load it ({str(error).splitlines()[0][:200]})") from error
     return _OpenVinoNetwork(core, compiled)
+
+
+def _compile_cached(core: Any, path: Path, cache: Path) -> Any:
+    """compile_model from the file with a cache folder; without it where the folder cannot be used (read-only
+    store, a blob another process is writing)."""
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        return core.compile_model(str(path), "CPU", {**_openvino_config(), "CACHE_DIR": str(cache)})
+    except Exception:  # noqa: BLE001 - any cache trouble: compile as before, uncached
+        return core.compile_model(core.read_model(str(path)), "CPU", _openvino_config())
+
+
+def warm_openvino_cache(path: Path, cache: Path) -> None:
+    """Compile `path` once so that OpenVINO's cache in `cache` holds it (for this machine's settings)."""
+    ov = _require("openvino")
+    cache.mkdir(parents=True, exist_ok=True)
+    ov.Core().compile_model(str(path), "CPU", {**_openvino_config(), "CACHE_DIR": str(cache)})
 
 
 class _OpenVinoNetwork:

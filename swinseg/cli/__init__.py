@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from swinseg import __version__
-from swinseg.cli import _common, demo, evaluate, export, overlay, plan, predict, preprocess, train, weights
+from swinseg.cli import _common, demo, evaluate, export, models, overlay, plan, predict, preprocess, train, weights
 
 app = typer.Typer(
     name="swinseg",
@@ -35,7 +35,7 @@ def _main(
     _common.state.debug = debug
 
 
-for _module in (predict, evaluate, train, plan, preprocess, weights, export, overlay, demo):
+for _module in (predict, models, evaluate, train, plan, preprocess, weights, export, overlay, demo):
     _module.register(app)
 
 
