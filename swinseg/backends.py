@@ -36,6 +36,7 @@ from swinseg.errors import SwinsegError
 from swinseg.io import atomic_output
 
 ONNX_SUFFIX = ".onnx"
+TRACE_SUFFIX = ".torchscript.pt"
 OPSET = 17
 FORMAT = "swinseg-onnx-1"
 TOLERANCE = 1e-4  # max |logit difference| an export may show against torch
@@ -158,6 +159,56 @@ def read_onnx(path: str | Path) -> OnnxGraph:
     except (KeyError, json.JSONDecodeError, SwinsegError) as error:
         raise SwinsegError(f"{path}: invalid model card in the ONNX metadata ({error})") from error
     return OnnxGraph(path, card)
+
+
+# ------------------------------------------------------------------------------------------------ traced
+
+
+def trace_network(model: torch.nn.Module, card: ModelCard, path: str | Path) -> str:
+    """Write `model` traced to TorchScript (CPU, float32, any batch size), atomically, after checking it against
+    the module (as `export_onnx`); returns the sha256 of the file. Loading it needs neither timm nor building
+    the network: swinseg.store keeps one beside each stored model for CPU prediction with torch."""
+    model = model.to("cpu").eval()
+    size, channels = model.config.img_size, card.preprocessing.input_channels
+    example = torch.rand((2, channels, size, size), generator=torch.Generator().manual_seed(0))
+    images = torch.rand((3, channels, size, size), generator=torch.Generator().manual_seed(1))
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer notes on the shape checks, TorchScript's deprecation
+        traced = torch.jit.trace(model, (example,), check_trace=False)
+        expected, got = model(images), traced(images)
+    difference = float((got - expected).abs().max())
+    path = Path(path)
+    if not difference <= TOLERANCE * max(1.0, float(expected.abs().max())):
+        raise SwinsegError(f"{path}: the traced network differs from torch by {difference:.3g}; not written")
+    with atomic_output(path) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.save(traced, str(tmp))
+        return _file_sha256(tmp)
+
+
+class TracedNetwork(torch.nn.Module):
+    """A network traced by `trace_network`, with the configuration Predictor reads from a SwinUnet."""
+
+    def __init__(self, traced: torch.nn.Module, config: Any) -> None:
+        super().__init__()
+        self.traced, self.config = traced, config
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.traced(images)
+
+
+def load_traced(path: Path, card: ModelCard) -> TracedNetwork:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # TorchScript's deprecation notice
+        try:
+            traced = torch.jit.load(str(path), map_location="cpu")
+        except Exception as error:  # noqa: BLE001 - TorchScript raises RuntimeError for most problems
+            raise SwinsegError(f"{path}: torch cannot load this traced network ({_first_line(error)})") from error
+    return TracedNetwork(traced, card.network).eval()
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
 
 
 # ------------------------------------------------------------------------------------------------- cache

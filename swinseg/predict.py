@@ -35,6 +35,7 @@ from swinseg.backends import (
     OnnxGraph,
     cache_folder,
     cached_graph,
+    load_traced,
     open_network,
     read_onnx,
     resolve_backend,
@@ -374,16 +375,20 @@ def _mm(spacing: tuple[float, ...] | None) -> str:
 
 
 def load_source(source: ModelSource, *, backend: str = "auto", device: str = "auto", precision: str = "auto",
-                protocol: str = "fast") -> tuple[torch.nn.Module | OnnxGraph, ModelCard]:
+                protocol: str = "fast", prepared: bool = True) -> tuple[torch.nn.Module | OnnxGraph, ModelCard]:
     """The network and card of one model that swinseg.store.resolve named. A stored model's files are checked
-    against their sha256; where the backend will be an ONNX runtime its prepared, verified ONNX export is used
-    as it is (with its OpenVINO cache), so no torch network is built."""
+    against their sha256, and what it has prepared is used as it is, so that no network is built: its ONNX
+    export (with its OpenVINO cache) where the backend will be an ONNX runtime, its TorchScript trace for torch
+    on the CPU (`prepared=False`: the checkpoint itself)."""
     entry = source.entry
     if entry is None:
         return load_predictor_model(model=source.card, weights=source.weights, checkpoint=source.checkpoint)
     card = entry.card
-    if source.onnx is not None and (source.checkpoint is None or _runs_onnx(backend, device, precision, protocol)):
+    if source.onnx is not None and (source.checkpoint is None or prepared and _runs_onnx(backend, device, precision,
+                                                                                         protocol)):
         return OnnxGraph(entry.verified(source.onnx), card, openvino_cache=entry.openvino_cache), card
+    if prepared and source.traced is not None and resolve_device(device).type == "cpu":
+        return load_traced(entry.verified(source.traced), card), card
     from swinseg.weights import load_checkpoint
 
     assert source.checkpoint is not None

@@ -5,8 +5,9 @@
 - ``model_K.safetensors``: the member checkpoints (one; a cross-validation run: every fold, an ensemble), each a
   swinseg checkpoint with its card (a reference .pth is converted with the card given), or ``model_0.onnx``
   for an exported network;
-- ``prepared/``: what can be made once for prediction: each member's ONNX export (verified against torch when
-  written) and OpenVINO's compiled-model cache;
+- ``prepared/``: what can be made once for prediction, each checked against torch when written: every
+  member's TorchScript trace (CPU torch prediction without building the network or importing timm), its ONNX
+  export, and OpenVINO's compiled-model cache;
 - ``manifest.json``: name, date, source, card, training summary (data, epochs, recipe, validation Dice per
   class, cross-validation summary, as the run folder and checkpoint record them) and the sha256 of every file.
 
@@ -90,8 +91,16 @@ class Entry:
     @property
     def prepared(self) -> list[Path | None]:
         """Each member's prepared ONNX export (None where there is none)."""
-        graphs = self.manifest.get("prepared") or {}
-        return [self.folder / graphs[m] if m in graphs else None for m in self.manifest["members"]]
+        return self._prepared("prepared")
+
+    @property
+    def traced(self) -> list[Path | None]:
+        """Each member's TorchScript trace (None where there is none)."""
+        return self._prepared("traced")
+
+    def _prepared(self, kind: str) -> list[Path | None]:
+        files = self.manifest.get(kind) or {}
+        return [self.folder / files[m] if m in files else None for m in self.manifest["members"]]
 
     @property
     def openvino_cache(self) -> Path:
@@ -260,7 +269,8 @@ def _move_in(work: Path, target: Path, replace: bool) -> None:
 
 
 def _graphs(manifest: dict[str, Any]) -> list[str]:
-    return list(manifest["members"]) + list((manifest.get("prepared") or {}).values())
+    prepared = [name for kind in ("prepared", "traced") for name in (manifest.get(kind) or {}).values()]
+    return list(manifest["members"]) + prepared
 
 
 def _listed(work: Path, manifest: dict[str, Any]) -> list[Path]:
@@ -314,30 +324,33 @@ def _from_export(work: Path, source: Path, card: str | None) -> dict[str, Any]:
     for relative in exported.manifest["files"]:
         (work / relative).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source / relative, work / relative)
-    keep = ("members", "card", "training", "prepared")
+    keep = ("members", "card", "training", "prepared", "traced")
     return {key: exported.manifest[key] for key in keep if key in exported.manifest}
 
 
 def _prepare(work: Path, manifest: dict[str, Any], log: Log) -> None:
-    """Each torch member's verified ONNX export, and OpenVINO's compiled cache of each graph (where installed)."""
+    """Each torch member's TorchScript trace and ONNX export (where onnx and a runtime are installed)."""
     from swinseg import backends
-
-    if not backends.installed("onnx") or not any(backends.installed(b) for b in ("onnxruntime", "openvino")):
-        log("not prepared for the ONNX runtimes (onnx with onnxruntime or openvino not installed)")
-        return
     from swinseg.weights import load_checkpoint
 
+    onnx = backends.installed("onnx") and any(backends.installed(b) for b in ("onnxruntime", "openvino"))
     prepared: dict[str, str] = dict(manifest.get("prepared") or {})
+    traced: dict[str, str] = dict(manifest.get("traced") or {})
     for member in manifest["members"]:
-        if member.endswith(".onnx") or member in prepared:
+        if member.endswith(".onnx") or member in traced and (member in prepared or not onnx):
             continue
         network, card = load_checkpoint(work / member)
-        graph = Path(PREPARED) / (Path(member).stem + ".onnx")
         (work / PREPARED).mkdir(exist_ok=True)
-        backends.export_onnx(network, card, work / graph)
-        prepared[member] = graph.as_posix()
-    manifest["prepared"] = prepared
-    log(f"prepared: {len(prepared)} verified ONNX export(s)")
+        stem = Path(PREPARED) / Path(member).stem
+        if member not in traced:
+            backends.trace_network(network, card, work / f"{stem}{backends.TRACE_SUFFIX}")
+            traced[member] = f"{stem.as_posix()}{backends.TRACE_SUFFIX}"
+        if onnx and member not in prepared:
+            backends.export_onnx(network, card, work / f"{stem}.onnx")
+            prepared[member] = f"{stem.as_posix()}.onnx"
+    manifest["prepared"], manifest["traced"] = prepared, traced
+    log(f"prepared: {len(traced)} TorchScript trace(s), {len(prepared)} ONNX export(s), each checked against torch"
+        + ("" if onnx else " (onnx with onnxruntime or openvino not installed)"))
 
 
 def _warm(entry: Entry, log: Log) -> None:
@@ -434,6 +447,7 @@ class ModelSource:
     card: str | None = None
     weights: Path | None = None
     onnx: Path | None = None
+    traced: Path | None = None
     entry: Entry | None = field(default=None, repr=False)
 
     @property
@@ -468,11 +482,11 @@ def resolve(model: str | None = None, weights: str | Path | None = None,
 
 def stored_sources(entry: Entry) -> list[ModelSource]:
     sources = []
-    for member, graph in zip(entry.members, entry.prepared):
+    for member, graph, traced in zip(entry.members, entry.prepared, entry.traced):
         if member.name.endswith(".onnx"):
             sources.append(ModelSource(onnx=member, entry=entry))
         else:
-            sources.append(ModelSource(checkpoint=member, onnx=graph, entry=entry))
+            sources.append(ModelSource(checkpoint=member, onnx=graph, traced=traced, entry=entry))
     return sources
 
 

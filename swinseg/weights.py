@@ -288,7 +288,7 @@ def load_checkpoint(path: str | Path, card: ModelCard | str | None = None) -> tu
     else:
         config = infer_unet_config(weights, card.network if card else None)
         card = _merge_card(card, config, weights.path)
-    model = SwinUnet(card.network)
+    model = SwinUnet(card.network, init_weights=False)  # every parameter is loaded next (strict)
     _load_strict(model, weights)
     return model.eval(), card
 

@@ -107,9 +107,13 @@ def test_prepared_onnx_graph_is_used_and_a_damaged_file_is_refused(checkpoint, h
     onnx = cli("predict", source, "-o", tmp_path / "onnx.nii.gz", "--backend", "onnxruntime")
     assert onnx.exit_code == 0, onnx.output
     assert "exported to ONNX" not in onnx.output  # the prepared graph, not the export cache
-    torch_run = cli("predict", source, "-o", tmp_path / "torch.nii.gz", "--backend", "torch")
-    agree = labels(tmp_path / "onnx.nii.gz") == labels(tmp_path / "torch.nii.gz")
-    assert agree.mean() > 0.999 and torch_run.exit_code == 0
+    traced = cli("predict", source, "-o", tmp_path / "torch.nii.gz", "--backend", "torch")  # the TorchScript trace
+    direct = cli("predict", source, "-o", tmp_path / "direct.nii.gz", "-c", checkpoint, "--backend", "torch")
+    assert traced.exit_code == 0 and direct.exit_code == 0
+    assert np.array_equal(labels(tmp_path / "torch.nii.gz"), labels(tmp_path / "direct.nii.gz"))
+    assert (labels(tmp_path / "onnx.nii.gz") == labels(tmp_path / "torch.nii.gz")).mean() > 0.999
+    exported = cli("export", "-m", "tiny", "-o", tmp_path / "tiny.onnx")
+    assert exported.exit_code == 0, exported.output
 
     with graph.open("r+b") as handle:  # one byte changed
         handle.seek(graph.stat().st_size // 2)
@@ -118,11 +122,12 @@ def test_prepared_onnx_graph_is_used_and_a_damaged_file_is_refused(checkpoint, h
         handle.write(bytes([byte[0] ^ 1]))
     refused = cli("predict", source, "-o", tmp_path / "bad.nii.gz", "--backend", "onnxruntime")
     one_error_line(refused, str(graph), "fails its sha256 check")
-    member = entry.members[0]
-    member.write_bytes(member.read_bytes()[:-10])
+    for damaged in (entry.traced[0], entry.members[0]):
+        damaged.write_bytes(damaged.read_bytes()[:-10])
     refused = cli("predict", source, "-o", tmp_path / "bad.nii.gz", "--backend", "torch")
-    one_error_line(refused, str(member), "fails its sha256 check")
+    one_error_line(refused, str(entry.traced[0]), "fails its sha256 check")
     assert not (tmp_path / "bad.nii.gz").exists()
+    one_error_line(cli("export", "-m", "tiny", "-o", tmp_path / "bad.onnx"), str(entry.members[0]), "sha256")
 
 
 def test_two_adds_at_once(checkpoint, home):
