@@ -179,11 +179,8 @@ def entries() -> list[Entry]:
 
 def default_name() -> str | None:
     """The default model's name, when it is set and still stored."""
-    try:
-        name = (home() / DEFAULT_FILE).read_text(encoding="utf-8").strip()
-    except OSError:
-        return None
-    return name if is_stored(name) else None
+    name = _read_default()
+    return name if name and is_stored(name) else None
 
 
 def set_default(name: str) -> None:
@@ -195,7 +192,10 @@ def remove(name: str) -> None:
     """Delete a stored model (renamed away first, so readers never see half of it); clears it as the default."""
     entry = get(name)
     trash = entry.folder.parent / f".trash-{name}-{secrets.token_hex(4)}"
-    os.rename(entry.folder, trash)
+    try:
+        os.rename(entry.folder, trash)
+    except OSError as error:
+        raise SwinsegError(f"{entry.folder}: cannot remove it ({error.strerror})") from error
     shutil.rmtree(trash, ignore_errors=True)
     if _read_default() == name:
         (home() / DEFAULT_FILE).unlink(missing_ok=True)
@@ -222,8 +222,9 @@ def add(source: str | Path, name: str, *, card: str | None = None, default: bool
         replace: bool = False, prepare: bool = True, log: Log = lambda line: None) -> Entry:
     """Copy a model into the store as `name`: a swinseg checkpoint, an exported .onnx, a reference .pth (with
     `card`), a training run folder, a cross-validation run folder (its folds: an ensemble), or a folder of
-    `swinseg models export`. With `prepare`, the ONNX export and OpenVINO cache are made now (when the
-    runtimes are installed). `default`: make it the default model (None: when there is no default yet)."""
+    `swinseg models export`. With `prepare`, the TorchScript trace, the ONNX export and the OpenVINO cache are
+    made now (the last two where the runtimes are installed). `default`: make it the default model (None: when
+    there is no default yet)."""
     check_name(name)
     source = Path(source)
     if not source.exists():

@@ -200,3 +200,11 @@ def test_train_register_stores_the_finished_run(home, tmp_path):
     assert set(training["validation_dice_per_class"]) == {"liver", "spleen", "kidney_left", "kidney_right", "aorta"}
     refused = cli("train", "--data", data, "-o", tmp_path / "again", "--register", "phantoms")
     one_error_line(refused, "--register phantoms", "remove it first")
+
+    tuned = cli("finetune", "-m", "phantoms", "--data", data, "--batch-size", "4", "--val-fraction", "0.34",
+                "--num-workers", "0", "--device", "cpu", "--epochs", "1", "--val-every", "0", "-o", tmp_path / "ft",
+                "--register", "tuned")
+    assert tuned.exit_code == 0, tuned.output
+    config = (tmp_path / "ft" / "config.yaml").read_text()
+    assert str(entry.members[0]) in config  # started from the stored model's verified file
+    assert store.get("tuned").card.classes == entry.card.classes and store.default_name() == "phantoms"
