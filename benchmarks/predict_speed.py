@@ -211,6 +211,9 @@ def fixed_cost(args: argparse.Namespace) -> None:
         env = dict(os.environ, SWINSEG_HOME=str(folder / "home"))
         torch.manual_seed(0)
         card = load_card(args.model)
+        if args.card_spacing:
+            preprocessing = dataclasses.replace(card.preprocessing, spacing=parse_spacing(args.card_spacing))
+            card = dataclasses.replace(card, preprocessing=preprocessing)
         checkpoint, scan = folder / "model.safetensors", folder / "scan.nii.gz"
         save_checkpoint(checkpoint, build_model(card.network), card)
         write_scan(scan, synthetic_ct(2), args.scan_spacing)
@@ -232,8 +235,9 @@ def fixed_cost(args: argparse.Namespace) -> None:
                 if round_:
                     fixed[variant].append(wall - json.loads(done.stdout.splitlines()[-1])["seconds"])
                     total[variant].append(wall)
-        print(f"fixed cost of `swinseg predict` on a 2-slice 512x512 scan, {card.name}, {torch.get_num_threads()} "
-              f"threads, median of {args.fixed_cost} interleaved rounds (target <= 2.5 s)")
+        layout = f"tiles at {args.card_spacing} mm" if args.card_spacing else "whole slices"
+        print(f"fixed cost of `swinseg predict` on a 2-slice 512x512 scan, {card.name} ({layout}), "
+              f"{torch.get_num_threads()} threads, median of {args.fixed_cost} interleaved rounds (target <= 2.5 s)")
         print(f"{'':22}{'fixed s':>9}{'total s':>9}{'x checkpoint':>14}")
         for variant in variants:
             how, backend = variant.split()

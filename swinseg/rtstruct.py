@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
 from swinseg import __version__
 from swinseg.config import ModelCard
@@ -58,6 +57,8 @@ def write_rtstruct(path: str | Path, labels: np.ndarray, volume: Volume, card: M
                            "(slices, rows, columns)")
     labels = np.asarray(labels, dtype=np.uint8 if len(card.classes) <= 256 else np.uint16)
     dataset = _structure_set(sources, card)
+    from scipy import ndimage  # here: only RTSTRUCT output needs it
+
     boxes = ndimage.find_objects(labels, max_label=len(card.classes) - 1)  # one pass; None: class absent
     dataset.ROIContourSequence = [
         _roi_contour(label, [] if box is None else [
