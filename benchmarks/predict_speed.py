@@ -17,6 +17,14 @@ With `--card-spacing SY,SX` the model card gets a target spacing: slices are res
 Targets (issues 3, 9 and 10): end-to-end <= 1.15x network-only, faster than reference (whole-slice cards),
 peak RSS < 3 GB at 512x512x300; on CPU OpenVINO >= 1.4x torch end-to-end, onnxruntime >= 1.25x.
 
+`--fixed-cost N` measures instead what a `swinseg predict` call costs before its scan (issue 23: <= 2.5 s with
+torch and with OpenVINO): a fresh process predicts a 2-slice scan, and its wall time less the case's own seconds
+(read, predict, write; from --json) is the fixed cost. The same model is run from its checkpoint (-c FILE, the
+export and OpenVINO caches warm) and stored (`swinseg models add`: TorchScript trace, ONNX export and OpenVINO
+cache prepared), N interleaved rounds after a warm-up round, medians:
+
+    .venv/bin/python benchmarks/predict_speed.py --fixed-cost 5
+
     .venv/bin/python benchmarks/predict_speed.py                 # 512x512x64, batch 16, RSS at 300 slices
     .venv/bin/python benchmarks/predict_speed.py --slices 16 --rss-slices 0   # quick look
 """
@@ -24,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import multiprocessing
 import os
 import signal
@@ -194,6 +203,49 @@ def compare_backends(checkpoint: Path, scan: Path, args: argparse.Namespace) -> 
           "(x torch: median of the per-round ratios; targets openvino >= 1.4, onnxruntime >= 1.25)")
 
 
+def fixed_cost(args: argparse.Namespace) -> None:
+    """Fixed cost of one predict call per model source and backend (see the module docstring)."""
+    backends_wanted = [b for b in ("torch", "openvino") if b == "torch" or backends.installed(b)]
+    with tempfile.TemporaryDirectory(prefix="swinseg-bench-fixed-") as name:
+        folder = Path(name)
+        env = dict(os.environ, SWINSEG_HOME=str(folder / "home"))
+        torch.manual_seed(0)
+        card = load_card(args.model)
+        if args.card_spacing:
+            preprocessing = dataclasses.replace(card.preprocessing, spacing=parse_spacing(args.card_spacing))
+            card = dataclasses.replace(card, preprocessing=preprocessing)
+        checkpoint, scan = folder / "model.safetensors", folder / "scan.nii.gz"
+        save_checkpoint(checkpoint, build_model(card.network), card)
+        write_scan(scan, synthetic_ct(2), args.scan_spacing)
+        swinseg = [sys.executable, "-m", "swinseg"]
+        subprocess.run([*swinseg, "models", "add", str(checkpoint), "--name", "bench", "--default"], env=env,
+                       check=True, capture_output=True)
+        variants = {f"{how} {backend}": [*(["-c", str(checkpoint)] if how == "checkpoint" else []),
+                                         "--backend", backend, "--device", args.device]
+                    for backend in backends_wanted for how in ("checkpoint", "stored")}
+        fixed: dict[str, list[float]] = {name: [] for name in variants}
+        total: dict[str, list[float]] = {name: [] for name in variants}
+        for round_ in range(args.fixed_cost + 1):  # round 0 warms the caches and the page cache
+            for variant, extra in variants.items():
+                began = time.perf_counter()
+                done = subprocess.run([*swinseg, "predict", str(scan), "-o", str(folder / "mask.nii.gz"),
+                                       "--overwrite", "--json", *extra], env=env, check=True, capture_output=True,
+                                      text=True)
+                wall = time.perf_counter() - began
+                if round_:
+                    fixed[variant].append(wall - json.loads(done.stdout.splitlines()[-1])["seconds"])
+                    total[variant].append(wall)
+        layout = f"tiles at {args.card_spacing} mm" if args.card_spacing else "whole slices"
+        print(f"fixed cost of `swinseg predict` on a 2-slice 512x512 scan, {card.name} ({layout}), "
+              f"{torch.get_num_threads()} threads, median of {args.fixed_cost} interleaved rounds (target <= 2.5 s)")
+        print(f"{'':22}{'fixed s':>9}{'total s':>9}{'x checkpoint':>14}")
+        for variant in variants:
+            how, backend = variant.split()
+            ratio = statistics.median(s / c for s, c in zip(fixed[variant], fixed[f"checkpoint {backend}"]))
+            print(f"{variant:22}{statistics.median(fixed[variant]):9.2f}{statistics.median(total[variant]):9.2f}"
+                  f"{ratio:14.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slices", type=int, default=64, help="slices of the 512x512 timing volume")
@@ -207,8 +259,13 @@ def main() -> None:
     parser.add_argument("--backends", default="torch,openvino,onnxruntime",
                         help="backends to compare end to end (the ONNX ones on CPU, where installed; '' to skip)")
     parser.add_argument("--backend-rounds", type=int, default=5, help="interleaved rounds of the backend comparison")
+    parser.add_argument("--fixed-cost", type=int, default=0, metavar="N",
+                        help="measure only the fixed cost of a predict call, N rounds (issue 23)")
     args = parser.parse_args()
     os.environ.setdefault("SWINSEG_CACHE", tempfile.mkdtemp(prefix="swinseg-bench-cache-"))
+    if args.fixed_cost:
+        fixed_cost(args)
+        return
 
     torch.manual_seed(0)
     card = load_card(args.model)

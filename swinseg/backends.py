@@ -36,6 +36,7 @@ from swinseg.errors import SwinsegError
 from swinseg.io import atomic_output
 
 ONNX_SUFFIX = ".onnx"
+TRACE_SUFFIX = ".torchscript.pt"
 OPSET = 17
 FORMAT = "swinseg-onnx-1"
 TOLERANCE = 1e-4  # max |logit difference| an export may show against torch
@@ -51,6 +52,7 @@ class OnnxGraph:
 
     path: Path
     card: ModelCard
+    openvino_cache: Path | None = None  # OpenVINO's compiled-model cache, where the file's content is fixed
 
 
 def installed(package: str) -> bool:
@@ -159,6 +161,56 @@ def read_onnx(path: str | Path) -> OnnxGraph:
     return OnnxGraph(path, card)
 
 
+# ------------------------------------------------------------------------------------------------ traced
+
+
+def trace_network(model: torch.nn.Module, card: ModelCard, path: str | Path) -> str:
+    """Write `model` traced to TorchScript (CPU, float32, any batch size), atomically, after checking it against
+    the module (as `export_onnx`); returns the sha256 of the file. Loading it needs neither timm nor building
+    the network: swinseg.store keeps one beside each stored model for CPU prediction with torch."""
+    model = model.to("cpu").eval()
+    size, channels = model.config.img_size, card.preprocessing.input_channels
+    example = torch.rand((2, channels, size, size), generator=torch.Generator().manual_seed(0))
+    images = torch.rand((3, channels, size, size), generator=torch.Generator().manual_seed(1))
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer notes on the shape checks, TorchScript's deprecation
+        traced = torch.jit.trace(model, (example,), check_trace=False)
+        expected, got = model(images), traced(images)
+    difference = float((got - expected).abs().max())
+    path = Path(path)
+    if not difference <= TOLERANCE * max(1.0, float(expected.abs().max())):
+        raise SwinsegError(f"{path}: the traced network differs from torch by {difference:.3g}; not written")
+    with atomic_output(path) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.save(traced, str(tmp))
+        return _file_sha256(tmp)
+
+
+class TracedNetwork(torch.nn.Module):
+    """A network traced by `trace_network`, with the configuration Predictor reads from a SwinUnet."""
+
+    def __init__(self, traced: torch.nn.Module, config: Any) -> None:
+        super().__init__()
+        self.traced, self.config = traced, config
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.traced(images)
+
+
+def load_traced(path: Path, card: ModelCard) -> TracedNetwork:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # TorchScript's deprecation notice
+        try:
+            traced = torch.jit.load(str(path), map_location="cpu")
+        except Exception as error:  # noqa: BLE001 - TorchScript raises RuntimeError for most problems
+            raise SwinsegError(f"{path}: torch cannot load this traced network ({_first_line(error)})") from error
+    return TracedNetwork(traced, card.network).eval()
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+
+
 # ------------------------------------------------------------------------------------------------- cache
 
 
@@ -243,12 +295,13 @@ def open_network(backend: str, model: torch.nn.Module | OnnxGraph, card: ModelCa
         return _torch_network(model, device, dtype)
     if dtype is not None:
         raise SwinsegError(f"--backend {backend} runs float32; drop --precision (or use --backend torch)")
-    path = model.path if isinstance(model, OnnxGraph) else cached_graph(model, card)[0]
-    return _onnx_network(backend, path)
+    graph = model if isinstance(model, OnnxGraph) else OnnxGraph(cached_graph(model, card)[0], card,
+                                                                 openvino_cache=cache_folder() / "openvino")
+    return _onnx_network(backend, graph.path, graph.openvino_cache)
 
 
-def _onnx_network(backend: str, path: Path) -> Network:
-    return _onnxruntime_network(path) if backend == "onnxruntime" else _openvino_network(path)
+def _onnx_network(backend: str, path: Path, openvino_cache: Path | None = None) -> Network:
+    return _onnxruntime_network(path) if backend == "onnxruntime" else _openvino_network(path, openvino_cache)
 
 
 def _torch_network(model: torch.nn.Module, device: torch.device, dtype: torch.dtype | None) -> Network:
@@ -280,18 +333,41 @@ def _onnxruntime_network(path: Path) -> Network:
     return run
 
 
-def _openvino_network(path: Path) -> Network:
-    ov = _require("openvino")
-    core = ov.Core()
+def _openvino_config() -> dict[str, Any]:
     # f32: on CPUs with bf16 units OpenVINO would otherwise run bf16 (logits off by ~0.04); LATENCY: one stream
     # using every core, which suits one synchronous request per batch (THROUGHPUT measured 3x slower here).
-    config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
-              "INFERENCE_NUM_THREADS": torch.get_num_threads()}
+    return {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_NUM_THREADS": torch.get_num_threads()}
+
+
+def _openvino_network(path: Path, cache: Path | None = None) -> Network:
+    """The compiled graph. With `cache` (for files whose content never changes under their path: the export
+    cache's, a stored model's), compiled once per machine and setting, then read from OpenVINO's cache there."""
+    ov = _require("openvino")
+    core = ov.Core()
     try:
-        compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+        compiled = (_compile_cached(core, path, cache) if cache is not None
+                    else core.compile_model(core.read_model(str(path)), "CPU", _openvino_config()))
     except Exception as error:  # noqa: BLE001 - openvino raises RuntimeError subclasses of its own
         raise SwinsegError(f"{path}: openvino cannot load it ({str(error).splitlines()[0][:200]})") from error
     return _OpenVinoNetwork(core, compiled)
+
+
+def _compile_cached(core: Any, path: Path, cache: Path) -> Any:
+    """compile_model from the file with a cache folder; without it where the folder cannot be used (read-only
+    store, a blob another process is writing)."""
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        return core.compile_model(str(path), "CPU", {**_openvino_config(), "CACHE_DIR": str(cache)})
+    except Exception:  # noqa: BLE001 - any cache trouble: compile as before, uncached
+        return core.compile_model(core.read_model(str(path)), "CPU", _openvino_config())
+
+
+def warm_openvino_cache(path: Path, cache: Path) -> None:
+    """Compile `path` once so that OpenVINO's cache in `cache` holds it (for this machine's settings)."""
+    ov = _require("openvino")
+    cache.mkdir(parents=True, exist_ok=True)
+    ov.Core().compile_model(str(path), "CPU", {**_openvino_config(), "CACHE_DIR": str(cache)})
 
 
 class _OpenVinoNetwork:

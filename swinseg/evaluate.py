@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from swinseg import __version__, cohort_stats, metrics
-from swinseg.config import load_card, read_dataset_labels
+from swinseg.config import read_dataset_labels
 from swinseg.errors import SwinsegError
 from swinseg.io import case_name, check_same_geometry, find_images, read_volume, resample_like
 from swinseg.labels import label_map, parse_labels
@@ -269,8 +269,10 @@ def dataset_json_labels(path: str | Path) -> dict[int, str]:
 
 
 def card_labels(card: str) -> dict[int, str]:
-    """Foreground labels {id: name} of a model card (class index = label id)."""
-    return {i: name for i, name in enumerate(load_card(card).classes) if i > 0}
+    """Foreground labels {id: name} of a stored model's or a model card's classes (class index = label id)."""
+    from swinseg.store import model_card
+
+    return {i: name for i, name in enumerate(model_card(card).classes) if i > 0}
 
 
 def resolve_labels(

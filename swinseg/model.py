@@ -18,7 +18,9 @@ structures and sharp borders: a full-resolution convolutional skip. Two 3x3 conv
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -102,9 +104,17 @@ class GatherWindowBlock(SwinTransformerBlock):
     def _attn(self, x: torch.Tensor) -> torch.Tensor:
         b, h, w, c = x.shape
         order, inverse = self.window_order, self.window_inverse
-        windows = _PermuteTokens.apply(x.reshape(b, h * w, c), order, inverse).view(-1, self.window_area, c)
+        windows = _permute(x.reshape(b, h * w, c), order, inverse).view(-1, self.window_area, c)
         out = self.attn(windows, mask=self.attn_mask).view(b, h * w, c)
-        return _PermuteTokens.apply(out, inverse, order).view(b, h, w, c)
+        return _permute(out, inverse, order).view(b, h, w, c)
+
+
+def _permute(x: torch.Tensor, order: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
+    """x[:, order]: through _PermuteTokens where a gradient is wanted, else the plain gather (the same values;
+    a traced graph, swinseg.store's TorchScript, can hold only this one)."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _PermuteTokens.apply(x, order, inverse)
+    return x.index_select(1, order)
 
 
 class _PermuteTokens(torch.autograd.Function):
@@ -146,8 +156,18 @@ def _concat_up(up_blocks: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
 class SwinUnet(nn.Module):
     """Swin-Unet; ``forward`` maps (B, 1 or in_chans, H, W) images to (B, num_classes, H, W) logits."""
 
-    def __init__(self, config: SwinUnetConfig, fused_attention: bool = True) -> None:
+    def __init__(self, config: SwinUnetConfig, fused_attention: bool = True, init_weights: bool = True) -> None:
+        """`init_weights=False`: parameters left uninitialised, for weights loaded right after (load_checkpoint);
+        the reference initialisation of a 27M-parameter network took a fifth of a small scan's prediction."""
         super().__init__()
+        with contextlib.nullcontext() if init_weights else _uninitialised():
+            self._build(config)
+        if init_weights:
+            self.apply(_init_weights)
+        self.set_fused_attention(fused_attention)
+        use_gather_windows(self)
+
+    def _build(self, config: SwinUnetConfig) -> None:
         self.config = config
         c = config
         n = len(c.depths)
@@ -191,10 +211,6 @@ class SwinUnet(nn.Module):
             self.conv_fuse = conv_block(c.embed_dim + c.conv_skip, c.conv_skip)
         head_channels = c.conv_skip or c.embed_dim
         self.output = nn.Conv2d(head_channels, c.num_classes, kernel_size=1, bias=False)
-
-        self.apply(_init_weights)
-        self.set_fused_attention(fused_attention)
-        use_gather_windows(self)
 
     def set_fused_attention(self, enabled: bool) -> None:
         """Use F.scaled_dot_product_attention inside timm's window attention (same maths, faster)."""
@@ -257,6 +273,23 @@ class SwinUnet(nn.Module):
 def _rearrange(blocks: torch.Tensor) -> torch.Tensor:
     b, h, w, s, _, c = blocks.shape
     return blocks.permute(0, 1, 3, 2, 4, 5).reshape(b, h * s, w * s, c)
+
+
+@contextlib.contextmanager
+def _uninitialised() -> Iterator[None]:
+    """Linear, Conv2d and LayerNorm layers built in this block keep torch.empty parameters (no random init)."""
+    classes = (nn.Linear, nn.Conv2d, nn.LayerNorm)
+    own = [layer.__dict__.get("reset_parameters") for layer in classes]  # None: inherited (Conv2d's)
+    for layer in classes:
+        layer.reset_parameters = lambda self: None  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        for layer, method in zip(classes, own):
+            if method is None:
+                del layer.reset_parameters
+            else:
+                layer.reset_parameters = method  # type: ignore[method-assign]
 
 
 def _init_weights(module: nn.Module) -> None:

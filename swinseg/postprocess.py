@@ -4,7 +4,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 import numpy as np
-import scipy.ndimage
 
 from swinseg.errors import SwinsegError
 from swinseg.labels import split_list
@@ -45,6 +44,8 @@ def keep_classes(labels: np.ndarray, class_ids: Iterable[int]) -> np.ndarray:
 def keep_largest_component(labels: np.ndarray) -> np.ndarray:
     """Keep only the largest connected component (full connectivity: 8 in 2-D, 26 in 3-D) of each class,
     in place; removed voxels become background. Each class is labelled inside its bounding box only."""
+    import scipy.ndimage  # here: a predict call without --keep-largest starts without it
+
     structure = scipy.ndimage.generate_binary_structure(labels.ndim, labels.ndim)
     for class_id, box in enumerate(scipy.ndimage.find_objects(labels), start=1):
         if box is None:

@@ -29,7 +29,17 @@ import torch
 import torch.nn.functional as F
 
 from swinseg import io, postprocess
-from swinseg.backends import ONNX_SUFFIX, Network, OnnxGraph, cached_graph, open_network, read_onnx, resolve_backend
+from swinseg.backends import (
+    ONNX_SUFFIX,
+    Network,
+    OnnxGraph,
+    cache_folder,
+    cached_graph,
+    load_traced,
+    open_network,
+    read_onnx,
+    resolve_backend,
+)
 from swinseg.choices import PROTOCOLS
 from swinseg.config import ModelCard, load_card
 from swinseg.defaults import TILE_OVERLAP
@@ -47,6 +57,7 @@ from swinseg.preprocess import (
     slice_stack,
     tile_corners,
 )
+from swinseg.store import ModelSource
 
 DEFAULT_BATCH = {"torch": 16, "onnxruntime": 8, "openvino": 8}
 TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))  # none, left-right, up-down, both
@@ -137,7 +148,8 @@ class Predictor:
             return open_network(self.backend, model, card, self.device, self.dtype)
         try:
             path, built = cached_graph(model, card)
-            network = open_network(self.backend, OnnxGraph(path, card), card, self.device, self.dtype)
+            graph = OnnxGraph(path, card, openvino_cache=cache_folder() / "openvino")
+            network = open_network(self.backend, graph, card, self.device, self.dtype)
         except SwinsegError as error:
             if not fall_back:
                 raise
@@ -360,6 +372,35 @@ def _mm(spacing: tuple[float, ...] | None) -> str:
 
 
 # ------------------------------------------------------------------------------------------- model source
+
+
+def load_source(source: ModelSource, *, backend: str = "auto", device: str = "auto", precision: str = "auto",
+                protocol: str = "fast", prepared: bool = True) -> tuple[torch.nn.Module | OnnxGraph, ModelCard]:
+    """The network and card of one model that swinseg.store.resolve named. A stored model's files are checked
+    against their sha256, and what it has prepared is used as it is, so that no network is built: its ONNX
+    export (with its OpenVINO cache) where the backend will be an ONNX runtime, its TorchScript trace for torch
+    on the CPU (`prepared=False`: the checkpoint itself)."""
+    entry = source.entry
+    if entry is None:
+        return load_predictor_model(model=source.card, weights=source.weights, checkpoint=source.checkpoint)
+    card = entry.card
+    if source.onnx is not None and (source.checkpoint is None or prepared and _runs_onnx(backend, device, precision,
+                                                                                         protocol)):
+        return OnnxGraph(entry.verified(source.onnx), card, openvino_cache=entry.openvino_cache), card
+    if prepared and source.traced is not None and resolve_device(device).type == "cpu":
+        return load_traced(entry.verified(source.traced), card), card
+    from swinseg.weights import load_checkpoint
+
+    assert source.checkpoint is not None
+    return load_checkpoint(entry.verified(source.checkpoint))
+
+
+def _runs_onnx(backend: str, device: str, precision: str, protocol: str) -> bool:
+    """Whether a Predictor with these options would run an ONNX runtime (as Predictor resolves them)."""
+    if protocol == "reference":
+        return False
+    target = resolve_device("cpu" if device == "auto" and backend not in ("auto", "torch") else device)
+    return resolve_backend(backend, target, dtype=resolve_precision(precision, target)) != "torch"
 
 
 def load_predictor_model(

@@ -30,8 +30,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-import scipy.ndimage
-import scipy.sparse
 
 from swinseg import io
 from swinseg.choices import PLANES
@@ -39,7 +37,8 @@ from swinseg.config import AUTO, Preprocessing
 from swinseg.defaults import TILE_OVERLAP
 from swinseg.errors import SwinsegError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # scipy is imported where used: the tiled path and a predict call's start do without it
+    import scipy.sparse
     import torch
 
     from swinseg.io import Volume
@@ -253,6 +252,8 @@ def _zoom_matrix(n_in: int, n_out: int, order: int) -> np.ndarray:
         raise ValueError(f"zoom sizes must be positive, got {n_in} -> {n_out}")
     if n_in == n_out:
         return np.eye(n_in)
+    import scipy.ndimage
+
     matrix = scipy.ndimage.zoom(np.eye(n_in), (n_out / n_in, 1.0), order=order)
     if matrix.shape != (n_out, n_in):  # scipy rounds n_in * factor; guard against a surprise
         raise AssertionError(f"scipy zoom gave {matrix.shape} for {n_in} -> {n_out}")
@@ -327,6 +328,8 @@ def _sparse_zoom_matrix(n_in: int, n_out: int, order: int, dtype: type) -> scipy
     """`zoom_matrix` without its negligible entries (the spline prefilter's weights decay by 0.27 per
     sample; dropping those below 1e-10 changes results by < 1e-7 relative) as a sparse matrix: a 512 -> 224
     slice resizes several times faster than with a dense matmul, single-threaded (good in loader workers)."""
+    import scipy.sparse
+
     matrix = zoom_matrix(n_in, n_out, order)
     kept = np.where(np.abs(matrix) > 1e-10 * np.abs(matrix).max(), matrix, 0.0)
     return scipy.sparse.csr_matrix(kept.astype(dtype))

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
 from swinseg import __version__
 from swinseg.choices import MIN_CONTOUR_AREA
@@ -70,6 +69,8 @@ def write_rtstruct(path: str | Path, labels: np.ndarray, volume: Volume, card: M
                            "(slices, rows, columns)")
     labels = np.asarray(labels, dtype=np.uint8 if len(card.classes) <= 256 else np.uint16)
     dataset = _structure_set(sources, card)
+    from scipy import ndimage  # here: only RTSTRUCT output needs it
+
     references = [_element(CONTOUR_IMAGE_SEQUENCE, _image_reference_item(source)) for source in sources]
     boxes = ndimage.find_objects(labels, max_label=len(card.classes) - 1)  # one pass; None: class absent
     contours, left_out = [], 0
@@ -108,6 +109,8 @@ def _without_specks(mask: np.ndarray, min_pixels: float) -> tuple[np.ndarray, in
     """`mask` without its regions (4-connected, as the contours separate them) of fewer than `min_pixels`
     pixels and with its holes (8-connected background enclosed by the mask) of fewer pixels filled; and how many
     regions and holes that were."""
+    from scipy import ndimage
+
     if min_pixels <= 1:
         return mask, 0
     regions, _ = ndimage.label(mask)

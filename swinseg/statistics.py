@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
 from swinseg.io import Volume, atomic_output
 
@@ -26,6 +25,8 @@ def class_statistics(scan: Volume, labels: np.ndarray, class_names: Sequence[str
     `bbox`: first and last voxel index per axis, in (x, y, z) order as viewers show them.
     `touches_border`: the class has a voxel on a face of the scan's grid.
     """
+    from scipy import ndimage  # here: only --statistics needs it
+
     labels = np.asarray(labels)
     present = [int(k) for k in np.unique(labels) if k > 0]
     if not present:

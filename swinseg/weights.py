@@ -280,7 +280,7 @@ def load_checkpoint(path: str | Path, card: ModelCard | str | None = None) -> tu
             "use it as ImageNet initialisation (init_from_imagenet / swinseg train --pretrained)"
         )
     if weights.layout == FORMAT_NAME:
-        stored = _card_from_metadata(weights)
+        stored = card_of(weights)
         if card is not None and card.preprocessing != stored.preprocessing:
             raise SwinsegError(
                 f"{weights.path}: carries its own preprocessing ({stored.preprocessing.to_dict()}), which card "
@@ -290,12 +290,13 @@ def load_checkpoint(path: str | Path, card: ModelCard | str | None = None) -> tu
     else:
         config = infer_unet_config(weights, card.network if card else None)
         card = _merge_card(card, config, weights.path)
-    model = SwinUnet(card.network)
+    model = SwinUnet(card.network, init_weights=False)  # every parameter is loaded next (strict)
     _load_strict(model, weights)
     return model.eval(), card
 
 
-def _card_from_metadata(weights: WeightFile) -> ModelCard:
+def card_of(weights: WeightFile) -> ModelCard:
+    """The card a swinseg checkpoint carries in its metadata (without building its network)."""
     try:
         values = json.loads(weights.metadata["card"])
         return ModelCard.from_dict(values)
@@ -499,7 +500,7 @@ def describe(path: str | Path) -> dict[str, Any]:
         "parameters": weights.parameter_count,
     }
     if weights.layout == FORMAT_NAME:
-        card = _card_from_metadata(weights)
+        card = card_of(weights)
         info["swinseg version"] = weights.metadata.get("swinseg_version", "?")
         info["card"] = card.name
         info.update(card.network.to_dict())

@@ -39,6 +39,15 @@ def onnx_cache(tmp_path_factory):
         yield folder
 
 
+@pytest.fixture(scope="session", autouse=True)
+def model_store(tmp_path_factory):
+    """The model store (swinseg.store) of a session folder, never the user's."""
+    with pytest.MonkeyPatch.context() as patch:
+        folder = tmp_path_factory.mktemp("store")
+        patch.setenv("SWINSEG_HOME", str(folder))
+        yield folder
+
+
 @pytest.fixture(scope="session")
 def checkpoint(tmp_path_factory) -> Path:
     """A random-init swin_unet_test network saved in swinseg's format."""

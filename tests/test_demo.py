@@ -4,10 +4,12 @@ import json
 import nibabel as nib
 from typer.testing import CliRunner
 
+from swinseg import store
 from swinseg.cli import app
 
 
-def test_demo_runs_every_step_and_reports_dice(tmp_path):
+def test_demo_runs_every_step_and_reports_dice(tmp_path, monkeypatch):
+    monkeypatch.setenv("SWINSEG_HOME", str(tmp_path / "store"))
     out = tmp_path / "demo"
     args = ["demo", "--out", str(out), "--train-cases", "3", "--test-cases", "1", "--epochs", "1",
             "--shape", "8", "64", "64", "--device", "cpu"]
@@ -24,5 +26,10 @@ def test_demo_runs_every_step_and_reports_dice(tmp_path):
         assert nib.load(out / "predictions" / name / "phantom_000.nii.gz").shape == (size, size, 8)
         assert (out / "overlays" / name / "phantom_000.png").stat().st_size > 1000
     assert (out / "run" / "best.safetensors").is_file()
+    entry = store.get("demo")  # stored, the default (there was none), and the predict steps used it
+    assert entry.members[0].read_bytes() == (out / "run" / "best.safetensors").read_bytes()
+    assert store.default_name() == "demo" and "$ swinseg predict" in result.output and "-m demo" in result.output
+    scan = out / "data" / "heldout" / "imagesTr" / "phantom_000_0000.nii.gz"
+    assert result.output.rstrip().splitlines()[-1] == f"swinseg predict {scan} -o mask.nii.gz"
     again = CliRunner().invoke(app, args)  # an earlier demo is never overwritten
     assert again.exit_code == 1 and "holds an earlier demo" in again.output

@@ -10,6 +10,7 @@ from swinseg.cli import (
     demo,
     evaluate,
     export,
+    models,
     overlay,
     plan,
     predict,
@@ -48,7 +49,7 @@ def _main(
     _common.state.debug = debug
 
 
-for _module in (predict, evaluate, report, train, plan, preprocess, weights, export, overlay, demo, to_dicom):
+for _module in (predict, models, evaluate, report, train, plan, preprocess, weights, export, overlay, demo, to_dicom):
     _module.register(app)
 
 

@@ -15,6 +15,7 @@ from swinseg.cli._common import cli_errors, err, out
 from swinseg.errors import SwinsegError
 
 DEMO_MODEL = "swin_unet_demo"
+STORED_NAME = "demo"  # the demo's model in the store (swinseg models)
 
 
 @cli_errors
@@ -111,10 +112,11 @@ def demo(
               for name, geometry in variants.items()]
     steps.append(["train", "--data", str(data / "train"), "--model", DEMO_MODEL, "-o", str(run), "--epochs",
                   str(epochs), "--batch-size", "16", "--val-every", "3", "--device", device])
+    steps.append(["models", "add", str(run / "best.safetensors"), "--name", STORED_NAME, "--replace"])
     for name in variants:
         predictions = out_dir / "predictions" / name
-        steps.append(["predict", str(data / name / "imagesTr") + "/", "-o", str(predictions) + "/", "--checkpoint",
-                      str(run / "best.safetensors"), "--keep-largest", "--device", device, "--overwrite"])
+        steps.append(["predict", str(data / name / "imagesTr") + "/", "-o", str(predictions) + "/", "-m",
+                      STORED_NAME, "--keep-largest", "--device", device, "--overwrite"])
         steps.append(["evaluate", str(predictions), str(data / name / "labelsTr"), "--dataset-json",
                       str(data / name / "dataset.json"), "-o", str(report / name)])
     for args in steps:
@@ -129,6 +131,10 @@ def demo(
     dice = {name: json.loads((report / name / "summary.json").read_text(encoding="utf-8"))["mean_over_classes"]["dice"]
             for name in variants}
     minutes = (time.perf_counter() - started) / 60
+    from swinseg.store import default_name
+
+    scan = data / "heldout" / "imagesTr" / "phantom_000_0000.nii.gz"
+    flag = "" if default_name() == STORED_NAME else f" -m {STORED_NAME}"
     scores = "\n".join(f"  {variants[name][2]:<20} {dice[name]:.3f}   ({report / name}/)" for name in variants)
     out.print(
         f"\n[bold green]demo finished in {minutes:.1f} min: mean Dice on {test_cases} held-out phantoms "
@@ -138,7 +144,9 @@ def demo(
         f"  model        {run / 'best.safetensors'} (curves: {run / 'curves.png'})\n"
         f"  masks        {out_dir / 'predictions'}/\n"
         f"  report       {report}/ (summary.md, per_case.csv, dice_hd95.png per held-out set)\n"
-        f"  overlays     {overlays}/ (prediction | reference)",
+        f"  overlays     {overlays}/ (prediction | reference)\n"
+        f"  stored model {STORED_NAME!r} (swinseg models show {STORED_NAME}); predict with it:\n"
+        f"swinseg predict {shlex.quote(str(scan))} -o mask.nii.gz{flag}",
         highlight=False, soft_wrap=True,
     )
 

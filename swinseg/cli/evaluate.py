@@ -30,7 +30,8 @@ def evaluate_command(
     labels: Optional[List[str]] = typer.Option(
         None, "--labels", "-l", help="Labels to score: ids or id=name pairs, e.g. 1,2,3 or 1=liver,2=spleen."
     ),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model card whose class names label ids."),
+    model: Optional[str] = typer.Option(None, "--model", "-m",
+                                         help="Stored model or model card whose class names label ids."),
     dataset_json: Optional[Path] = typer.Option(
         None, "--dataset-json", help="nnU-Net dataset.json whose 'labels' name the ids."
     ),

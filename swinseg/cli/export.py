@@ -16,9 +16,14 @@ def register(app: typer.Typer) -> None:
 
 @cli_errors
 def export(
-    checkpoint: Path = typer.Argument(..., help="swinseg checkpoint, or a reference .pth together with --model."),
+    checkpoint: Optional[Path] = typer.Argument(
+        None, help="swinseg checkpoint, or a reference .pth together with --model. (default: the stored model -m "
+        "NAME, else the default stored model)", show_default=False,
+    ),
     output: Path = typer.Option(..., "--output", "-o", help="The .onnx file to write.", show_default=False),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model card for a reference checkpoint."),
+    model: Optional[str] = typer.Option(
+        None, "--model", "-m", help="A stored model's name (swinseg models list), or the model card of a reference "
+        "checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
 ) -> None:
     """Export a trained network to ONNX for the onnxruntime/openvino backends (CPU inference without torch).
@@ -29,17 +34,22 @@ def export(
     """
     from swinseg.backends import ONNX_SUFFIX, OnnxGraph, export_onnx
     from swinseg.errors import SwinsegError
-    from swinseg.predict import load_predictor_model
+    from swinseg.predict import load_source
+    from swinseg.store import resolve
 
     if not output.name.lower().endswith(ONNX_SUFFIX):
         raise SwinsegError(f"-o {output}: the exported file must end in {ONNX_SUFFIX}")
-    if output.resolve() == checkpoint.resolve():
+    if checkpoint is not None and output.resolve() == checkpoint.resolve():
         raise SwinsegError(f"{checkpoint}: the output would overwrite this input; choose another -o")
     if output.exists() and not overwrite:
         raise SwinsegError(f"-o {output}: exists; pass --overwrite to replace it")
-    network, card = load_predictor_model(model=model, checkpoint=checkpoint)
+    sources = resolve(model, checkpoints=[checkpoint] if checkpoint else ())
+    if len(sources) > 1:
+        raise SwinsegError(f"{sources[0].entry.name if sources[0].entry else checkpoint}: an ensemble of "
+                           f"{len(sources)} models; export one model (a fold's checkpoint)")
+    network, card = load_source(sources[0], backend="torch", device="cpu", prepared=False)
     if isinstance(network, OnnxGraph):
-        raise SwinsegError(f"{checkpoint}: is an exported network already")
+        raise SwinsegError(f"{network.path}: is an exported network already")
     export_onnx(network, card, output)
     size = output.stat().st_size / 1e6
     out.print(f"{card.name}: {len(card.classes)} classes, {card.network.img_size}px -> {output} ({size:.1f} MB, "

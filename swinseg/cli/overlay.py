@@ -19,7 +19,7 @@ def overlay(
     ),
     slices: int = typer.Option(8, "--slices", "-n", min=1, help="Number of evenly spaced axial slices."),
     model: Optional[str] = typer.Option(
-        None, "--model", "-m", help="Model card (name or YAML) whose class names label the legend."
+        None, "--model", "-m", help="Stored model or model card (name or YAML) whose class names label the legend."
     ),
     labels: Optional[str] = typer.Option(
         None, "--labels",
@@ -35,13 +35,13 @@ def overlay(
     Radiological view (anterior up, patient's right on the left), physical aspect ratio, labelled slices only.
     Class names: --model, --labels, or an nnU-Net dataset.json beside the mask (or one folder up).
     """
-    from swinseg.config import load_card
     from swinseg.labels import parse_labels
     from swinseg.overlay import overlay_files
+    from swinseg.store import model_card
 
     if model is not None and labels is not None:
         fail("give --model or --labels, not both")
-    card = load_card(model) if model is not None else None
+    card = model_card(model) if model is not None else None
     named = {k: name or f"label_{k}" for k, name in parse_labels(labels).items()} if labels else None
     class_names = card.classes if card is not None else named
     if window is None:

@@ -38,7 +38,11 @@ def predict(
         help="Mask file for one scan (.nii.gz, .nrrd, .mha, .png, ...), or a folder: masks named after the cases "
         "(.nii.gz; .png for 2-D images).",
     ),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model card name or YAML file."),
+    model: Optional[str] = typer.Option(
+        None, "--model", "-m",
+        help="A stored model's name (swinseg models list), else a model card name or YAML file (with --weights, "
+        "or as the card of a --checkpoint). (default: the stored default model)", show_default=False,
+    ),
     weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="Weight file for --model."),
     checkpoint: Optional[List[Path]] = typer.Option(
         None, "--checkpoint", "-c",
@@ -114,12 +118,12 @@ def predict(
     """Segment scans: label maps with the scans' own geometry (same affine, shape, spacing)."""
     from swinseg import predict as lib
     from swinseg import runner
-    from swinseg.crossval import run_checkpoints
     from swinseg.device import precision_name, rank_device, torchrun_rank
     from swinseg.ensemble import Ensemble
     from swinseg.errors import SwinsegError
     from swinseg.postprocess import parse_classes
     from swinseg.statistics import write_statistics_csv
+    from swinseg.store import resolve
 
     if protocol is Protocol.reference and batch_size not in (None, 1):
         raise SwinsegError("--protocol reference predicts one slice per pass; drop --batch-size")
@@ -146,16 +150,17 @@ def predict(
     with show.progress(len(cases)) as progress:
         if pending:
             members = []
-            sources = [file for path in checkpoint for file in run_checkpoints(path)] if checkpoint else [None]
+            sources = resolve(model, weights, checkpoint or ())
             for source in sources:
-                net, card = lib.load_predictor_model(model=model, weights=weights, checkpoint=source)
+                net, card = lib.load_source(source, backend=backend.value, device=device, precision=precision.value,
+                                            protocol=protocol.value)
                 members.append(lib.Predictor(
                     net, card, device=device, batch_size=batch_size, precision=precision.value, tta=tta,
                     protocol=protocol.value, tile_overlap=tile_overlap, backend=backend.value,
                 ))
                 for note in members[-1].notes:
                     show.note(note)
-            predictor = members[0] if len(members) == 1 else Ensemble(members, [str(c) for c in sources])
+            predictor = members[0] if len(members) == 1 else Ensemble(members, [s.label for s in sources])
             first, card = members[0], members[0].card
             if classes:
                 options = dataclasses.replace(options, classes=parse_classes(classes, card.classes))

@@ -23,8 +23,9 @@ OPTIONS: dict[str, tuple[Any, str]] = {
                    "(imagesTr/, labelsTr/, dataset.json)."),
     "output": (Path, "Run directory: config.yaml, last.pt, best.safetensors, final.safetensors, metrics.csv, "
                      "curves.png."),
-    "model": (str, "Model card (name or YAML): network, preprocessing, classes. (default: train "
-                   "swin_unet_tiny; finetune the checkpoint's card; a reference .pth needs one)"),
+    "model": (str, "Model card (name or YAML): network, preprocessing, classes; finetune: also a stored model's "
+                   "name (swinseg models list), the model to start from. (default: train swin_unet_tiny; finetune "
+                   "the checkpoint's card; a reference .pth needs one)"),
     "classes": (str, "Comma-separated label names, index = label value. (default: the dataset's, else the card's)"),
     "freeze_encoder": (bool, "Train only the decoder (small datasets)."),
     "recipe": (str, "published (the paper's: SGD lr 0.05, for ImageNet-initialised encoders) or scratch (AdamW "
@@ -130,6 +131,8 @@ def _command(finetune: bool) -> Callable[..., None]:
     parameters = [_parameter(name, kind, text) for name, (kind, text) in {**extra, **OPTIONS}.items()]
     parameters.append(_parameter("config", Path, "YAML file of options (keys as the flags, with underscores); "
                                                  "flags override it."))
+    parameters.append(_parameter("register", str, "When the run has finished, add its model to the store under "
+                                                  "this name (swinseg models add RUN_DIR --name NAME)."))
     parameters.append(_parameter("resume", Path, "Continue the run in RUN_DIR from its last.pt (its config.yaml; "
                                                  "flags given override it, e.g. --epochs)."))
     command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
@@ -155,11 +158,17 @@ Example: swinseg finetune --checkpoint best.safetensors --data Dataset001/ -o ru
 
 
 def _run(finetune: bool, options: dict[str, Any]) -> None:
+    from swinseg import store
     from swinseg.errors import SwinsegError
     from swinseg.train import CONFIG_FILE, resolve_config, train
     from swinseg.train_config import ALL_FOLDS
 
-    config_file, resume = options.pop("config"), options.pop("resume")
+    config_file, resume, register = options.pop("config"), options.pop("resume"), options.pop("register")
+    if register is not None:
+        store.check_name(register)
+        if store.is_stored(register):
+            raise SwinsegError(f"--register {register}: a stored model has that name; remove it first "
+                               f"(swinseg models remove {register}) or choose another")
     overrides = {k: str(v) if isinstance(v, Path) else v for k, v in options.items() if v is not None}
     if resume is not None:
         if config_file is not None:
@@ -170,7 +179,12 @@ def _run(finetune: bool, options: dict[str, Any]) -> None:
         if not config_file.is_file():
             raise SwinsegError(f"{resume}: not a swinseg run directory (no {CONFIG_FILE})")
     if finetune and resume is None and "checkpoint" not in overrides:
-        raise SwinsegError("finetune needs --checkpoint MODEL (a trained swinseg model or a reference checkpoint)")
+        stored = store.stored_checkpoint(overrides.get("model"))
+        if stored is None:
+            raise SwinsegError("finetune needs --checkpoint MODEL (a trained swinseg model or a reference checkpoint) "
+                               "or -m STORED_NAME")
+        overrides["checkpoint"] = str(stored)
+        del overrides["model"]
     config = resolve_config(config_file, overrides, finetune=finetune and resume is None)
     if config.fold == ALL_FOLDS:
         from swinseg.crossval import format_summary, train_all_folds
@@ -179,8 +193,28 @@ def _run(finetune: bool, options: dict[str, Any]) -> None:
         for line in format_summary(summary):
             out.print(line, markup=False, highlight=False)
         out.print(f"cross-validation reports: {summary['reports']}", markup=False, highlight=False)
+    else:
+        train(config, resume=resume is not None, events=ConsoleEvents(out))
+    if register is not None:
+        _register(Path(config.output), register)
+
+
+def _register(run_dir: Path, name: str) -> None:
+    """Add a finished run to the store (rank 0 only under torchrun)."""
+    import os
+
+    from swinseg import store
+    from swinseg.train import FINAL_FILE
+
+    if os.environ.get("RANK", "0") != "0":
         return
-    train(config, resume=resume is not None, events=ConsoleEvents(out))
+    if not (run_dir / FINAL_FILE).is_file() and not any(run_dir.glob(f"fold_*/{FINAL_FILE}")):
+        out.print(f"not registered as {name!r}: {run_dir} has not finished", markup=False, highlight=False)
+        return
+    entry = store.add(run_dir, name, log=lambda line: out.print(line, markup=False, highlight=False))
+    flag = "" if store.default_name() == name else f" -m {name}"
+    out.print(f"stored as {name!r}; predict with: swinseg predict scan.nii.gz -o mask.nii.gz{flag} "
+              f"({entry.folder})", markup=False, highlight=False, soft_wrap=True)
 
 
 class ConsoleEvents:
