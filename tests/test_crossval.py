@@ -18,6 +18,8 @@ from swinseg.phantom import write_phantom_dataset
 from swinseg.train import TrainConfig
 from swinseg.train_report import TrainingEvents
 
+pytestmark = pytest.mark.slow  # `make test-fast` leaves this module out
+
 
 class Log(TrainingEvents):
     def __init__(self) -> None:

@@ -17,6 +17,8 @@ from swinseg.train import resolve_config, train
 from swinseg.train_state import load_training_state
 from swinseg.weights import load_checkpoint
 
+pytestmark = pytest.mark.slow  # `make test-fast` leaves this module out
+
 
 @pytest.fixture(scope="module")
 def phantoms(tmp_path_factory) -> Path:

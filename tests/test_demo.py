@@ -2,10 +2,13 @@
 import json
 
 import nibabel as nib
+import pytest
 from typer.testing import CliRunner
 
 from swinseg import store
 from swinseg.cli import app
+
+pytestmark = pytest.mark.slow  # `make test-fast` leaves this module out
 
 
 def test_demo_runs_every_step_and_reports_dice(tmp_path, monkeypatch):

@@ -8,12 +8,15 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 from shared_files import GOLDEN, needs_shared
 
 from swinseg.config import load_card
 from swinseg.io import read_volume, write_volume
 from swinseg.phantom import write_phantom_dataset
+
+pytestmark = pytest.mark.slow  # `make test-fast` leaves this module out
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_SHAPE = ["--shape", "6", "64", "64"]

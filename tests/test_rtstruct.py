@@ -223,6 +223,7 @@ def test_real_ct_organs_rasterise_back(tmp_path):
     assert_matches(masks, truth, min_dice=0.95)
 
 
+@pytest.mark.slow
 def test_predict_writes_an_rtstruct_matching_the_nifti_mask_of_the_run(tmp_path, checkpoint):
     from typer.testing import CliRunner
 

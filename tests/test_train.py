@@ -192,6 +192,7 @@ def test_pretrained_initialises_encoder_and_decoder(tmp_path):
     assert "92.4% of parameter values" in lines[0]
 
 
+@pytest.mark.slow
 def test_a_run_killed_at_any_moment_resumes(phantoms, tmp_path):
     """SIGKILL a training process at a random moment after its first epoch: last.pt loads, resume finishes."""
     run = tmp_path / "run"
