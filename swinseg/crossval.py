@@ -7,8 +7,7 @@ with --fold K -o RUN_DIR/fold_K. Then each fold's final model predicts its held-
 RUN_DIR/crossval holds the predictions, the `swinseg evaluate` reports of all of them pooled (pooled/) and of
 each fold (fold_K/), and summary.json / summary.md: mean Dice and HD95 per fold and pooled.
 
-`run_checkpoints` turns a run folder into the models it holds: all folds' final models (an ensemble), or a
-single run's final model.
+The run-folder layout, and the models a run folder holds, are swinseg.rundir's.
 """
 from __future__ import annotations
 
@@ -25,11 +24,8 @@ from swinseg.datasets import open_nnunet
 from swinseg.errors import SwinsegError
 from swinseg.evaluate import Evaluation, evaluate
 from swinseg.evaluate_report import fmt, json_safe, write_reports
+from swinseg.rundir import CONFIG_FILE, CROSSVAL_FOLDER, FINAL_FILE, FOLD_PREFIX, STATE_FILE, fold_dir
 from swinseg.train import (
-    BEST_FILE,
-    CONFIG_FILE,
-    FINAL_FILE,
-    STATE_FILE,
     TrainConfig,
     cross_validation_splits,
     resolve_config,
@@ -38,13 +34,6 @@ from swinseg.train import (
     write_splits,
 )
 from swinseg.train_report import TrainingEvents
-
-FOLD_PREFIX = "fold_"
-CROSSVAL_FOLDER = "crossval"
-
-
-def fold_dir(run_dir: Path, fold: int) -> Path:
-    return run_dir / f"{FOLD_PREFIX}{fold}"
 
 
 def train_all_folds(config: TrainConfig, events: TrainingEvents | None = None) -> dict[str, Any]:
@@ -139,26 +128,6 @@ def summary_markdown(summary: dict[str, Any], labels: dict[int, str]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Reports (`swinseg evaluate` format): `pooled/` and `fold_K/` beside this file.", ""]
     return "\n".join(lines)
-
-
-def run_checkpoints(path: str | Path) -> list[Path]:
-    """The models a run folder holds: every fold's final model (RUN_DIR/fold_K, an ensemble), else the run's
-    own final model (best.safetensors when validation chose one and no final exists). A file is itself."""
-    path = Path(path)
-    if not path.is_dir():
-        return [path]
-    folds = sorted((p for p in path.glob(f"{FOLD_PREFIX}*") if p.is_dir() and p.name[len(FOLD_PREFIX):].isdigit()),
-                   key=lambda p: int(p.name[len(FOLD_PREFIX):]))
-    if folds:
-        unfinished = [p.name for p in folds if not (p / FINAL_FILE).is_file()]
-        if unfinished:
-            raise SwinsegError(f"{path}: {', '.join(unfinished)} not finished (no {FINAL_FILE}); finish them with "
-                               f"swinseg train --fold all, or pass the finished folds' files")
-        return [p / FINAL_FILE for p in folds]
-    for name in (FINAL_FILE, BEST_FILE):
-        if (path / name).is_file():
-            return [path / name]
-    raise SwinsegError(f"{path}: not a training run folder (no {FINAL_FILE}, {BEST_FILE} or {FOLD_PREFIX}K folders)")
 
 
 def format_summary(summary: dict[str, Any]) -> list[str]:

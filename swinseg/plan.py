@@ -31,7 +31,6 @@ from swinseg.preprocess import grid_size, slice_axis, tile_starts
 if TYPE_CHECKING:
     import torch
 
-PLAN_FILE = "plan.json"
 SAMPLED_VOXELS = 100_000  # intensities sampled per case (nnU-Net's fingerprint samples 10k per case and class)
 PERCENTILES = (0.5, 50.0, 99.5)
 # Bytes a training sample holds per img_size^2 x embed_dim: the tensors autograd saves for the backward of

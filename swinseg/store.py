@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from swinseg.errors import SwinsegError
+from swinseg.rundir import CONFIG_FILE, CROSSVAL_FOLDER, METRICS_FILE
 
 MANIFEST = "manifest.json"
 FORMAT = "swinseg-store-1"
@@ -291,7 +292,7 @@ def _fill(work: Path, source: Path, card: str | None, log: Log) -> dict[str, Any
         graph = read_onnx(source)
         shutil.copyfile(source, work / "model_0.onnx")
         return {"members": ["model_0.onnx"], "card": graph.card.to_dict(), "training": {}}
-    from swinseg.crossval import run_checkpoints
+    from swinseg.rundir import run_checkpoints
     from swinseg.weights import FORMAT_NAME, card_of, load_checkpoint, read_weights, save_checkpoint
 
     files = run_checkpoints(source)
@@ -377,17 +378,17 @@ def training_summary(source: Path, metadata: dict[str, str]) -> dict[str, Any]:
     if metadata.get("val_dice"):
         summary["validation_dice"] = float(metadata["val_dice"])
     run = source if source.is_dir() else source.parent  # a checkpoint inside a run folder: that run's record
-    if not (run / "config.yaml").is_file():
+    if not (run / CONFIG_FILE).is_file():
         return summary
     import yaml
 
-    config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) or {}
+    config = yaml.safe_load((run / CONFIG_FILE).read_text(encoding="utf-8")) or {}
     for key in ("data", "epochs", "recipe", "model", "folds"):
         if config.get(key) is not None:
             summary[key] = config[key]
     epoch = int(metadata["epoch"]) if source.is_file() and metadata.get("epoch") else None
-    summary.update(_validation(run / "metrics.csv", epoch))
-    crossval = run / "crossval" / "summary.json"
+    summary.update(_validation(run / METRICS_FILE, epoch))
+    crossval = run / CROSSVAL_FOLDER / "summary.json"
     if crossval.is_file():
         values = json.loads(crossval.read_text(encoding="utf-8"))
         summary["crossval"] = {"fold_dice": [row["dice"] for row in values["folds"]],
@@ -461,7 +462,7 @@ def resolve(model: str | None = None, weights: str | Path | None = None,
     """The models a command's options name. `-m NAME` is a stored model before a card of that name (unless
     weights or checkpoints are given: then it is their card); no model option at all is the default model."""
     if checkpoints:
-        from swinseg.crossval import run_checkpoints
+        from swinseg.rundir import run_checkpoints
 
         return [ModelSource(checkpoint=file, card=model, weights=Path(weights) if weights else None)
                 for path in checkpoints for file in run_checkpoints(path)]

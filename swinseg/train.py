@@ -43,7 +43,17 @@ from swinseg.device import autocast, precision_name, rank_device, resolve_device
 from swinseg.errors import SwinsegError
 from swinseg.io import atomic_output
 from swinseg.losses import DiceCELoss
-from swinseg.plan import PLAN_FILE, write_plan
+from swinseg.plan import write_plan
+from swinseg.rundir import (
+    BEST_FILE,
+    CONFIG_FILE,
+    CURVES_FILE,
+    FINAL_FILE,
+    METRICS_FILE,
+    PLAN_FILE,
+    SPLITS_FILE,
+    STATE_FILE,
+)
 from swinseg.train_config import FINETUNE_DEFAULTS, TrainConfig, resolve_config, write_config
 from swinseg.train_report import TrainingEvents, epoch_line, plot_curves, write_metrics
 from swinseg.train_state import capture_rng_state, load_training_state, restore_rng_state, save_training_state
@@ -54,14 +64,7 @@ if TYPE_CHECKING:
 
 __all__ = ["FINETUNE_DEFAULTS", "TrainConfig", "TrainResult", "resolve_config", "train"]
 
-STATE_FILE = "last.pt"
-CONFIG_FILE = "config.yaml"
-BEST_FILE = "best.safetensors"
-FINAL_FILE = "final.safetensors"
-METRICS_FILE = "metrics.csv"
-CURVES_FILE = "curves.png"
 PATH_OPTIONS = ("data", "output", "pretrained", "checkpoint", "splits")
-SPLITS_FILE = "splits.json"
 CURVES_SECONDS = 30.0  # curves.png is redrawn at most this often (and after the last epoch)
 
 

@@ -12,9 +12,10 @@ from typer.testing import CliRunner
 
 from swinseg import io
 from swinseg.cli import app
-from swinseg.crossval import run_checkpoints, train_all_folds
+from swinseg.crossval import train_all_folds
 from swinseg.errors import SwinsegError
 from swinseg.phantom import write_phantom_dataset
+from swinseg.rundir import run_checkpoints
 from swinseg.train import TrainConfig
 from swinseg.train_report import TrainingEvents
 

@@ -13,6 +13,7 @@ import typer
 
 from swinseg.cli._common import cli_errors, err, out
 from swinseg.errors import SwinsegError
+from swinseg.rundir import BEST_FILE, FINAL_FILE, STATE_FILE
 
 DEMO_MODEL = "swin_unet_demo"
 STORED_NAME = "demo"  # the demo's model in the store (swinseg models)
@@ -95,7 +96,7 @@ def demo(
     app = ctx.find_root().command  # the click group: steps run through the real commands
     data, run, report = out_dir / "data", out_dir / "run", out_dir / "report"
     overlays = out_dir / "overlays"
-    if (run / "last.pt").exists() or (run / "final.safetensors").exists():
+    if (run / STATE_FILE).exists() or (run / FINAL_FILE).exists():
         raise SwinsegError(f"{out_dir}: holds an earlier demo; remove it or pass -o NEW_FOLDER "
                            "(make demo DEMO_OUT=NEW_FOLDER)")
     spacing = _demo_spacing(shape)
@@ -112,7 +113,7 @@ def demo(
               for name, geometry in variants.items()]
     steps.append(["train", "--data", str(data / "train"), "--model", DEMO_MODEL, "-o", str(run), "--epochs",
                   str(epochs), "--batch-size", "16", "--val-every", "3", "--device", device])
-    steps.append(["models", "add", str(run / "best.safetensors"), "--name", STORED_NAME, "--replace"])
+    steps.append(["models", "add", str(run / BEST_FILE), "--name", STORED_NAME, "--replace"])
     for name in variants:
         predictions = out_dir / "predictions" / name
         steps.append(["predict", str(data / name / "imagesTr") + "/", "-o", str(predictions) + "/", "-m",

@@ -160,7 +160,8 @@ Example: swinseg finetune --checkpoint best.safetensors --data Dataset001/ -o ru
 def _run(finetune: bool, options: dict[str, Any]) -> None:
     from swinseg import store
     from swinseg.errors import SwinsegError
-    from swinseg.train import CONFIG_FILE, resolve_config, train
+    from swinseg.rundir import CONFIG_FILE
+    from swinseg.train import resolve_config, train
     from swinseg.train_config import ALL_FOLDS
 
     config_file, resume, register = options.pop("config"), options.pop("resume"), options.pop("register")
@@ -204,7 +205,7 @@ def _register(run_dir: Path, name: str) -> None:
     import os
 
     from swinseg import store
-    from swinseg.train import FINAL_FILE
+    from swinseg.rundir import FINAL_FILE
 
     if os.environ.get("RANK", "0") != "0":
         return

@@ -1,0 +1,49 @@
+"""The layout of a training run folder, defined once: what `train` writes, what `train --fold all` adds, and the
+models a run folder holds for `predict -c RUN_DIR`, `swinseg models add RUN_DIR` and the demo.
+
+    RUN_DIR/config.yaml  plan.json  last.pt  best.safetensors  final.safetensors  metrics.csv  curves.png
+    RUN_DIR/splits.json  fold_K/ (a run folder each)  crossval/ (out-of-fold predictions and reports)
+
+Torch-free, so that the CLI and the model store can read run folders cheaply.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from swinseg.errors import SwinsegError
+
+CONFIG_FILE = "config.yaml"  # the resolved TrainConfig
+PLAN_FILE = "plan.json"  # the planner's decisions, with their reasons
+STATE_FILE = "last.pt"  # everything a resume needs
+BEST_FILE = "best.safetensors"  # the best validation Dice so far
+FINAL_FILE = "final.safetensors"  # the model after the last epoch
+METRICS_FILE = "metrics.csv"  # one row per epoch
+CURVES_FILE = "curves.png"  # loss and validation Dice
+SPLITS_FILE = "splits.json"  # cross-validation folds, nnU-Net's format
+FOLD_PREFIX = "fold_"  # RUN_DIR/fold_K: fold K's own run folder
+CROSSVAL_FOLDER = "crossval"  # out-of-fold predictions and their reports
+
+
+def fold_dir(run_dir: Path, fold: int) -> Path:
+    """The run folder of fold `fold` inside a cross-validation run."""
+    return Path(run_dir) / f"{FOLD_PREFIX}{fold}"
+
+
+def run_checkpoints(path: str | Path) -> list[Path]:
+    """The models a run folder holds: every fold's final model (RUN_DIR/fold_K, an ensemble), else the run's
+    own final model (best.safetensors when validation chose one and no final exists). A file is itself."""
+    path = Path(path)
+    if not path.is_dir():
+        return [path]
+    folds = sorted((p for p in path.glob(f"{FOLD_PREFIX}*") if p.is_dir() and p.name[len(FOLD_PREFIX):].isdigit()),
+                   key=lambda p: int(p.name[len(FOLD_PREFIX):]))
+    if folds:
+        unfinished = [p.name for p in folds if not (p / FINAL_FILE).is_file()]
+        if unfinished:
+            raise SwinsegError(f"{path}: {', '.join(unfinished)} not finished (no {FINAL_FILE}); finish them with "
+                               f"swinseg train --fold all, or pass the finished folds' files")
+        return [p / FINAL_FILE for p in folds]
+    for name in (FINAL_FILE, BEST_FILE):
+        if (path / name).is_file():
+            return [path / name]
+    raise SwinsegError(f"{path}: not a training run folder (no {FINAL_FILE}, {BEST_FILE} or {FOLD_PREFIX}K folders)")
