@@ -29,14 +29,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from scale_real_ct import DATA, remapped_labels, resampled  # noqa: E402
 
 from swinseg import io  # noqa: E402
-from swinseg.crossval import train_all_folds  # noqa: E402
 from swinseg.ensemble import Ensemble  # noqa: E402
 from swinseg.metrics import dice  # noqa: E402
 from swinseg.phantom import CLASSES as PHANTOM_CLASSES  # noqa: E402
 from swinseg.phantom import write_phantom_dataset  # noqa: E402
 from swinseg.predict import Predictor  # noqa: E402
 from swinseg.rundir import run_checkpoints  # noqa: E402
-from swinseg.train import TrainConfig, train  # noqa: E402
+from swinseg.training.crossval import train_all_folds  # noqa: E402
+from swinseg.training.loop import TrainConfig, train  # noqa: E402
 from swinseg.weights import load_checkpoint  # noqa: E402
 
 CARD = "swin_unet_demo"

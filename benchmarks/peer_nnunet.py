@@ -1,6 +1,6 @@
 """swinseg against nnU-Net v2 (the peer), side by side, on the same data and the same training wall time.
 
-swinseg trains first (swinseg.train, the recipe of SWINSEG_OPTIONS below over the defaults, all training
+swinseg trains first (swinseg.training.loop, the recipe of SWINSEG_OPTIONS below over the defaults, all training
 cases, no validation); its training wall time T (the train() call: data loading, epochs, checkpoints)
 becomes nnU-Net's budget (or --budget S for nnU-Net). nnU-Net runs stock in its own venv (--peer-venv,
 created with `pip install nnunetv2` when missing): nnUNetv2_plan_and_preprocess -c 2d, then
@@ -60,7 +60,7 @@ from swinseg.metrics import dice  # noqa: E402
 from swinseg.phantom import CLASSES as PHANTOM_CLASSES  # noqa: E402
 from swinseg.phantom import write_phantom_dataset  # noqa: E402
 from swinseg.predict import Predictor  # noqa: E402
-from swinseg.train import TrainConfig, train  # noqa: E402
+from swinseg.training.loop import TrainConfig, train  # noqa: E402
 from swinseg.weights import load_checkpoint  # noqa: E402
 
 # swinseg's training recipe beyond the defaults (TrainConfig fields: epochs, batch_size, ...); {} = the default.

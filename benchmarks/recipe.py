@@ -25,7 +25,7 @@ from accuracy import phantom_data, real_ct_data, scores  # noqa: E402
 from swinseg.phantom import CLASSES as PHANTOM_CLASSES  # noqa: E402
 from swinseg.phantom import write_phantom_dataset  # noqa: E402
 from swinseg.predict import Predictor  # noqa: E402
-from swinseg.train import TrainConfig, train  # noqa: E402
+from swinseg.training.loop import TrainConfig, train  # noqa: E402
 from swinseg.weights import load_checkpoint  # noqa: E402
 
 VARIANTS: dict[str, dict] = {  # name -> TrainConfig options (see --set for one-off changes)

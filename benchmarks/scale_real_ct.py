@@ -24,7 +24,7 @@ from swinseg import io
 from swinseg.metrics import dice
 from swinseg.overlay import overlay_files
 from swinseg.predict import Predictor
-from swinseg.train import TrainConfig, train
+from swinseg.training.loop import TrainConfig, train
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct_abdomen_a"
 ORGANS = {"liver": 5, "spleen": 1, "kidney_left": 3, "kidney_right": 2, "aorta": 52}  # TotalSegmentator ids

@@ -1,8 +1,8 @@
 """Training speed of swin_unet_tiny (forward + backward + SGD step): real data pipeline vs synthetic batches.
 
 Writes Synapse-like training slices (512x512 float32 image in [0, 1] + uint8 organ labels, one .npz each, with
-lists_Synapse/train.txt) to a temporary folder, opens them with swinseg.data (reference augmentation, cubic
-512 -> 224 resize) behind a DataLoader with worker processes, and runs swinseg.train.train_epoch over them,
+lists_Synapse/train.txt) to a temporary folder, opens them with swinseg.training.data (reference augmentation, cubic
+512 -> 224 resize) behind a DataLoader with worker processes, and runs swinseg.training.loop.train_epoch over them,
 and the same loop over a synthetic batch already in memory: one run, same model, same step code, timed
 synthetic / pipeline / synthetic so that a drift in the machine's load cancels. The ratio says how much the
 data pipeline slows training (target: within 10%). Also prints peak RSS.
@@ -24,11 +24,11 @@ import numpy as np
 import torch
 
 from swinseg.config import load_card
-from swinseg.data import open_training_data
 from swinseg.device import resolve_device, resolve_precision
 from swinseg.model import SwinUnet
-from swinseg.train import Distributed, Step, TrainConfig, train_epoch
-from swinseg.train_report import TrainingEvents
+from swinseg.training.data import open_training_data
+from swinseg.training.loop import Distributed, Step, TrainConfig, train_epoch
+from swinseg.training.report import TrainingEvents
 
 
 def write_synapse_slices(root: Path, count: int, size: int = 512, seed: int = 0) -> Path:
@@ -75,7 +75,7 @@ class StepClock:
 
 
 def timed_epoch(model, batches, device, dtype) -> list[float]:
-    """Seconds per step of one swinseg.train.train_epoch over `batches` (the published recipe's step)."""
+    """Seconds per step of one swinseg.training.loop.train_epoch over `batches` (the published recipe's step)."""
     step = Step.for_model(model, TrainConfig(batch_size=8), max(len(batches), 1), device, dtype)
     clock = StepClock(batches)
     train_epoch(model, clock, step, Distributed(), TrainingEvents(), 0, 1)

@@ -1,6 +1,6 @@
 """The planner: the one place where the data decides how a model is trained (nnU-Net's plans, in one module).
 
-`fingerprint` measures the training cases once they are read (swinseg.data.read_training_cases): spacing and
+`fingerprint` measures the training cases once they are read (swinseg.training.data.read_training_cases): spacing and
 size per case, intensities of the foreground and of the whole scan, class shares and object sizes. `make_plan`
 turns a fingerprint, the model card and the training options into a `Plan`: every decision with its value, a
 one-line reason, and the flag that chose it when a user did (the target in-plane spacing, the plane, the crop
@@ -22,11 +22,11 @@ import numpy as np
 import scipy.ndimage
 
 from swinseg.config import AUTO, ModelCard, Preprocessing, parse_spacing
-from swinseg.data import LoadedCase, TrainingCases
 from swinseg.defaults import FOREGROUND_OVERSAMPLING, TILE_OVERLAP
 from swinseg.errors import SwinsegError
 from swinseg.io import atomic_output
 from swinseg.preprocess import grid_size, slice_axis, tile_starts
+from swinseg.training.data import LoadedCase, TrainingCases
 
 if TYPE_CHECKING:
     import torch
@@ -107,7 +107,7 @@ class Fingerprint:
 
 def fingerprint(cases: Sequence[LoadedCase], channel_name: str | None, seed: int,
                 classes: Sequence[str] | None = None, per_case: int = SAMPLED_VOXELS) -> Fingerprint:
-    """The Fingerprint of loaded cases (swinseg.data.LoadedCase: raw intensities and labels, slice axis
+    """The Fingerprint of loaded cases (swinseg.training.data.LoadedCase: raw intensities and labels, slice axis
     first). `classes`: names by label value (background first); labels beyond them are named label_N."""
     if not cases:
         raise SwinsegError("no training cases to fingerprint")
@@ -272,7 +272,7 @@ def make_plan(cases: Sequence[LoadedCase], channel_name: str | None, card: Model
               device: str | torch.device = "cpu", *, classes: Sequence[str] | None = None,
               processes: int = 1) -> Plan:
     """The plan for training `card` on loaded nnU-Net cases (the training cases only). `config_like`: a
-    swinseg.train.TrainConfig or anything with its attributes; `processes`: the torchrun processes sharing
+    swinseg.training.loop.TrainConfig or anything with its attributes; `processes`: the torchrun processes sharing
     the (global) batch. `classes`: the label names trained (default: the card's)."""
     names = tuple(classes or card.classes)
     return decide(fingerprint(cases, channel_name, config_like.seed, names), card, config_like, device,
@@ -281,7 +281,7 @@ def make_plan(cases: Sequence[LoadedCase], channel_name: str | None, card: Model
 
 def plan_training(cases: TrainingCases, card: ModelCard, config_like: Any, device: str | torch.device = "cpu",
                   processes: int = 1) -> Plan:
-    """The plan for cases read by swinseg.data.read_training_cases, in either layout."""
+    """The plan for cases read by swinseg.training.data.read_training_cases, in either layout."""
     classes = tuple(config_like.classes or cases.classes or card.classes)
     if cases.layout == "synapse":
         return decide(None, card, config_like, device, classes=classes, slices=cases.training_slices,

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import scipy.ndimage
 
-from swinseg import augment
-from swinseg.augment import strong_sample
-from swinseg.data import GridCase, GridSlices, SliceDataset
 from swinseg.errors import SwinsegError
-from swinseg.train import TrainConfig
+from swinseg.training import augment
+from swinseg.training.augment import strong_sample
+from swinseg.training.data import GridCase, GridSlices, SliceDataset
+from swinseg.training.loop import TrainConfig
 
 SPATIAL = ("P_SCALE", "P_ROTATE", "P_DEFORM", "P_MIRROR")
 INTENSITY = ("P_NOISE", "P_BLUR", "P_BRIGHTNESS", "P_CONTRAST", "P_LOW_RES", "P_GAMMA_INVERTED", "P_GAMMA")

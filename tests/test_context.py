@@ -14,12 +14,12 @@ from geometry import as_sitk, transform_volume
 
 from swinseg import io
 from swinseg.config import ModelCard, load_card
-from swinseg.data import open_training_data
 from swinseg.errors import SwinsegError
 from swinseg.model import SwinUnet, build_model
 from swinseg.phantom import write_phantom_dataset
 from swinseg.predict import Predictor
 from swinseg.preprocess import context_indices
+from swinseg.training.data import open_training_data
 from swinseg.weights import spread_rgb_kernel
 
 LPS_AXIS = {"axial": 0, "coronal": 1, "sagittal": 2}  # array axis of each plane's slices in an LPS array
@@ -118,7 +118,7 @@ def test_training_samples_carry_the_neighbours_predict_feeds(tmp_path, plane, sp
 
 
 def test_synapse_slices_find_their_neighbours_by_slice_number(tmp_path):
-    from swinseg.data import NpzSlices
+    from swinseg.training.data import NpzSlices
 
     for case in ("case0001", "case0002"):
         for z in range(4):
@@ -165,7 +165,7 @@ def test_a_wider_input_layer_sees_a_stack_of_equal_slices_as_imagenet_sees_the_g
 
 
 def test_context_model_trains_predicts_and_exports(tmp_path):
-    from swinseg.train import TrainConfig, train
+    from swinseg.training.loop import TrainConfig, train
 
     data = write_phantom_dataset(tmp_path / "ds", 2, seed=0, shape=(4, 64, 64), spacing=(10.0, 5.5, 5.5))
     config = TrainConfig(data=str(data), output=str(tmp_path / "run"), model="swin_unet_test", epochs=1,

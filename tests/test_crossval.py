@@ -12,12 +12,12 @@ from typer.testing import CliRunner
 
 from swinseg import io
 from swinseg.cli import app
-from swinseg.crossval import train_all_folds
 from swinseg.errors import SwinsegError
 from swinseg.phantom import write_phantom_dataset
 from swinseg.rundir import run_checkpoints
-from swinseg.train import TrainConfig
-from swinseg.train_report import TrainingEvents
+from swinseg.training.crossval import train_all_folds
+from swinseg.training.loop import TrainConfig
+from swinseg.training.report import TrainingEvents
 
 pytestmark = pytest.mark.slow  # `make test-fast` leaves this module out
 

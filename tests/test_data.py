@@ -12,13 +12,13 @@ import pytest
 import scipy.ndimage
 from typer.testing import CliRunner
 
-from swinseg.augment import augment_slice, resize_pair, rotate_nearest
 from swinseg.cli import app
 from swinseg.config import Preprocessing, load_card
-from swinseg.convert import preprocess_dataset
-from swinseg.data import open_training_data
-from swinseg.datasets import open_nnunet, read_dataset_json, split_cases
 from swinseg.errors import SwinsegError
+from swinseg.training.augment import augment_slice, resize_pair, rotate_nearest
+from swinseg.training.convert import preprocess_dataset
+from swinseg.training.data import open_training_data
+from swinseg.training.datasets import open_nnunet, read_dataset_json, split_cases
 
 PREP = Preprocessing()  # CT window [-125, 275], LPS
 CLASSES = ["background", "liver", "spleen"]
@@ -177,7 +177,7 @@ def test_loader_workers_give_the_same_batches(tmp_path: Path) -> None:
 def test_one_persistent_loader_draws_each_epoch_as_a_fresh_loader_would(tmp_path: Path) -> None:
     import torch
 
-    from swinseg.data import EpochSampler
+    from swinseg.training.data import EpochSampler
 
     write_synapse(tmp_path / "Synapse")
     data = open_training_data(tmp_path / "Synapse", img_size=32, preprocessing=PREP, seed=3)
@@ -217,8 +217,8 @@ def test_nnunet_layout_oriented_normalised_slices_and_volumes(tmp_path: Path) ->
 def test_nnunet_case_axes_permuted_and_scaled_intensities(tmp_path: Path) -> None:
     """A volume stored with its index axes permuted (x index runs superior, z index left) and CT stored as
     scaled floats: slices come out axial in LPS, spacing follows, memory holds int16."""
-    from swinseg.data import load_case
-    from swinseg.datasets import CaseFiles
+    from swinseg.training.data import load_case
+    from swinseg.training.datasets import CaseFiles
 
     affine = np.array([[0, 0, -2.0, 0], [0, -1.5, 0, 0], [3.0, 0, 0, 0], [0, 0, 0, 1]])  # RAS
     hu = np.random.default_rng(0).integers(-1000, 1000, size=(5, 7, 9)).astype(np.int16)  # (x, y, z) on disk
@@ -341,7 +341,7 @@ def test_preprocess_cli(tmp_path: Path) -> None:
 
 
 def test_datasets_larger_than_memory_are_refused_before_loading(tmp_path, monkeypatch):
-    import swinseg.data as data_module
+    import swinseg.training.data as data_module
     from swinseg.phantom import write_phantom_dataset
 
     root = write_phantom_dataset(tmp_path / "ds", 2, seed=0, shape=(4, 32, 32))
@@ -354,7 +354,7 @@ def test_datasets_larger_than_memory_are_refused_before_loading(tmp_path, monkey
 
 
 def test_a_target_grid_larger_than_memory_is_refused(monkeypatch):
-    import swinseg.data as data_module
+    import swinseg.training.data as data_module
 
     case = data_module.LoadedCase("c", np.zeros((10, 100, 100), np.int16), np.zeros((10, 100, 100), np.uint8),
                                   (3.0, 3.0, 3.0))

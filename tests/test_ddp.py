@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from swinseg.phantom import write_phantom_dataset
-from swinseg.train import resolve_config, train
-from swinseg.train_state import load_training_state
+from swinseg.training.loop import resolve_config, train
+from swinseg.training.state import load_training_state
 from swinseg.weights import load_checkpoint
 
 pytestmark = pytest.mark.slow  # `make test-fast` leaves this module out

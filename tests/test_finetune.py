@@ -13,7 +13,7 @@ from swinseg.cli import app
 from swinseg.config import load_card
 from swinseg.model import SwinUnet
 from swinseg.phantom import write_phantom_dataset
-from swinseg.train import TrainConfig, adapt_classes, build_network, starting_point
+from swinseg.training.loop import TrainConfig, adapt_classes, build_network, starting_point
 from swinseg.weights import load_checkpoint, save_checkpoint
 
 GOLDEN_UNET = GOLDEN / "swin_unet_small_official.pth"
@@ -72,7 +72,7 @@ def test_finetune_needs_a_checkpoint(phantoms, tmp_path):
 
 def test_label_names_must_cover_the_dataset(phantoms, tmp_path):
     from swinseg.errors import SwinsegError
-    from swinseg.train import train
+    from swinseg.training.loop import train
 
     config = TrainConfig(data=str(phantoms), output=str(tmp_path / "run"), model="swin_unet_test",
                          classes=["background", "liver"], epochs=1, device="cpu", num_workers=0)

@@ -13,7 +13,6 @@ from typer.testing import CliRunner
 
 from swinseg.cli import app
 from swinseg.config import ModelCard, Preprocessing, load_card
-from swinseg.data import LoadedCase, read_training_cases
 from swinseg.errors import SwinsegError
 from swinseg.phantom import CLASSES, write_phantom_dataset
 from swinseg.plan import (
@@ -25,7 +24,8 @@ from swinseg.plan import (
     mirror_decision,
     plan_training,
 )
-from swinseg.train_config import TrainConfig
+from swinseg.training.data import LoadedCase, read_training_cases
+from swinseg.training.options import TrainConfig
 
 CARD = load_card("swin_unet_test")
 
@@ -178,7 +178,7 @@ def test_plan_command_prints_the_plan_and_json(phantoms, tmp_path):
 
 
 def test_train_writes_the_plan_and_the_card_carries_the_fingerprint(phantoms, tmp_path):
-    from swinseg.train import train
+    from swinseg.training.loop import train
     from swinseg.weights import load_checkpoint
 
     run = tmp_path / "run"

@@ -7,10 +7,10 @@ import torch
 import yaml
 from torch import nn
 
-from swinseg.augment import strong_sample
 from swinseg.errors import SwinsegError
 from swinseg.phantom import write_phantom_dataset
-from swinseg.train import TrainConfig, make_optimizer, poly_schedule, resolve_config, train
+from swinseg.training.augment import strong_sample
+from swinseg.training.loop import TrainConfig, make_optimizer, poly_schedule, resolve_config, train
 
 
 def test_without_imagenet_weights_the_scratch_recipe_is_the_default_and_flags_win():

@@ -12,7 +12,12 @@ from torch import nn
 
 from swinseg import io
 from swinseg.config import ModelCard, Preprocessing, SwinUnetConfig, load_card
-from swinseg.data import (
+from swinseg.errors import SwinsegError
+from swinseg.phantom import make_phantom, phantom_volume, write_phantom_dataset
+from swinseg.plan import fingerprint, intensity_decision, spacing_decision
+from swinseg.predict import Predictor
+from swinseg.preprocess import gaussian_importance, grid_size, prepare_volume, resample_labels, tile_starts
+from swinseg.training.data import (
     GridSlices,
     LoadedCase,
     SliceDataset,
@@ -20,13 +25,8 @@ from swinseg.data import (
     set_bounds,
     to_grid_case,
 )
-from swinseg.datasets import CaseFiles
-from swinseg.errors import SwinsegError
-from swinseg.phantom import make_phantom, phantom_volume, write_phantom_dataset
-from swinseg.plan import fingerprint, intensity_decision, spacing_decision
-from swinseg.predict import Predictor
-from swinseg.preprocess import gaussian_importance, grid_size, prepare_volume, resample_labels, tile_starts
-from swinseg.train import TrainConfig, open_data
+from swinseg.training.datasets import CaseFiles
+from swinseg.training.loop import TrainConfig, open_data
 
 TILE = 32
 

@@ -19,10 +19,10 @@ from typer.testing import CliRunner
 from swinseg import io
 from swinseg.cli import app
 from swinseg.errors import SwinsegError
-from swinseg.losses import DiceCELoss, soft_dice_loss
 from swinseg.phantom import write_phantom_dataset
-from swinseg.train import TrainConfig, build_network, poly_schedule, resolve_config, starting_point, train
-from swinseg.train_state import capture_rng_state, load_training_state, restore_rng_state, save_training_state
+from swinseg.training.loop import TrainConfig, build_network, poly_schedule, resolve_config, starting_point, train
+from swinseg.training.losses import DiceCELoss, soft_dice_loss
+from swinseg.training.state import capture_rng_state, load_training_state, restore_rng_state, save_training_state
 
 CLASSIFIER = GOLDEN / "swin_classifier_small_official.pth"
 TINY = dict(model="swin_unet_test", batch_size=4, val_fraction=0.34, num_workers=0, device="cpu")
@@ -218,7 +218,7 @@ def test_plane_is_trained_and_recorded_so_predict_slices_the_same_way(phantoms, 
     from swinseg.config import load_card
     from swinseg.io import read_volume
     from swinseg.predict import Predictor
-    from swinseg.train import open_data
+    from swinseg.training.loop import open_data
     from swinseg.weights import load_checkpoint
 
     run = tmp_path / "run"
@@ -238,8 +238,8 @@ def test_plane_is_trained_and_recorded_so_predict_slices_the_same_way(phantoms, 
 def test_cross_validation_folds_are_seeded_disjoint_and_written_to_the_run(phantoms, tmp_path):
     import json
 
-    from swinseg.datasets import fold_splits
-    from swinseg.train import hold_out_fold
+    from swinseg.training.datasets import fold_splits
+    from swinseg.training.loop import hold_out_fold
 
     names = [f"case_{k}" for k in range(7)]
     splits = fold_splits(names, 3, seed=5)

@@ -13,8 +13,8 @@ from rich.text import Text
 from swinseg.cli._common import cli_errors, err, out
 
 if TYPE_CHECKING:
-    from swinseg.data import TrainingCases
     from swinseg.plan import Fingerprint, Plan
+    from swinseg.training.data import TrainingCases
 
 
 @cli_errors
@@ -41,10 +41,10 @@ def plan_command(
 
     from swinseg import plan as planner
     from swinseg.config import load_card
-    from swinseg.data import read_training_cases
-    from swinseg.datasets import is_synapse
     from swinseg.device import resolve_device
-    from swinseg.train import resolve_config, with_context
+    from swinseg.training.data import read_training_cases
+    from swinseg.training.datasets import is_synapse
+    from swinseg.training.loop import resolve_config, with_context
 
     flags = {"data": str(data), "model": model, "spacing": spacing, "plane": plane, "device": device}
     config = resolve_config(config_file, flags)

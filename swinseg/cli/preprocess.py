@@ -30,8 +30,8 @@ def preprocess(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from swinseg.config import load_card
-    from swinseg.convert import preprocess_dataset
     from swinseg.labels import split_list
+    from swinseg.training.convert import preprocess_dataset
 
     held_out = split_list(test_cases) if test_cases else None
     if test_cases is not None and not held_out:

@@ -92,7 +92,7 @@ TRAIN_ONLY = {"pretrained": (Path, "ImageNet Swin-T weights (official swin_tiny_
 def _help(name: str, text: str) -> str:
     """`text` with the default that TrainConfig, the recipes and finetune's defaults give `name`, unless it
     states its own."""
-    from swinseg.train_config import FINETUNE_DEFAULTS, RECIPES, TrainConfig
+    from swinseg.training.options import FINETUNE_DEFAULTS, RECIPES, TrainConfig
 
     if "(default:" in text or name not in TrainConfig.__dataclass_fields__:
         return text
@@ -161,8 +161,8 @@ def _run(finetune: bool, options: dict[str, Any]) -> None:
     from swinseg import store
     from swinseg.errors import SwinsegError
     from swinseg.rundir import CONFIG_FILE
-    from swinseg.train import resolve_config, train
-    from swinseg.train_config import ALL_FOLDS
+    from swinseg.training.loop import resolve_config, train
+    from swinseg.training.options import ALL_FOLDS
 
     config_file, resume, register = options.pop("config"), options.pop("resume"), options.pop("register")
     if register is not None:
@@ -188,7 +188,7 @@ def _run(finetune: bool, options: dict[str, Any]) -> None:
         del overrides["model"]
     config = resolve_config(config_file, overrides, finetune=finetune and resume is None)
     if config.fold == ALL_FOLDS:
-        from swinseg.crossval import format_summary, train_all_folds
+        from swinseg.training.crossval import format_summary, train_all_folds
 
         summary = train_all_folds(config, ConsoleEvents(out))
         for line in format_summary(summary):
@@ -219,7 +219,7 @@ def _register(run_dir: Path, name: str) -> None:
 
 
 class ConsoleEvents:
-    """Training events (swinseg.train_report.TrainingEvents) on a console: a rich bar per epoch (loss, lr,
+    """Training events (swinseg.training.report.TrainingEvents) on a console: a rich bar per epoch (loss, lr,
     slices/s, ETA) on a terminal, then the epoch's line; only the lines otherwise (logs, pipes)."""
 
     def __init__(self, console: Console) -> None:

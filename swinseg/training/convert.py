@@ -11,8 +11,13 @@ from typing import Any
 import numpy as np
 
 from swinseg.config import ModelCard
-from swinseg.data import LoadedCase, Progress, load_case, set_bounds
-from swinseg.datasets import (
+from swinseg.errors import SwinsegError
+from swinseg.io import atomic_output
+from swinseg.preprocess import (
+    scale_intensities,
+)
+from swinseg.training.data import LoadedCase, Progress, load_case, set_bounds
+from swinseg.training.datasets import (
     LIST_FOLDER,
     TEST_FOLDER,
     TEST_LIST,
@@ -22,11 +27,6 @@ from swinseg.datasets import (
     open_nnunet,
     shorten,
     split_cases,
-)
-from swinseg.errors import SwinsegError
-from swinseg.io import atomic_output
-from swinseg.preprocess import (
-    scale_intensities,
 )
 
 

@@ -1,7 +1,7 @@
 """Training and finetuning: the published Swin-Unet recipe or the from-scratch one, resumable, on one CPU or
 many GPUs.
 
-`train(config)` runs the loop of the config's recipe (swinseg.train_config.RECIPES). Published: 0.4 CE + 0.6
+`train(config)` runs the loop of the config's recipe (swinseg.training.options.RECIPES). Published: 0.4 CE + 0.6
 soft Dice, SGD (momentum 0.9, weight decay 1e-4), learning rate 0.05 at batch 24 scaled linearly with the batch
 and decayed per iteration by (1 - it / max_it)^0.9, the reference augmentation, seed 1234. Scratch: AdamW with
 a linear warm-up before the same decay, and the strong augmentation. The data decisions come from the planner
@@ -37,12 +37,9 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from swinseg.config import ModelCard, load_card
-from swinseg.data import EpochSampler
-from swinseg.datasets import check_splits, fold_splits, is_nnunet, is_synapse, open_nnunet
 from swinseg.device import autocast, precision_name, rank_device, resolve_device, resolve_precision, torchrun_rank
 from swinseg.errors import SwinsegError
 from swinseg.io import atomic_output
-from swinseg.losses import DiceCELoss
 from swinseg.plan import write_plan
 from swinseg.rundir import (
     BEST_FILE,
@@ -54,13 +51,16 @@ from swinseg.rundir import (
     SPLITS_FILE,
     STATE_FILE,
 )
-from swinseg.train_config import FINETUNE_DEFAULTS, TrainConfig, resolve_config, write_config
-from swinseg.train_report import TrainingEvents, epoch_line, plot_curves, write_metrics
-from swinseg.train_state import capture_rng_state, load_training_state, restore_rng_state, save_training_state
+from swinseg.training.data import EpochSampler
+from swinseg.training.datasets import check_splits, fold_splits, is_nnunet, is_synapse, open_nnunet
+from swinseg.training.losses import DiceCELoss
+from swinseg.training.options import FINETUNE_DEFAULTS, TrainConfig, resolve_config, write_config
+from swinseg.training.report import TrainingEvents, epoch_line, plot_curves, write_metrics
+from swinseg.training.state import capture_rng_state, load_training_state, restore_rng_state, save_training_state
 
 if TYPE_CHECKING:
-    from swinseg.data import TrainingData, VolumeCase
     from swinseg.model import SwinUnet
+    from swinseg.training.data import TrainingData, VolumeCase
 
 __all__ = ["FINETUNE_DEFAULTS", "TrainConfig", "TrainResult", "resolve_config", "train"]
 
@@ -234,11 +234,11 @@ def open_data(
     config: TrainConfig, card: ModelCard, progress: Callable[[int, int, str], None] | None = None,
     resumed: bool = False, device: torch.device | str = "cpu", processes: int = 1,
 ) -> TrainingData:
-    """The dataset folder (Synapse or nnU-Net layout) read once through swinseg.data, planned by swinseg.plan
+    """The dataset folder (Synapse or nnU-Net layout) read once through swinseg.training.data, planned by swinseg.plan
     for this card, `device` and number of processes (the plan: `data.plan`) and built as planned; a resumed
     run takes its card's preprocessing as it is."""
     from swinseg import plan as planner
-    from swinseg.data import open_training_data, read_training_cases
+    from swinseg.training.data import open_training_data, read_training_cases
 
     prep = card.preprocessing if resumed else planner.layout_preprocessing(config, card, is_synapse(Path(config.data)))
     cases = read_training_cases(config.data, prep, seed=config.seed, validation_fraction=config.val_fraction,
@@ -600,7 +600,7 @@ def train(
     """Train (or finetune, when `config.checkpoint` is set) into `config.output`; see the module docstring.
 
     `resume`: continue the run in `config.output` from its last.pt. `events`: what rank 0 reports progress
-    and its log lines to (swinseg.train_report.TrainingEvents; None shows nothing). `stop_after`: end this
+    and its log lines to (swinseg.training.report.TrainingEvents; None shows nothing). `stop_after`: end this
     call after that epoch, leaving a state that `resume` continues (jobs under a wall-time limit); the
     schedule stays the one of `config.epochs`.
     """

@@ -1,4 +1,4 @@
-"""Training inputs: the cases of a dataset folder (swinseg.datasets) read through swinseg.preprocess exactly as
+"""Training inputs: the cases of a dataset folder (swinseg.training.datasets) read through swinseg.preprocess exactly as
 predict reads scans (orientation, plane), the samples the network trains on and the held-out volumes it is
 validated on. What to do with the data (target spacing, plane, intensities) is decided by swinseg.plan from the
 cases read here; this module builds what it is told.
@@ -7,7 +7,7 @@ With a target spacing the slices are resampled to it once at load time and train
 crops, a share of them centred on a voxel of a foreground class (nnU-Net's oversampling); without one (the
 published path) whole slices are resized. With `context_slices` k in the card, every sample carries the k
 neighbours of its slice on either side as channels (preprocess.slice_stack, as predict feeds them). The
-augmentation (swinseg.augment: the reference one, or nnU-Net's strong one) then applies, with a
+augmentation (swinseg.training.augment: the reference one, or nnU-Net's strong one) then applies, with a
 numpy Generator per sample seeded from (seed, epoch, index): runs are reproducible whatever the number of
 DataLoader workers or processes, and a resumed run sees the same samples.
 """
@@ -24,23 +24,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from swinseg.augment import augment_slice, resize_pair, strong_sample
 from swinseg.choices import AUGMENTATIONS
 from swinseg.config import Preprocessing
-from swinseg.datasets import (
-    TEST_FOLDER,
-    TEST_SUFFIX,
-    TRAIN_FOLDER,
-    CaseFiles,
-    NnunetDataset,
-    SynapseDataset,
-    is_nnunet,
-    is_synapse,
-    open_nnunet,
-    open_synapse,
-    shorten,
-    split_cases,
-)
 from swinseg.defaults import FOREGROUND_OVERSAMPLING, SEED
 from swinseg.errors import SwinsegError
 from swinseg.io import check_same_geometry, itk, oriented_spacing, read_volume
@@ -55,6 +40,21 @@ from swinseg.preprocess import (
     scale_intensities,
     slice_axis,
     slice_stack,
+)
+from swinseg.training.augment import augment_slice, resize_pair, strong_sample
+from swinseg.training.datasets import (
+    TEST_FOLDER,
+    TEST_SUFFIX,
+    TRAIN_FOLDER,
+    CaseFiles,
+    NnunetDataset,
+    SynapseDataset,
+    is_nnunet,
+    is_synapse,
+    open_nnunet,
+    open_synapse,
+    shorten,
+    split_cases,
 )
 
 if TYPE_CHECKING:
@@ -259,7 +259,7 @@ class SliceDataset(torch.utils.data.Dataset):
     """Training samples as the network takes them: dict(image=(1 or 2k+1, S, S) float32, label=(S, S) int64,
     name=str), S = img_size: whole slices resized to S (Npz/MemorySlices, the published path) or S crops of
     slices on the target grid (GridSlices). A numpy Generator seeded by (seed, epoch, index) draws the crop and
-    the `augment`ation: "reference" (the published one), "strong" (nnU-Net's, swinseg.augment) or "none".
+    the `augment`ation: "reference" (the published one), "strong" (nnU-Net's, swinseg.training.augment) or "none".
     Item `epoch * len(self) + i` is sample i of that epoch (after `set_epoch`'s), so one loader with persistent
     workers serves every epoch (`EpochSampler` numbers them)."""
 

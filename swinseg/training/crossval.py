@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from swinseg import io
-from swinseg.datasets import open_nnunet
 from swinseg.errors import SwinsegError
 from swinseg.evaluate import Evaluation, evaluate
 from swinseg.evaluate_report import fmt, json_safe, write_reports
 from swinseg.rundir import CONFIG_FILE, CROSSVAL_FOLDER, FINAL_FILE, FOLD_PREFIX, STATE_FILE, fold_dir
-from swinseg.train import (
+from swinseg.training.datasets import open_nnunet
+from swinseg.training.loop import (
     TrainConfig,
     cross_validation_splits,
     resolve_config,
@@ -33,7 +33,7 @@ from swinseg.train import (
     write_config,
     write_splits,
 )
-from swinseg.train_report import TrainingEvents
+from swinseg.training.report import TrainingEvents
 
 
 def train_all_folds(config: TrainConfig, events: TrainingEvents | None = None) -> dict[str, Any]:
