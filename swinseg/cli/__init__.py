@@ -5,7 +5,20 @@ from __future__ import annotations
 import typer
 
 from swinseg import __version__
-from swinseg.cli import _common, demo, evaluate, export, overlay, plan, predict, preprocess, to_dicom, train, weights
+from swinseg.cli import (
+    _common,
+    demo,
+    evaluate,
+    export,
+    overlay,
+    plan,
+    predict,
+    preprocess,
+    serve,
+    to_dicom,
+    train,
+    weights,
+)
 
 app = typer.Typer(
     name="swinseg",
@@ -35,7 +48,7 @@ def _main(
     _common.state.debug = debug
 
 
-for _module in (predict, evaluate, train, plan, preprocess, weights, export, overlay, demo, to_dicom):
+for _module in (predict, evaluate, train, plan, preprocess, weights, export, overlay, demo, to_dicom, serve):
     _module.register(app)
 
 

@@ -1,0 +1,298 @@
+"""swinseg serve in real processes: dcmtk's storescu/echoscu send to it, it sends its DICOM SEG to an Orthanc
+started here, found through Orthanc's REST API. Every process gets a deadline and is stopped in teardown; the
+tests poll for events with generous deadlines (a loaded 2-core machine) instead of sleeping fixed times.
+
+dcmtk and Orthanc are Debian packages (`apt-get install dcmtk orthanc`; .ci/run installs them): a missing tool
+fails the test, never skips it."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+import pytest
+from dicom_files import dicom_series
+
+from swinseg.serve import safe_name
+
+ROOT = Path(__file__).resolve().parents[1]
+STARTUP = 180.0  # seconds a node or Orthanc may take to start (importing torch on a loaded machine)
+DEADLINE = 120.0  # seconds for an expected event
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} not found: apt-get install -y dcmtk orthanc (as .ci/run does)")
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _wait(condition: Callable[[], Any], what: str, timeout: float = DEADLINE, alive: Callable[[], None] = None) -> Any:
+    """Poll `condition` until it returns something truthy; fail with `what` after `timeout` seconds."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if alive is not None:
+            alive()
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(20)
+
+
+class Node:
+    """A `swinseg serve --json` process whose log lines are read from a file."""
+
+    def __init__(self, process: subprocess.Popen, log: Path) -> None:
+        self.process, self.log = process, log
+
+    def events(self, kind: str | None = None) -> list[dict[str, Any]]:
+        found = []
+        for line in self.log.read_text(encoding="utf-8").splitlines():
+            with contextlib.suppress(ValueError):
+                found.append(json.loads(line))
+        return [e for e in found if kind is None or e.get("event") == kind]
+
+    def alive(self) -> None:
+        if self.process.poll() is not None:
+            pytest.fail(f"the node exited ({self.process.returncode}):\n{self.log.read_text(encoding='utf-8')}")
+
+    def wait(self, kind: str, timeout: float = DEADLINE, **fields: Any) -> dict[str, Any]:
+        def found() -> dict[str, Any] | None:
+            return next((e for e in self.events(kind) if all(e.get(k) == v for k, v in fields.items())), None)
+        return _wait(found, f"{kind} {fields} in the node's log:\n{self.log.read_text(encoding='utf-8')}", timeout,
+                     self.alive)
+
+    @property
+    def port(self) -> int:
+        return self.events("listening")[-1]["port"]
+
+
+@contextlib.contextmanager
+def run_node(folder: Path, checkpoint: Path, *args: str) -> Iterator[Node]:
+    """`swinseg serve` on a free port with the tiny checkpoint, its store under `folder`; stopped on exit."""
+    folder.mkdir(parents=True, exist_ok=True)
+    log = folder / f"node-{time.monotonic_ns()}.log"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    with log.open("w") as stream:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "swinseg", "serve", "--port", "0", "-c", str(checkpoint), "--backend", "torch",
+             "--device", "cpu", "--store", str(folder / "store"), "--json", *args],
+            stdout=stream, stderr=subprocess.STDOUT, env=env)
+    node = Node(process, log)
+    try:
+        node.wait("listening", STARTUP)
+        yield node
+    finally:
+        _stop(process)
+
+
+class Orthanc:
+    """An Orthanc process with a temporary configuration and storage."""
+
+    def __init__(self, folder: Path) -> None:
+        _tool("Orthanc")
+        self.dicom_port, self.http_port = _free_port(), _free_port()
+        config = {
+            "Name": "swinseg-test", "DicomAet": "ORTHANC", "DicomPort": self.dicom_port,
+            "HttpPort": self.http_port, "StorageDirectory": str(folder / "storage"),
+            "IndexDirectory": str(folder / "storage"), "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
+            "DicomAlwaysAllowStore": False, "DicomCheckModalityHost": True, "Plugins": [],
+            # stores are accepted from the node only (its port: Orthanc never calls it)
+            "DicomModalities": {"swinseg": ["SWINSEG", "127.0.0.1", 11112]},
+        }
+        (folder / "orthanc.json").write_text(json.dumps(config))
+        self.log = (folder / "orthanc.log").open("w")
+        self.process = subprocess.Popen([shutil.which("Orthanc"), str(folder / "orthanc.json")],
+                                        stdout=self.log, stderr=subprocess.STDOUT)
+
+    def get(self, path: str) -> Any:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=30) as response:
+            return json.loads(response.read())
+
+    def ready(self) -> bool:
+        if self.process.poll() is not None:
+            pytest.fail(f"Orthanc exited ({self.process.returncode}); log in {self.log.name}")
+        with contextlib.suppress(OSError):
+            return "Version" in self.get("/system")
+        return False
+
+    def segs_of(self, series_uid: str) -> list[dict[str, Any]]:
+        """Orthanc's instances that are SEGs referencing `series_uid` (simplified tags)."""
+        found = []
+        for instance in self.get("/instances"):
+            tags = self.get(f"/instances/{instance}/tags?simplify")
+            references = [s.get("SeriesInstanceUID") for s in tags.get("ReferencedSeriesSequence", [])]
+            if tags.get("Modality") == "SEG" and series_uid in references:
+                found.append(tags)
+        return found
+
+    def stop(self) -> None:
+        _stop(self.process)
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory) -> Iterator[Orthanc]:
+    server = Orthanc(tmp_path_factory.mktemp("orthanc"))
+    try:
+        _wait(server.ready, "Orthanc's REST API", STARTUP)
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory, checkpoint, orthanc) -> Iterator[Node]:
+    """A node that sends to Orthanc and accepts the calling AE titles SENDER and ECHOER only."""
+    with run_node(tmp_path_factory.mktemp("node"), checkpoint, "--idle", "1", "--allow", "SENDER,ECHOER",
+                  "--destination", f"ORTHANC@127.0.0.1:{orthanc.dicom_port}") as running:
+        yield running
+
+
+def _series(folder: Path, uid: str, slices: int = 6) -> list[Path]:
+    rng = np.random.default_rng(len(uid))
+    return dicom_series(folder, rng.integers(-300, 400, (slices, 48, 40)).astype(np.int16), uid=uid)
+
+
+def _storescu(node: Node, files: list[Path], aet: str = "SENDER", *options: str, wait: bool = True) -> Any:
+    """storescu's run (its output on stdout), or its process with `wait=False`."""
+    command = [_tool("storescu"), "-v", "-nh", "-to", "30", "-ta", "30", "-td", "60", "-aet", aet, "-aec", "SWINSEG",
+               *options, "127.0.0.1", str(node.port), *map(str, files)]
+    if not wait:
+        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120)
+
+
+def _compressed_copies(files: list[Path], folder: Path) -> list[tuple[Path, str]]:
+    """Each slice in another transfer syntax, with the storescu option that proposes it: JPEG-LS, JPEG lossless,
+    RLE (dcmtk), JPEG 2000 (pydicom and pylibjpeg-openjpeg), deflated and implicit VR little endian (dcmtk)."""
+    folder.mkdir()
+    tools = [(["dcmcjpls", "+un"], "-xt"), (["dcmcjpeg", "+un"], "-xs"), (["dcmcrle"], "-xr"), ([], "-xv"),
+             (["dcmconv", "+td"], "-xd"), (["dcmconv", "+ti"], "-xi")]
+    copies = []
+    for file, (command, propose) in zip(files, tools):
+        target = folder / file.name
+        if command:
+            subprocess.run([_tool(command[0]), *command[1:], str(file), str(target)], check=True, timeout=60)
+        else:
+            dataset = pydicom.dcmread(file)
+            dataset.compress(pydicom.uid.JPEG2000Lossless, generate_instance_uid=False)
+            dataset.save_as(target)
+        copies.append((target, propose))
+    return copies
+
+
+def test_compressed_series_is_predicted_and_its_seg_stored_in_orthanc(node, orthanc, tmp_path):
+    uid = "1.2.826.0.1.3680043.2.1125.21.1"
+    originals = _series(tmp_path / "series", uid)
+    senders = [_storescu(node, [file], "SENDER", propose, wait=False)  # at once: one association each
+               for file, propose in _compressed_copies(originals, tmp_path / "compressed")]
+    try:
+        outputs = [sender.communicate(timeout=120)[0] for sender in senders]
+    finally:
+        for sender in senders:
+            _stop(sender)
+    for output in outputs:
+        assert "Store Response (Success)" in output and "Store Failed" not in output, output
+        converted = re.search(r"Converting transfer syntax: (.+) -> (.+)", output)
+        assert converted and converted[1] == converted[2], output  # sent compressed, as it is
+    event = node.wait("sent", series=uid)
+    assert event["instances"] == len(originals)
+    segs = orthanc.segs_of(uid)
+    assert len(segs) == 1
+    assert segs[0]["ReferencedSeriesSequence"][0]["SeriesInstanceUID"] == uid
+    stored = Path(event["output"]).parents[1] / "incoming" / uid
+    for original in originals:  # received and decoded losslessly
+        instance = pydicom.dcmread(original)
+        kept = pydicom.dcmread(stored / f"{instance.SOPInstanceUID}.dcm")
+        np.testing.assert_array_equal(kept.pixel_array, instance.pixel_array)
+
+
+def test_refused_callers_classes_and_datasets_leave_the_node_serving(node, orthanc, tmp_path):
+    echo = subprocess.run([_tool("echoscu"), "-to", "30", "-aet", "ECHOER", "-aec", "SWINSEG", "127.0.0.1",
+                           str(node.port)], capture_output=True, text=True, timeout=60)
+    assert echo.returncode == 0, echo.stdout + echo.stderr
+    good = _series(tmp_path / "good", "1.2.826.0.1.3680043.2.1125.21.2")
+
+    intruder = _storescu(node, good[:1], "INTRUDER")
+    assert "Association Rejected" in intruder.stdout, intruder.stdout
+    node.wait("rejected", calling="INTRUDER")
+
+    plan = pydicom.dcmread(good[0])  # an RT Plan: a SOP class the node cannot segment
+    plan.SOPClassUID = plan.file_meta.MediaStorageSOPClassUID = pydicom.uid.RTPlanStorage
+    plan.SOPInstanceUID = plan.file_meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.2.1125.21.3"
+    plan.save_as(tmp_path / "plan.dcm")
+    truncated = pydicom.dcmread(good[0])  # pixel data cut short: dropped when received
+    truncated.SeriesInstanceUID = "1.2.826.0.1.3680043.2.1125.21.4"
+    truncated.PixelData = truncated.PixelData[:100]
+    truncated.save_as(tmp_path / "truncated.dcm")
+    refused = _storescu(node, [tmp_path / "plan.dcm", tmp_path / "truncated.dcm"])
+    assert "Store Response (Success)" not in refused.stdout, refused.stdout
+    node.wait("dropped", calling="SENDER")
+
+    sent = _storescu(node, good)
+    assert sent.stdout.count("Store Response (Success)") == len(good), sent.stdout
+    node.wait("sent", series="1.2.826.0.1.3680043.2.1125.21.2")
+    assert len(orthanc.segs_of("1.2.826.0.1.3680043.2.1125.21.2")) == 1
+    assert not [e for e in node.events() if "1.2.826.0.1.3680043.2.1125.21.4" in json.dumps(e)
+                and e["event"] != "dropped"]
+
+
+def test_killed_node_predicts_its_series_once_and_sends_after_restart(checkpoint, orthanc, tmp_path):
+    uid = "1.2.826.0.1.3680043.2.1125.21.5"
+    files = _series(tmp_path / "series", uid, slices=5)
+    folder = tmp_path / "node"
+    incoming = folder / "store" / "incoming" / safe_name(uid)
+    with run_node(folder, checkpoint, "--idle", "600") as first:
+        assert _storescu(first, files).stdout.count("Store Response (Success)") == len(files)
+        _wait(lambda: len(list(incoming.glob("*.dcm"))) == len(files), "the instances on disk", alive=first.alive)
+        first.process.send_signal(signal.SIGKILL)
+        first.process.wait(20)
+    journal = folder / "store" / "journal.jsonl"
+    assert [json.loads(line)["event"] for line in journal.read_text().splitlines()] == ["received"]
+
+    unreachable = f"ORTHANC@127.0.0.1:{_free_port()}"  # predicted, but not sent
+    with run_node(folder, checkpoint, "--idle", "1", "--destination", unreachable) as second:
+        second.wait("send-failed", series=uid)
+        second.process.send_signal(signal.SIGKILL)
+        second.process.wait(20)
+
+    with run_node(folder, checkpoint, "--idle", "1", "--destination",
+                  f"ORTHANC@127.0.0.1:{orthanc.dicom_port}") as third:
+        assert third.wait("resumed")["predict"] == 0
+        third.wait("sent", series=uid)
+        assert not third.events("predicted") and not third.events("failed")
+
+    assert [json.loads(line)["event"] for line in journal.read_text().splitlines()] == [
+        "received", "predicted", "sent"]
+    assert len(orthanc.segs_of(uid)) == 1
