@@ -83,6 +83,14 @@ class Destination:
         return f"{self.ae_title}@{self.host}:{self.port}"
 
 
+def decodable_syntaxes() -> list[str]:
+    """TRANSFER_SYNTAXES whose pixel data pydicom can decode here (a sender falls back to the others)."""
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import UID
+
+    return [uid for uid in TRANSFER_SYNTAXES if not UID(uid).is_compressed or get_decoder(uid).is_available]
+
+
 def safe_name(uid: str) -> str:
     """A file name for a UID: the UID itself when it is digits and dots (as UIDs are), else a hash of it."""
     if re.fullmatch(r"[0-9]+(\.[0-9]+)*", uid) and len(uid) <= 64:
@@ -208,7 +216,7 @@ class Node:
         if self.options.allow:
             ae.require_calling_aet = list(self.options.allow)
         for sop_class in IMAGE_STORAGE:
-            ae.add_supported_context(sop_class, list(TRANSFER_SYNTAXES))
+            ae.add_supported_context(sop_class, decodable_syntaxes())
         ae.add_supported_context("1.2.840.10008.1.1")  # Verification (C-ECHO)
         handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_REJECTED, self._on_rejected)]
         self.server = ae.start_server((self.options.host, self.options.port), block=False, evt_handlers=handlers)
@@ -294,7 +302,12 @@ class Node:
         while not self.stop.wait(0.2):
             folder = self._next_complete()
             if folder is not None:
-                self._predict(folder)
+                try:
+                    self._predict(folder)
+                except Exception as error:  # noqa: BLE001 - e.g. a full disk: said, and the node keeps serving
+                    self.busy = None
+                    self.log("error", f"series in {folder}: {type(error).__name__}: {error}", folder=folder,
+                             message=str(error))
             for folder in [f for f, when in self.unsent.items() if when <= time.monotonic()]:
                 self._send(folder, self.journal.state.get(folder, {}))
 
@@ -355,7 +368,7 @@ class Node:
         began = time.monotonic()
         try:
             send_file(output, destination, self.options.ae_title)
-        except SwinsegError as error:
+        except Exception as error:  # noqa: BLE001 - logged and tried again; the node keeps serving
             self.unsent[folder] = time.monotonic() + RETRY_SECONDS
             self.log("send-failed", f"{summary}; sending to {destination} failed, retried in {RETRY_SECONDS:g} s: "
                      f"{error}", series=uid, destination=str(destination), message=str(error))

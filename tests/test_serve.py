@@ -26,7 +26,8 @@ import pydicom
 import pytest
 from dicom_files import dicom_series
 
-from swinseg.serve import safe_name
+from swinseg.errors import SwinsegError
+from swinseg.serve import Destination, parse_size, safe_name, send_file
 
 ROOT = Path(__file__).resolve().parents[1]
 STARTUP = 180.0  # seconds a node or Orthanc may take to start (importing torch on a loaded machine)
@@ -260,6 +261,11 @@ def test_refused_callers_classes_and_datasets_leave_the_node_serving(node, ortha
     assert "Store Response (Success)" not in refused.stdout, refused.stdout
     node.wait("dropped", calling="SENDER")
 
+    gap_uid = "1.2.826.0.1.3680043.2.1125.21.7"  # a slice missing: refused by the reader, the node goes on
+    gapped = _series(tmp_path / "gapped", gap_uid, slices=4)
+    assert _storescu(node, gapped[:1] + gapped[2:]).stdout.count("Store Response (Success)") == 3
+    assert "gap in DICOM series" in node.wait("failed", series=gap_uid)["message"]
+
     sent = _storescu(node, good)
     assert sent.stdout.count("Store Response (Success)") == len(good), sent.stdout
     node.wait("sent", series="1.2.826.0.1.3680043.2.1125.21.2")
@@ -296,3 +302,60 @@ def test_killed_node_predicts_its_series_once_and_sends_after_restart(checkpoint
     assert [json.loads(line)["event"] for line in journal.read_text().splitlines()] == [
         "received", "predicted", "sent"]
     assert len(orthanc.segs_of(uid)) == 1
+
+
+@contextlib.contextmanager
+def scp_only(store: Path, **options: Any) -> Iterator[tuple[Any, list[str]]]:
+    """The node's Storage SCP in this process (no model, no worker), its log lines collected."""
+    from swinseg.serve import Log, Node, NodeOptions
+
+    lines: list[str] = []
+
+    class Lines:
+        def write(self, text: str) -> None:
+            lines.extend(line for line in text.splitlines() if line)
+
+        def flush(self) -> None:
+            pass
+
+    node = Node(None, NodeOptions(store=store, port=0, **options), Log(Lines(), as_json=True))  # type: ignore[arg-type]
+    try:
+        port = node.start()
+        yield Destination("SWINSEG", "127.0.0.1", port), lines
+    finally:
+        node.shutdown()
+
+
+def test_full_store_and_oversized_datasets_are_refused_out_of_resources(tmp_path):
+    files = _series(tmp_path / "series", "1.2.826.0.1.3680043.2.1125.21.6", slices=3)
+    size = files[0].stat().st_size
+    with scp_only(tmp_path / "a", max_disk=int(size * 1.5)) as (node, lines):
+        send_file(files[0], node, "SENDER")
+        with pytest.raises(SwinsegError, match="0xA700"):
+            send_file(files[1], node, "SENDER")
+    assert [json.loads(line)["event"] for line in lines][-1] == "disk-full"
+    assert len(list((tmp_path / "a" / "incoming").rglob("*.dcm"))) == 1
+    with scp_only(tmp_path / "b", max_instance=size // 2) as (node, lines):
+        with pytest.raises(SwinsegError, match="0xA700"):
+            send_file(files[0], node, "SENDER")
+    assert "max-instance" in json.loads(lines[-1])["reason"]
+    assert not list((tmp_path / "b" / "incoming").rglob("*.dcm"))
+
+
+def test_file_names_from_uids_are_sanitised():
+    assert safe_name("1.2.840.10008.5") == "1.2.840.10008.5"
+    for hostile in ("../../etc/passwd", "1.2/../3", "..", "", "1.2.3\x00", "9" * 65):
+        name = safe_name(hostile)
+        assert re.fullmatch(r"x[0-9a-f]{40}", name), name
+    assert safe_name("a") != safe_name("b")
+
+
+def test_destination_and_sizes_are_checked():
+    assert str(Destination.parse("PACS@10.0.0.5:104")) == "PACS@10.0.0.5:104"
+    for bad in ("PACS@host", "@host:104", "PACS@:104", "PACS@host:0", "TOO_LONG_AE_TITLE_X@h:104"):
+        with pytest.raises(SwinsegError, match="--destination"):
+            Destination.parse(bad)
+    assert parse_size("1.5G", "--max-disk") == int(1.5 * 1024**3)
+    assert parse_size("4096", "--max-disk") == 4096
+    with pytest.raises(SwinsegError, match="--max-disk"):
+        parse_size("lots", "--max-disk")
