@@ -163,17 +163,19 @@ class NodeOptions:
     max_disk: int | None = None  # bytes under the store folder
     max_instance: int = 64 * 1024**2  # bytes of one received dataset
 
+    def __post_init__(self) -> None:
+        if self.output_type not in OUTPUT_KINDS:
+            raise SwinsegError(f"--output-type {self.output_type!r}: expected one of {', '.join(OUTPUT_KINDS)}")
+        if self.output_type == "nifti" and self.destination is not None:
+            raise SwinsegError("--output-type nifti cannot be sent by C-STORE; drop --destination (results stay "
+                               "under --store)")
+
 
 class Node:
     """The Storage SCP, its journal and its prediction worker (`run`, in the calling thread)."""
 
     def __init__(self, predictor: Predictor, options: NodeOptions, log: Log,
                  run_options: runner.RunOptions = runner.RunOptions()) -> None:
-        if options.output_type not in OUTPUT_KINDS:
-            raise SwinsegError(f"--output-type {options.output_type!r}: expected one of {', '.join(OUTPUT_KINDS)}")
-        if options.output_type == "nifti" and options.destination is not None:
-            raise SwinsegError("--output-type nifti cannot be sent by C-STORE; drop --destination (results stay "
-                               "under --store)")
         self.predictor, self.options, self.log, self.run_options = predictor, options, log, run_options
         self.incoming, self.results, self.tmp = (options.store / name for name in ("incoming", "results", "tmp"))
         for folder in (self.incoming, self.results, self.tmp):

@@ -50,10 +50,9 @@ def serve(
     backend: Backend = typer.Option(Backend.auto, "--backend", help="Network runtime, as for predict."),
     as_json: bool = typer.Option(False, "--json", help="Log JSON objects (JSON Lines) instead of text lines."),
 ) -> None:
-    """A DICOM node: receive CT/MR series (C-STORE, C-ECHO), predict each once complete, send the result back.
+    """A DICOM node: receive CT/MR series, predict each once complete, send the result back by C-STORE.
 
-    Logs one line per series on stdout. Received instances and a journal are kept under --store, so a killed
-    node started again predicts what it had received and sends what it had not sent, never a series twice."""
+    Received instances and a journal stay under --store: a node killed and started again loses nothing."""
     from swinseg import predict as lib
     from swinseg import serve as node_lib
 
