@@ -122,10 +122,14 @@ class Journal:
         self.path, self.lock = path, threading.Lock()
         self.state: dict[str, dict[str, Any]] = {}
         if path.exists():
-            for line in path.read_text(encoding="utf-8").splitlines():
+            text = path.read_text(encoding="utf-8")
+            for line in text.splitlines():
                 with contextlib.suppress(ValueError, KeyError, TypeError):  # a line cut by a kill
                     entry = json.loads(line)
                     self.state[entry["folder"]] = {**self.state.get(entry["folder"], {}), **entry}
+            if text and not text.endswith("\n"):  # the next entry starts a line of its own
+                with path.open("a", encoding="utf-8") as stream:
+                    stream.write("\n")
 
     def add(self, folder: str, event: str, **fields: Any) -> None:
         entry = {"folder": folder, "event": event, "time": datetime.now(timezone.utc).isoformat(), **fields}
@@ -352,8 +356,10 @@ class Node:
                      f"cannot be segmented: {result.message}", message=result.message, **fields)
             return
         found = ", ".join(result.voxels) or "no foreground"
-        summary = (f"series {series.uid}: {series.instances} instance(s) from {series.calling!r}, predicted in "
-                   f"{seconds:.1f} s ({found}) -> {case.output}")
+        done = (f"predicted in {seconds:.1f} s ({found})" if result.status == "done"
+                else "predicted before a restart")  # the result was written, the journal not
+        summary = f"series {series.uid}: {series.instances} instance(s) from {series.calling!r}, {done} -> "
+        summary += str(case.output)
         fields.update(predict_seconds=round(seconds, 3), output=str(case.output), classes=list(result.voxels),
                       notes=list(result.notes))
         if self.options.destination is None:

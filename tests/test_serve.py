@@ -27,7 +27,7 @@ import pytest
 from dicom_files import dicom_series
 
 from swinseg.errors import SwinsegError
-from swinseg.serve import Destination, parse_size, safe_name, send_file
+from swinseg.serve import Destination, Journal, parse_size, safe_name, send_file
 
 ROOT = Path(__file__).resolve().parents[1]
 STARTUP = 180.0  # seconds a node or Orthanc may take to start (importing torch on a loaded machine)
@@ -58,6 +58,13 @@ def _wait(condition: Callable[[], Any], what: str, timeout: float = DEADLINE, al
             return value
         time.sleep(0.2)
     pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
+
+
+def _tied(command: list[str]) -> list[str]:
+    """`command` killed when this process dies, even by SIGKILL (Linux: util-linux setpriv --pdeathsig), so a
+    killed test run leaves no node or Orthanc behind; unchanged where setpriv is missing."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "KILL", "--", *command] if setpriv else command
 
 
 def _stop(process: subprocess.Popen) -> None:
@@ -105,9 +112,9 @@ def run_node(folder: Path, checkpoint: Path, *args: str) -> Iterator[Node]:
     log = folder / f"node-{time.monotonic_ns()}.log"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     with log.open("w") as stream:
-        process = subprocess.Popen(
+        process = subprocess.Popen(_tied(
             [sys.executable, "-m", "swinseg", "serve", "--port", "0", "-c", str(checkpoint), "--backend", "torch",
-             "--device", "cpu", "--store", str(folder / "store"), "--json", *args],
+             "--device", "cpu", "--store", str(folder / "store"), "--json", *args]),
             stdout=stream, stderr=subprocess.STDOUT, env=env)
     node = Node(process, log)
     try:
@@ -133,7 +140,7 @@ class Orthanc:
         }
         (folder / "orthanc.json").write_text(json.dumps(config))
         self.log = (folder / "orthanc.log").open("w")
-        self.process = subprocess.Popen([shutil.which("Orthanc"), str(folder / "orthanc.json")],
+        self.process = subprocess.Popen(_tied([shutil.which("Orthanc"), str(folder / "orthanc.json")]),
                                         stdout=self.log, stderr=subprocess.STDOUT)
 
     def get(self, path: str) -> Any:
@@ -197,7 +204,7 @@ def _storescu(node: Node, files: list[Path], aet: str = "SENDER", *options: str,
     command = [_tool("storescu"), "-v", "-nh", "-to", "30", "-ta", "30", "-td", "60", "-aet", aet, "-aec", "SWINSEG",
                *options, "127.0.0.1", str(node.port), *map(str, files)]
     if not wait:
-        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        return subprocess.Popen(_tied(command), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     return subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120)
 
 
@@ -347,6 +354,15 @@ def test_full_store_and_oversized_datasets_are_refused_out_of_resources(tmp_path
             send_file(files[0], node, "SENDER")
     assert "max-instance" in json.loads(lines[-1])["reason"]
     assert not list((tmp_path / "b" / "incoming").rglob("*.dcm"))
+
+
+def test_journal_line_cut_by_a_kill_loses_no_later_entry(tmp_path):
+    path = tmp_path / "journal.jsonl"
+    path.write_text('{"folder": "1.2", "event": "received"}\n{"folder": "1.2", "event": "pred')
+    journal = Journal(path)
+    assert journal.event("1.2") == "received"
+    journal.add("1.2", "predicted")
+    assert Journal(path).event("1.2") == "predicted"
 
 
 def test_file_names_from_uids_are_sanitised():
