@@ -356,6 +356,37 @@ def test_full_store_and_oversized_datasets_are_refused_out_of_resources(tmp_path
     assert not list((tmp_path / "b" / "incoming").rglob("*.dcm"))
 
 
+def test_malformed_dataset_is_dropped_and_the_node_keeps_serving(tmp_path):
+    from pydicom.filewriter import write_file_meta_info
+    from pynetdicom import AE
+
+    good = _series(tmp_path / "series", "1.2.826.0.1.3680043.2.1125.21.8", slices=1)[0]
+    meta = pydicom.dcmread(good).file_meta
+    meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    garbage = tmp_path / "garbage.dcm"  # a CT dataset's SOP class and instance UIDs, then nonsense
+    with garbage.open("wb") as stream:
+        stream.write(b"\0" * 128 + b"DICM")
+        write_file_meta_info(stream, meta)
+        for element, uid in ((0x16, meta.MediaStorageSOPClassUID), (0x18, meta.MediaStorageSOPInstanceUID)):
+            value = uid.encode() + b"\0" * (len(uid) % 2)
+            stream.write(bytes([0x08, 0, element, 0]) + b"UI" + len(value).to_bytes(2, "little") + value)
+        stream.write(b"\x10\x00\x10\x00SQ\x00\x00\x00\x00\x01\x00" + bytes(range(256)) * 4)
+    with scp_only(tmp_path / "store") as (node, lines):
+        ae = AE("SENDER")
+        ae.add_requested_context(meta.MediaStorageSOPClassUID, meta.TransferSyntaxUID)
+        assoc = ae.associate(node.host, node.port, ae_title=node.ae_title)
+        try:
+            assert assoc.is_established
+            status = assoc.send_c_store(garbage)
+        finally:
+            assoc.release()
+        assert status.Status == 0xC000
+        send_file(good, node, "SENDER")  # still serving
+    dropped = [json.loads(line) for line in lines if json.loads(line)["event"] == "dropped"]
+    assert len(dropped) == 1 and "SOP class" not in dropped[0]["reason"]
+    assert len(list((tmp_path / "store" / "incoming").rglob("*.dcm"))) == 1
+
+
 def test_journal_line_cut_by_a_kill_loses_no_later_entry(tmp_path):
     path = tmp_path / "journal.jsonl"
     path.write_text('{"folder": "1.2", "event": "received"}\n{"folder": "1.2", "event": "pred')
