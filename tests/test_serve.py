@@ -272,7 +272,8 @@ def test_refused_callers_classes_and_datasets_leave_the_node_serving(node, ortha
     truncated.PixelData = truncated.PixelData[:100]
     truncated.save_as(tmp_path / "truncated.dcm")
     refused = _storescu(node, [tmp_path / "plan.dcm", tmp_path / "truncated.dcm"])
-    assert "Store Response (Success)" not in refused.stdout, refused.stdout
+    assert "No presentation context for: (RP)" in refused.stdout, refused.stdout  # refused at association
+    assert "Store Response (Error: CannotUnderstand)" in refused.stdout, refused.stdout  # C000
     node.wait("dropped", calling="SENDER")
 
     gap_uid = "1.2.826.0.1.3680043.2.1125.21.7"  # a slice missing: refused by the reader, the node goes on
