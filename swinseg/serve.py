@@ -268,12 +268,18 @@ class Node:
             target = self.incoming / folder / (safe_name(str(dataset.SOPInstanceUID)) + ".dcm")
             target.parent.mkdir(exist_ok=True)
             tmp = self.tmp / f"{folder}.{target.name}"
-            tmp.write_bytes(data)
-            if target.exists():  # the same instance sent again
-                self.stored -= target.stat().st_size
-            else:
-                self.series[folder].instances += 1
-            os.replace(tmp, target)
+            try:
+                tmp.write_bytes(data)
+                if target.exists():  # the same instance sent again
+                    self.stored -= target.stat().st_size
+                else:
+                    self.series[folder].instances += 1
+                os.replace(tmp, target)
+            except OSError as error:  # a full or failing disk: the sender is told, and may send it again
+                tmp.unlink(missing_ok=True)
+                self.log("write-failed", f"series {series_uid}: an instance from {calling!r} not stored: {error}",
+                         series=series_uid, calling=calling, message=str(error))
+                return OUT_OF_RESOURCES
             self.stored += len(data)
             self.series[folder].last = time.monotonic()
         return SUCCESS
