@@ -11,6 +11,7 @@ AUGMENTATIONS = ("none", "reference", "strong")  # train --augment
 MIRRORS = ("auto", "both", "rows", "columns", "none")  # train --mirror (auto: swinseg.plan decides)
 OUTPUT_TYPES = ("auto", "dicom-seg", "rtstruct")  # predict --output-type: auto = NIfTI (PNG for 2-D images)
 DICOM_TYPES = ("seg", "rtstruct")  # to-dicom --output-type
+SERVE_OUTPUT_TYPES = ("seg", "rtstruct", "nifti")  # serve --output-type
 # --min-contour-area (mm²): regions and holes of a slice enclosing less are left out of an RTSTRUCT. About
 # 2.2 x 2.2 mm, under a planning dose grid voxel (2-3 mm) and a CT slice's thickness; 5-20 pixels of a 512x512
 # slice. This is the speckle of an undertrained network: a mask of random labels on 0.7 mm pixels still gave 1,200

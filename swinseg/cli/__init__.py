@@ -16,6 +16,7 @@ from swinseg.cli import (
     predict,
     preprocess,
     report,
+    serve,
     to_dicom,
     train,
     weights,
@@ -49,7 +50,8 @@ def _main(
     _common.state.debug = debug
 
 
-for _module in (predict, models, evaluate, report, train, plan, preprocess, weights, export, overlay, demo, to_dicom):
+for _module in (predict, models, evaluate, report, train, plan, preprocess, weights, export, overlay, demo, to_dicom,
+                serve):
     _module.register(app)
 
 
