@@ -227,6 +227,7 @@ def _compressed_copies(files: list[Path], folder: Path) -> list[tuple[Path, str]
     return copies
 
 
+@pytest.mark.slow
 def test_compressed_series_is_predicted_and_its_seg_stored_in_orthanc(node, orthanc, tmp_path):
     uid = "1.2.826.0.1.3680043.2.1125.21.1"
     originals = _series(tmp_path / "series", uid)
@@ -253,6 +254,7 @@ def test_compressed_series_is_predicted_and_its_seg_stored_in_orthanc(node, orth
         np.testing.assert_array_equal(kept.pixel_array, instance.pixel_array)
 
 
+@pytest.mark.slow
 def test_refused_callers_classes_and_datasets_leave_the_node_serving(node, orthanc, tmp_path):
     echo = subprocess.run([_tool("echoscu"), "-to", "30", "-aet", "ECHOER", "-aec", "SWINSEG", "127.0.0.1",
                            str(node.port)], capture_output=True, text=True, timeout=60)
@@ -289,6 +291,7 @@ def test_refused_callers_classes_and_datasets_leave_the_node_serving(node, ortha
                 and e["event"] != "dropped"]
 
 
+@pytest.mark.slow
 def test_killed_node_predicts_its_series_once_and_sends_after_restart(checkpoint, orthanc, tmp_path):
     uid = "1.2.826.0.1.3680043.2.1125.21.5"
     files = _series(tmp_path / "series", uid, slices=5)
