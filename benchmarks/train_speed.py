@@ -27,7 +27,8 @@ from swinseg.config import load_card
 from swinseg.device import resolve_device, resolve_precision
 from swinseg.model import SwinUnet
 from swinseg.training.data import open_training_data
-from swinseg.training.loop import Distributed, Step, TrainConfig, train_epoch
+from swinseg.training.distributed import Distributed
+from swinseg.training.loop import Step, TrainConfig, train_epoch
 from swinseg.training.report import TrainingEvents
 
 

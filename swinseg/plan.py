@@ -26,7 +26,8 @@ from swinseg.defaults import FOREGROUND_OVERSAMPLING, TILE_OVERLAP
 from swinseg.errors import SwinsegError
 from swinseg.io import atomic_output
 from swinseg.preprocess import grid_size, slice_axis, tile_starts
-from swinseg.training.data import LoadedCase, TrainingCases
+from swinseg.training.data import TrainingCases
+from swinseg.training.samples import LoadedCase
 
 if TYPE_CHECKING:
     import torch

@@ -9,8 +9,8 @@ import scipy.ndimage
 from swinseg.errors import SwinsegError
 from swinseg.training import augment
 from swinseg.training.augment import strong_sample
-from swinseg.training.data import GridCase, GridSlices, SliceDataset
 from swinseg.training.loop import TrainConfig
+from swinseg.training.samples import GridCase, GridSlices, SliceDataset
 
 SPATIAL = ("P_SCALE", "P_ROTATE", "P_DEFORM", "P_MIRROR")
 INTENSITY = ("P_NOISE", "P_BLUR", "P_BRIGHTNESS", "P_CONTRAST", "P_LOW_RES", "P_GAMMA_INVERTED", "P_GAMMA")

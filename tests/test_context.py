@@ -118,7 +118,7 @@ def test_training_samples_carry_the_neighbours_predict_feeds(tmp_path, plane, sp
 
 
 def test_synapse_slices_find_their_neighbours_by_slice_number(tmp_path):
-    from swinseg.training.data import NpzSlices
+    from swinseg.training.samples import NpzSlices
 
     for case in ("case0001", "case0002"):
         for z in range(4):

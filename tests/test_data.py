@@ -19,6 +19,7 @@ from swinseg.training.augment import augment_slice, resize_pair, rotate_nearest
 from swinseg.training.convert import preprocess_dataset
 from swinseg.training.data import open_training_data
 from swinseg.training.datasets import open_nnunet, read_dataset_json, split_cases
+from swinseg.training.samples import LoadedCase
 
 PREP = Preprocessing()  # CT window [-125, 275], LPS
 CLASSES = ["background", "liver", "spleen"]
@@ -177,7 +178,7 @@ def test_loader_workers_give_the_same_batches(tmp_path: Path) -> None:
 def test_one_persistent_loader_draws_each_epoch_as_a_fresh_loader_would(tmp_path: Path) -> None:
     import torch
 
-    from swinseg.training.data import EpochSampler
+    from swinseg.training.samples import EpochSampler
 
     write_synapse(tmp_path / "Synapse")
     data = open_training_data(tmp_path / "Synapse", img_size=32, preprocessing=PREP, seed=3)
@@ -217,7 +218,7 @@ def test_nnunet_layout_oriented_normalised_slices_and_volumes(tmp_path: Path) ->
 def test_nnunet_case_axes_permuted_and_scaled_intensities(tmp_path: Path) -> None:
     """A volume stored with its index axes permuted (x index runs superior, z index left) and CT stored as
     scaled floats: slices come out axial in LPS, spacing follows, memory holds int16."""
-    from swinseg.training.data import load_case
+    from swinseg.training.cases import load_case
     from swinseg.training.datasets import CaseFiles
 
     affine = np.array([[0, 0, -2.0, 0], [0, -1.5, 0, 0], [3.0, 0, 0, 0], [0, 0, 0, 1]])  # RAS
@@ -341,24 +342,23 @@ def test_preprocess_cli(tmp_path: Path) -> None:
 
 
 def test_datasets_larger_than_memory_are_refused_before_loading(tmp_path, monkeypatch):
-    import swinseg.training.data as data_module
+    import swinseg.training.cases as cases_module
     from swinseg.phantom import write_phantom_dataset
 
     root = write_phantom_dataset(tmp_path / "ds", 2, seed=0, shape=(4, 32, 32))
-    dataset = data_module.open_nnunet(root)
+    dataset = open_nnunet(root)
     names = [case.name for case in dataset.cases]
-    data_module.check_fits_in_memory(dataset, names)  # 2 x 4096 voxels fit
-    monkeypatch.setattr(data_module, "_available_memory", lambda: 10_000)
+    cases_module.check_fits_in_memory(dataset, names)  # 2 x 4096 voxels fit
+    monkeypatch.setattr(cases_module, "_available_memory", lambda: 10_000)
     with pytest.raises(SwinsegError, match="swinseg preprocess"):
-        data_module.check_fits_in_memory(dataset, names)
+        cases_module.check_fits_in_memory(dataset, names)
 
 
 def test_a_target_grid_larger_than_memory_is_refused(monkeypatch):
-    import swinseg.training.data as data_module
+    import swinseg.training.cases as cases_module
 
-    case = data_module.LoadedCase("c", np.zeros((10, 100, 100), np.int16), np.zeros((10, 100, 100), np.uint8),
-                                  (3.0, 3.0, 3.0))
-    monkeypatch.setattr(data_module, "_available_memory", lambda: 10_000_000)
-    data_module.check_grid_fits_in_memory(Path("ds"), [case], (3.0, 3.0))  # 300 kB fit
+    case = LoadedCase("c", np.zeros((10, 100, 100), np.int16), np.zeros((10, 100, 100), np.uint8), (3.0, 3.0, 3.0))
+    monkeypatch.setattr(cases_module, "_available_memory", lambda: 10_000_000)
+    cases_module.check_grid_fits_in_memory(Path("ds"), [case], (3.0, 3.0))  # 300 kB fit
     with pytest.raises(SwinsegError, match="resampled to 0.5x0.5 mm .* choose a coarser --spacing"):
-        data_module.check_grid_fits_in_memory(Path("ds"), [case], (0.5, 0.5))  # 36x the voxels: 10.8 MB
+        cases_module.check_grid_fits_in_memory(Path("ds"), [case], (0.5, 0.5))  # 36x the voxels: 10.8 MB

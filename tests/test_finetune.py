@@ -13,7 +13,8 @@ from swinseg.cli import app
 from swinseg.config import load_card
 from swinseg.model import SwinUnet
 from swinseg.phantom import write_phantom_dataset
-from swinseg.training.loop import TrainConfig, adapt_classes, build_network, starting_point
+from swinseg.training.loop import TrainConfig
+from swinseg.training.setup import adapt_classes, build_network, starting_point
 from swinseg.weights import load_checkpoint, save_checkpoint
 
 GOLDEN_UNET = GOLDEN / "swin_unet_small_official.pth"

@@ -24,8 +24,9 @@ from swinseg.plan import (
     mirror_decision,
     plan_training,
 )
-from swinseg.training.data import LoadedCase, read_training_cases
+from swinseg.training.data import read_training_cases
 from swinseg.training.options import TrainConfig
+from swinseg.training.samples import LoadedCase
 
 CARD = load_card("swin_unet_test")
 

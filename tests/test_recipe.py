@@ -10,7 +10,8 @@ from torch import nn
 from swinseg.errors import SwinsegError
 from swinseg.phantom import write_phantom_dataset
 from swinseg.training.augment import strong_sample
-from swinseg.training.loop import TrainConfig, make_optimizer, poly_schedule, resolve_config, train
+from swinseg.training.loop import TrainConfig, resolve_config, train
+from swinseg.training.setup import make_optimizer, poly_schedule
 
 
 def test_without_imagenet_weights_the_scratch_recipe_is_the_default_and_flags_win():

@@ -17,16 +17,10 @@ from swinseg.phantom import make_phantom, phantom_volume, write_phantom_dataset
 from swinseg.plan import fingerprint, intensity_decision, spacing_decision
 from swinseg.predict import Predictor
 from swinseg.preprocess import gaussian_importance, grid_size, prepare_volume, resample_labels, tile_starts
-from swinseg.training.data import (
-    GridSlices,
-    LoadedCase,
-    SliceDataset,
-    load_case,
-    set_bounds,
-    to_grid_case,
-)
+from swinseg.training.cases import load_case, set_bounds
 from swinseg.training.datasets import CaseFiles
 from swinseg.training.loop import TrainConfig, open_data
+from swinseg.training.samples import GridSlices, LoadedCase, SliceDataset, to_grid_case
 
 TILE = 32
 

@@ -20,8 +20,9 @@ from swinseg import io
 from swinseg.cli import app
 from swinseg.errors import SwinsegError
 from swinseg.phantom import write_phantom_dataset
-from swinseg.training.loop import TrainConfig, build_network, poly_schedule, resolve_config, starting_point, train
+from swinseg.training.loop import TrainConfig, resolve_config, train
 from swinseg.training.losses import DiceCELoss, soft_dice_loss
+from swinseg.training.setup import build_network, poly_schedule, starting_point
 from swinseg.training.state import capture_rng_state, load_training_state, restore_rng_state, save_training_state
 
 CLASSIFIER = GOLDEN / "swin_classifier_small_official.pth"

@@ -44,7 +44,8 @@ def plan_command(
     from swinseg.device import resolve_device
     from swinseg.training.data import read_training_cases
     from swinseg.training.datasets import is_synapse
-    from swinseg.training.loop import resolve_config, with_context
+    from swinseg.training.options import resolve_config
+    from swinseg.training.setup import with_context
 
     flags = {"data": str(data), "model": model, "spacing": spacing, "plane": plane, "device": device}
     config = resolve_config(config_file, flags)

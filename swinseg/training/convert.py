@@ -16,7 +16,7 @@ from swinseg.io import atomic_output
 from swinseg.preprocess import (
     scale_intensities,
 )
-from swinseg.training.data import LoadedCase, Progress, load_case, set_bounds
+from swinseg.training.cases import Progress, load_case, set_bounds
 from swinseg.training.datasets import (
     LIST_FOLDER,
     TEST_FOLDER,
@@ -28,6 +28,7 @@ from swinseg.training.datasets import (
     shorten,
     split_cases,
 )
+from swinseg.training.samples import LoadedCase
 
 
 @dataclass

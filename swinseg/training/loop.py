@@ -36,8 +36,8 @@ import torch.distributed as torch_dist
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from swinseg.config import ModelCard, load_card
-from swinseg.device import autocast, precision_name, rank_device, resolve_device, resolve_precision, torchrun_rank
+from swinseg.config import ModelCard
+from swinseg.device import autocast, precision_name, resolve_precision
 from swinseg.errors import SwinsegError
 from swinseg.io import atomic_output
 from swinseg.plan import write_plan
@@ -51,180 +51,24 @@ from swinseg.rundir import (
     SPLITS_FILE,
     STATE_FILE,
 )
-from swinseg.training.data import EpochSampler
 from swinseg.training.datasets import check_splits, fold_splits, is_nnunet, is_synapse, open_nnunet
+from swinseg.training.distributed import Distributed, init_distributed
 from swinseg.training.losses import DiceCELoss
 from swinseg.training.options import FINETUNE_DEFAULTS, TrainConfig, resolve_config, write_config
 from swinseg.training.report import TrainingEvents, epoch_line, plot_curves, write_metrics
+from swinseg.training.samples import EpochSampler
+from swinseg.training.setup import build_network, make_optimizer, poly_schedule, starting_point, with_context
 from swinseg.training.state import capture_rng_state, load_training_state, restore_rng_state, save_training_state
 
 if TYPE_CHECKING:
     from swinseg.model import SwinUnet
-    from swinseg.training.data import TrainingData, VolumeCase
+    from swinseg.training.cases import VolumeCase
+    from swinseg.training.data import TrainingData
 
 __all__ = ["FINETUNE_DEFAULTS", "TrainConfig", "TrainResult", "resolve_config", "train"]
 
 PATH_OPTIONS = ("data", "output", "pretrained", "checkpoint", "splits")
 CURVES_SECONDS = 30.0  # curves.png is redrawn at most this often (and after the last epoch)
-
-
-# ------------------------------------------------------------------------------------------- distributed
-
-
-@dataclass(frozen=True)
-class Distributed:
-    """This process's place in a torchrun job (rank 0 of 1 without torchrun)."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.enabled:
-            torch_dist.barrier()
-
-    def all_gather(self, value: Any) -> list[Any]:
-        """`value` from every process, in rank order (pickled; for small things)."""
-        if not self.enabled:
-            return [value]
-        gathered: list[Any] = [None] * self.world_size
-        torch_dist.all_gather_object(gathered, value)
-        return gathered
-
-    def broadcast(self, value: Any) -> Any:
-        """Rank 0's `value` on every process (pickled)."""
-        if not self.enabled:
-            return value
-        holder = [value]
-        torch_dist.broadcast_object_list(holder, src=0)
-        return holder[0]
-
-    def sum(self, values: list[float], device: torch.device) -> list[float]:
-        if not self.enabled:
-            return values
-        tensor = torch.tensor(values, dtype=torch.float64, device=device)
-        torch_dist.all_reduce(tensor)
-        return tensor.tolist()
-
-
-def init_distributed(device_spec: str) -> tuple[Distributed, torch.device]:
-    """Join the torchrun job described by the environment (if any) and pick this process's device."""
-    launched = torchrun_rank()
-    if launched is None:
-        return Distributed(), resolve_device(device_spec)
-    rank, world_size, local_rank = launched
-    device = resolve_device(rank_device(device_spec, local_rank))
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if not torch_dist.is_initialized():
-        torch_dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Distributed(rank, world_size, local_rank), device
-
-
-# ------------------------------------------------------------------------------------------------- model
-
-
-def adapt_classes(model: SwinUnet, old: tuple[str, ...], new: tuple[str, ...]) -> tuple[SwinUnet, list[str]]:
-    """A copy of `model` predicting the classes `new`: weights of classes present in both (by name) are kept,
-    the other classes' output weights start fresh. Returns the model and the names kept."""
-    from swinseg.model import SwinUnet
-
-    if tuple(old) == tuple(new):
-        return model, list(new)
-    adapted = SwinUnet(dataclasses.replace(model.config, num_classes=len(new)))
-    target = adapted.state_dict()
-    kept = [name for name in new if name in old]
-    rows_new = torch.tensor([new.index(name) for name in kept], dtype=torch.long)
-    rows_old = torch.tensor([old.index(name) for name in kept], dtype=torch.long)
-    per_class = {f"output.{name}" for name, _ in model.output.named_parameters()}  # rows = classes
-    for key, value in model.state_dict().items():
-        if key in per_class:
-            target[key][rows_new] = value[rows_old]
-        else:
-            target[key] = value
-    adapted.load_state_dict(target)
-    return adapted, kept
-
-
-def starting_point(config: TrainConfig) -> tuple[SwinUnet | None, ModelCard]:
-    """finetune: the trained model and its card (--model names the card of a foreign checkpoint);
-    train: no model yet and the card of --model."""
-    from swinseg import weights
-
-    if config.checkpoint:
-        return weights.load_checkpoint(config.checkpoint, card=config.model)
-    return None, load_card(config.model or "swin_unet_tiny")
-
-
-def with_context(config: TrainConfig, model: SwinUnet | None, card: ModelCard) -> ModelCard:
-    """The card with --context-slices applied (a fresh network's input layer follows; a trained one's cannot)."""
-    wanted = config.context_slices
-    if wanted is None or wanted == card.preprocessing.context_slices:
-        return card
-    if model is not None:
-        raise SwinsegError(f"{config.checkpoint}: trained with context_slices {card.preprocessing.context_slices}; "
-                           f"--context-slices {wanted} would change its input layer (train a new model instead)")
-    return card.with_context(wanted)
-
-
-def build_network(
-    config: TrainConfig, model: SwinUnet | None, card: ModelCard, classes: tuple[str, ...],
-    log: Callable[[str], None],
-) -> tuple[SwinUnet, ModelCard]:
-    """The network to train for `classes`: the finetuned model adapted by class name, or a fresh network
-    (ImageNet-initialised with --pretrained)."""
-    from swinseg import weights
-    from swinseg.model import SwinUnet
-
-    if model is not None:
-        if classes != card.classes:
-            model, kept = adapt_classes(model, card.classes, classes)
-            fresh = [name for name in classes if name not in kept]
-            log(f"classes: {len(kept)} kept by name ({', '.join(kept) or 'none'}), "
-                f"new: {', '.join(fresh) or 'none'}")
-            card = card.with_classes(classes)
-        return model.train(), card
-    card = card.with_classes(classes) if classes != card.classes else card
-    model = SwinUnet(card.network)
-    if config.pretrained:
-        log(weights.init_from_imagenet(model, config.pretrained).summary())
-    else:
-        log("no --pretrained: starting from random weights (the published recipe starts from ImageNet Swin-T)")
-    return model, card
-
-
-def poly_schedule(optimizer: torch.optim.Optimizer, max_iterations: int, power: float,
-                  warmup: float = 0.0) -> LambdaLR:
-    """lr = base * (1 - it / max_it) ** power, stepped once per iteration (0 after the last one), after a linear
-    warm-up from base / warm-up steps over the first `warmup` share of the iterations (none at 0)."""
-    warmup_steps = int(round(warmup * max_iterations))
-
-    def factor(it: int) -> float:
-        if it < warmup_steps:
-            return (it + 1) / warmup_steps
-        return max(0.0, 1.0 - it / max_iterations) ** power
-
-    return LambdaLR(optimizer, factor)
-
-
-def make_optimizer(parameters: list[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
-    """The recipe's optimiser: SGD with momentum (published) or AdamW (scratch); norms and biases are not
-    decayed by AdamW."""
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(parameters, lr=config.learning_rate, momentum=config.momentum,
-                               weight_decay=config.weight_decay)
-    decayed = [p for p in parameters if p.ndim > 1]
-    kept = [p for p in parameters if p.ndim <= 1]
-    groups = [{"params": decayed, "weight_decay": config.weight_decay}, {"params": kept, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=config.learning_rate)
 
 
 # -------------------------------------------------------------------------------------------------- data
