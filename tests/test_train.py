@@ -240,7 +240,7 @@ def test_cross_validation_folds_are_seeded_disjoint_and_written_to_the_run(phant
     import json
 
     from swinseg.training.datasets import fold_splits
-    from swinseg.training.loop import hold_out_fold
+    from swinseg.training.folds import hold_out_fold
 
     names = [f"case_{k}" for k in range(7)]
     splits = fold_splits(names, 3, seed=5)

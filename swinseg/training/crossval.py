@@ -25,14 +25,8 @@ from swinseg.evaluate import Evaluation, evaluate
 from swinseg.evaluate_report import fmt, json_safe, write_reports
 from swinseg.rundir import CONFIG_FILE, CROSSVAL_FOLDER, FINAL_FILE, FOLD_PREFIX, STATE_FILE, fold_dir
 from swinseg.training.datasets import open_nnunet
-from swinseg.training.loop import (
-    TrainConfig,
-    cross_validation_splits,
-    resolve_config,
-    train,
-    write_config,
-    write_splits,
-)
+from swinseg.training.folds import cross_validation_splits, write_splits
+from swinseg.training.loop import TrainConfig, resolve_config, train, write_config
 from swinseg.training.report import TrainingEvents
 
 

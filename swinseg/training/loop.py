@@ -23,7 +23,6 @@ processes, validation cases are split too, and only rank 0 writes or prints.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 import warnings
 from dataclasses import dataclass
@@ -39,7 +38,6 @@ from torch.optim.lr_scheduler import LambdaLR
 from swinseg.config import ModelCard
 from swinseg.device import autocast, precision_name, resolve_precision
 from swinseg.errors import SwinsegError
-from swinseg.io import atomic_output
 from swinseg.plan import write_plan
 from swinseg.rundir import (
     BEST_FILE,
@@ -48,11 +46,11 @@ from swinseg.rundir import (
     FINAL_FILE,
     METRICS_FILE,
     PLAN_FILE,
-    SPLITS_FILE,
     STATE_FILE,
 )
-from swinseg.training.datasets import check_splits, fold_splits, is_nnunet, is_synapse, open_nnunet
+from swinseg.training.datasets import is_synapse
 from swinseg.training.distributed import Distributed, init_distributed
+from swinseg.training.folds import hold_out_fold
 from swinseg.training.losses import DiceCELoss
 from swinseg.training.options import FINETUNE_DEFAULTS, TrainConfig, resolve_config, write_config
 from swinseg.training.report import TrainingEvents, epoch_line, plot_curves, write_metrics
@@ -98,44 +96,6 @@ def open_data(
     return open_training_data(cases, preprocessing=plan.preprocessing,
                               oversample_foreground=plan.oversample_foreground.value, notes=plan.lines(), plan=plan,
                               mirror_axes=tuple(plan.mirror_axes.value), **built)
-
-
-def hold_out_fold(config: TrainConfig, run_dir: Path, *, write: bool = True) -> TrainConfig:
-    """With --folds or --splits: the config with fold `config.fold`'s validation cases, and the folds written
-    to RUN_DIR/splits.json (identical for every fold of the same data and seed, so runs of all folds agree)."""
-    splits = cross_validation_splits(config)
-    if splits is None:
-        return config
-    if config.fold_index >= len(splits):
-        raise SwinsegError(f"--fold {config.fold}: the splits have folds 0 to {len(splits) - 1}")
-    if write:
-        write_splits(run_dir, splits)
-    return dataclasses.replace(config, val_cases=splits[config.fold_index]["val"], folds=None, splits=None)
-
-
-def write_splits(run_dir: Path, splits: list[dict[str, list[str]]]) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_output(run_dir / SPLITS_FILE) as tmp:
-        tmp.write_text(json.dumps(splits, indent=1) + "\n", encoding="utf-8")
-
-
-def cross_validation_splits(config: TrainConfig) -> list[dict[str, list[str]]] | None:
-    """The folds of --folds (seeded over the dataset's cases) or --splits (read and checked); None without."""
-    if config.folds is None and config.splits is None:
-        return None
-    if not is_nnunet(Path(config.data)):
-        raise SwinsegError(f"{config.data}: cross-validation folds need an nnU-Net folder (imagesTr, labelsTr)")
-    names = open_nnunet(config.data).names
-    if config.splits is not None:
-        try:
-            raw = json.loads(Path(config.splits).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as error:
-            raise SwinsegError(f"{config.splits}: cannot read the splits ({error})") from error
-        splits = check_splits(raw, names, config.splits)
-    else:
-        assert config.folds is not None
-        splits = fold_splits(names, config.folds, config.seed)
-    return splits
 
 
 def training_loader(
