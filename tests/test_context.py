@@ -19,8 +19,8 @@ from swinseg.model import SwinUnet, build_model
 from swinseg.phantom import write_phantom_dataset
 from swinseg.predict import Predictor
 from swinseg.preprocess import context_indices
+from swinseg.pretrained import spread_rgb_kernel
 from swinseg.training.data import open_training_data
-from swinseg.weights import spread_rgb_kernel
 
 LPS_AXIS = {"axial": 0, "coronal": 1, "sagittal": 2}  # array axis of each plane's slices in an LPS array
 SHAPE = (7, 9, 8)  # LPS (z, y, x): each plane has a handful of slices

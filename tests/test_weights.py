@@ -14,14 +14,8 @@ from shared_files import GOLDEN, needs_shared
 from swinseg.config import SwinUnetConfig, load_card
 from swinseg.errors import SwinsegError
 from swinseg.model import SwinUnet, build_model
-from swinseg.weights import (
-    init_from_imagenet,
-    load_checkpoint,
-    load_model,
-    load_swin_classifier,
-    read_weights,
-    save_checkpoint,
-)
+from swinseg.pretrained import init_from_imagenet, load_swin_classifier
+from swinseg.weights import load_checkpoint, load_model, read_weights, save_checkpoint
 
 CLASSIFIER = GOLDEN / "swin_classifier_small_official.pth"
 UNET = GOLDEN / "swin_unet_small_official.pth"

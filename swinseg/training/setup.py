@@ -66,7 +66,7 @@ def build_network(
 ) -> tuple[SwinUnet, ModelCard]:
     """The network to train for `classes`: the finetuned model adapted by class name, or a fresh network
     (ImageNet-initialised with --pretrained)."""
-    from swinseg import weights
+    from swinseg import pretrained
     from swinseg.model import SwinUnet
 
     if model is not None:
@@ -80,7 +80,7 @@ def build_network(
     card = card.with_classes(classes) if classes != card.classes else card
     model = SwinUnet(card.network)
     if config.pretrained:
-        log(weights.init_from_imagenet(model, config.pretrained).summary())
+        log(pretrained.init_from_imagenet(model, config.pretrained).summary())
     else:
         log("no --pretrained: starting from random weights (the published recipe starts from ImageNet Swin-T)")
     return model, card
