@@ -5,6 +5,8 @@ import multiprocessing
 import os
 import random
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -282,3 +284,15 @@ def test_validation_split_errors_name_the_train_options(phantoms, tmp_path):
     whole = CliRunner().invoke(app, ["train", "--data", str(phantoms), "-o", str(tmp_path / "b"),
                                      "--model", "swin_unet_test", "--val-fraction", "1.0", "--device", "cpu"])
     assert whole.exit_code == 1 and "--val-fraction must be in [0, 1)" in whole.output
+
+
+def test_workers_default_to_the_cores_granted_and_torch_advice_stays_off_the_terminal(phantoms, tmp_path):
+    from swinseg.training.options import usable_cores
+
+    assert TrainConfig().num_workers == min(8, usable_cores()) <= (os.cpu_count() or 1)
+    script = ("import os, sys; os.sched_setaffinity(0, {0}); from swinseg.training.loop import TrainConfig, train; "
+              f"train(TrainConfig(data={str(phantoms)!r}, output={str(tmp_path / 'run')!r}, model='swin_unet_test', "
+              "epochs=1, batch_size=4, val_every=0, num_workers=2, device='cpu'))")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "This DataLoader will create" not in result.stderr

@@ -76,7 +76,7 @@ OPTIONS: dict[str, tuple[Any, str]] = {
                      "folds from."),
     "val_batch_size": (int, "Slices per forward pass in validation."),
     "num_workers": (int, "DataLoader worker processes per training process; results do not depend on it. "
-                         "(default: the CPU cores, at most 8)"),
+                         "(default: the CPU cores this process may use, at most 8)"),
     "device": (str, "auto, cpu, cuda or cuda:N (torchrun: the local rank's GPU)."),
     "precision": (str, "auto, bf16, fp16 or fp32 (auto: bf16/fp16 on CUDA, fp32 on CPU)."),
 }

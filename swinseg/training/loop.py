@@ -22,6 +22,7 @@ processes, validation cases are split too, and only rank 0 writes or prints.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 import warnings
@@ -106,11 +107,21 @@ def training_loader(
     (seed, epoch, slice index) depend on nothing that ran before, so a resumed run draws exactly the batches of
     an uninterrupted one, with any number of workers."""
     sampler = EpochSampler(data.slices, num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=config.seed)
-    loader = torch.utils.data.DataLoader(
-        data.slices, batch_size=config.batch_size // dist.world_size, sampler=sampler,
-        num_workers=config.num_workers, pin_memory=device.type == "cuda", persistent_workers=config.num_workers > 0,
-    )
+    with _no_worker_advice():
+        loader = torch.utils.data.DataLoader(
+            data.slices, batch_size=config.batch_size // dist.world_size, sampler=sampler,
+            num_workers=config.num_workers, pin_memory=device.type == "cuda", persistent_workers=config.num_workers > 0,
+        )
     return loader, sampler
+
+
+@contextlib.contextmanager
+def _no_worker_advice() -> Iterator[None]:
+    """Without torch's warning that the workers outnumber the usable cores: the default follows those cores,
+    and a larger --num-workers is the user's choice (the run's description says how many run)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="This DataLoader will create", category=UserWarning)
+        yield
 
 
 def _mix_seed(*values: int) -> int:
@@ -231,7 +242,9 @@ def _batches(
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(images (B, 1, H, W) float, labels (B, H, W) long) on the device; labels checked on the CPU first
     (an out-of-range label would otherwise stop a CUDA run with a device-side assert)."""
-    for batch in loader:
+    with _no_worker_advice():
+        batches = iter(loader)
+    for batch in batches:
         images, labels = batch["image"], batch["label"]
         if int(labels.max()) >= num_classes:
             raise SwinsegError(
@@ -326,8 +339,8 @@ class Trainer:
                       if self.validating else "off")
         return (f"training {self.card.name}: {len(self.data.slices)} slices, {len(self.card.classes)} classes, "
                 f"batch {config.batch_size}, lr {config.learning_rate:g}, {_count(config.epochs, 'epoch')} = "
-                f"{config.epochs * self.batches_per_epoch} iterations on {where} ({precision}); "
-                f"validation: {validation}")
+                f"{config.epochs * self.batches_per_epoch} iterations on {where} ({precision}), "
+                f"{_count(config.num_workers, 'loader worker')}; validation: {validation}")
 
     def run(self, stop_after: int | None = None) -> TrainResult:
         config = self.config

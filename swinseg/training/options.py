@@ -36,6 +36,15 @@ OPTIMIZERS = ("sgd", "adamw")
 PRE_RECIPE_KEYS = {"momentum", "poly_power", "base_batch", "lr"}  # every run's config.yaml holds them
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity: what Slurm, taskset or a container grants), not the
+    machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
 @dataclass
 class TrainConfig:
     """Every training option; each is a `swinseg train` flag (dashes for underscores) and a YAML key."""
@@ -77,7 +86,7 @@ class TrainConfig:
     fold: str = "0"  # the fold held out for validation (with --folds or --splits), or "all": every fold in turn
     splits: str | None = None  # a splits.json to take the folds from (nnU-Net's format)
     val_batch_size: int = 16
-    num_workers: int = dataclasses.field(default_factory=lambda: min(8, os.cpu_count() or 1))  # per process
+    num_workers: int = dataclasses.field(default_factory=lambda: min(8, usable_cores()))  # per process
     device: str = "auto"
     precision: str = "auto"
 
