@@ -222,7 +222,7 @@ class ModelCard:
     source: Path | None = None
     # class name -> {"type": (scheme, value, meaning), "category": (...)} for DICOM SEG (else swinseg's table)
     segment_codes: dict[str, dict[str, tuple[str, str, str]]] = field(default_factory=dict)
-    # what the model was trained on: swinseg.plan.Fingerprint.to_dict() of its training cases (set by training)
+    # what the model was trained on: swinseg.fingerprint.Fingerprint.to_dict() of its training cases (set by training)
     fingerprint: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:

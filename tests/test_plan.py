@@ -14,16 +14,9 @@ from typer.testing import CliRunner
 from swinseg.cli import app
 from swinseg.config import ModelCard, Preprocessing, load_card
 from swinseg.errors import SwinsegError
+from swinseg.fingerprint import Fingerprint, fingerprint
 from swinseg.phantom import CLASSES, write_phantom_dataset
-from swinseg.plan import (
-    Fingerprint,
-    Plan,
-    batch_rule,
-    fingerprint,
-    make_plan,
-    mirror_decision,
-    plan_training,
-)
+from swinseg.plan import Plan, batch_rule, make_plan, mirror_decision, plan_training
 from swinseg.training.data import read_training_cases
 from swinseg.training.options import TrainConfig
 from swinseg.training.samples import LoadedCase

@@ -13,8 +13,9 @@ from torch import nn
 from swinseg import io
 from swinseg.config import ModelCard, Preprocessing, SwinUnetConfig, load_card
 from swinseg.errors import SwinsegError
+from swinseg.fingerprint import fingerprint
 from swinseg.phantom import make_phantom, phantom_volume, write_phantom_dataset
-from swinseg.plan import fingerprint, intensity_decision, spacing_decision
+from swinseg.plan import intensity_decision, spacing_decision
 from swinseg.predict import Predictor
 from swinseg.preprocess import gaussian_importance, grid_size, prepare_volume, resample_labels, tile_starts
 from swinseg.training.cases import load_case, set_bounds

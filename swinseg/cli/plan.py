@@ -13,7 +13,8 @@ from rich.text import Text
 from swinseg.cli._common import cli_errors, err, out
 
 if TYPE_CHECKING:
-    from swinseg.plan import Fingerprint, Plan
+    from swinseg.fingerprint import Fingerprint
+    from swinseg.plan import Plan
     from swinseg.training.data import TrainingCases
 
 
