@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from swinseg.errors import SwinsegError
-from swinseg.rundir import CONFIG_FILE, CROSSVAL_FOLDER, METRICS_FILE
+from swinseg.rundir import run_checkpoints, run_summary
 
 MANIFEST = "manifest.json"
 FORMAT = "swinseg-store-1"
@@ -292,7 +292,6 @@ def _fill(work: Path, source: Path, card: str | None, log: Log) -> dict[str, Any
         graph = read_onnx(source)
         shutil.copyfile(source, work / "model_0.onnx")
         return {"members": ["model_0.onnx"], "card": graph.card.to_dict(), "training": {}}
-    from swinseg.rundir import run_checkpoints
     from swinseg.weights import FORMAT_NAME, card_of, load_checkpoint, read_weights, save_checkpoint
 
     files = run_checkpoints(source)
@@ -312,7 +311,7 @@ def _fill(work: Path, source: Path, card: str | None, log: Log) -> dict[str, Any
         first_card = first_card or model_card
         members.append(target.name)
     log(f"{len(members)} model(s) from {source}")
-    return {"members": members, "card": first_card.to_dict(), "training": training_summary(source, metadata)}
+    return {"members": members, "card": first_card.to_dict(), "training": run_summary(source, metadata)}
 
 
 def _from_export(work: Path, source: Path, card: str | None) -> dict[str, Any]:
@@ -367,55 +366,6 @@ def _warm(entry: Entry, log: Log) -> None:
     log(f"compiled for OpenVINO: {entry.openvino_cache}")
 
 
-def training_summary(source: Path, metadata: dict[str, str]) -> dict[str, Any]:
-    """What a run folder and its checkpoint record: data, epochs, recipe, validation Dice (mean and per class
-    at the last validated epoch) and the cross-validation summary."""
-    summary: dict[str, Any] = {}
-    if metadata.get("trained_on"):
-        summary["data"] = metadata["trained_on"]
-    if metadata.get("epoch"):
-        summary["epochs"] = int(metadata["epoch"])
-    if metadata.get("val_dice"):
-        summary["validation_dice"] = float(metadata["val_dice"])
-    run = source if source.is_dir() else source.parent  # a checkpoint inside a run folder: that run's record
-    if not (run / CONFIG_FILE).is_file():
-        return summary
-    import yaml
-
-    config = yaml.safe_load((run / CONFIG_FILE).read_text(encoding="utf-8")) or {}
-    for key in ("data", "epochs", "recipe", "model", "folds"):
-        if config.get(key) is not None:
-            summary[key] = config[key]
-    epoch = int(metadata["epoch"]) if source.is_file() and metadata.get("epoch") else None
-    summary.update(_validation(run / METRICS_FILE, epoch))
-    crossval = run / CROSSVAL_FOLDER / "summary.json"
-    if crossval.is_file():
-        values = json.loads(crossval.read_text(encoding="utf-8"))
-        summary["crossval"] = {"fold_dice": [row["dice"] for row in values["folds"]],
-                               "pooled_dice": values["pooled"]["dice"],
-                               "pooled_dice_per_class": values["pooled"]["dice_per_class"]}
-        summary["validation_dice"] = values["pooled"]["dice"]
-        summary["validation_dice_per_class"] = values["pooled"]["dice_per_class"]
-    return summary
-
-
-def _validation(path: Path, epoch: int | None) -> dict[str, Any]:
-    """Mean and per-class validation Dice in a metrics.csv: of `epoch` (a checkpoint's), else the last validated."""
-    import csv
-
-    if not path.is_file():
-        return {}
-    with path.open(encoding="utf-8", newline="") as handle:
-        rows = [row for row in csv.DictReader(handle)
-                if row.get("val_dice") and (epoch is None or row.get("epoch") == str(epoch))]
-    if not rows:
-        return {}
-    row = rows[-1]
-    per_class = {key[len("dice_"):]: float(value) for key, value in row.items() if key.startswith("dice_") and value}
-    return {"validation_dice": float(row["val_dice"]), "validation_epoch": int(row["epoch"]),
-            "validation_dice_per_class": per_class}
-
-
 def export_entry(name: str, output: str | Path) -> Path:
     """Copy a stored model (members, prepared ONNX, manifest; not the machine-specific OpenVINO cache) to a
     folder that `add` takes on another machine."""
@@ -462,9 +412,7 @@ def resolve(model: str | None = None, weights: str | Path | None = None,
     """The models a command's options name. `-m NAME` is a stored model before a card of that name (unless
     weights or checkpoints are given: then it is their card); no model option at all is the default model."""
     if checkpoints:
-        from swinseg.rundir import run_checkpoints
-
-        return [ModelSource(checkpoint=file, card=model, weights=Path(weights) if weights else None)
+            return [ModelSource(checkpoint=file, card=model, weights=Path(weights) if weights else None)
                 for path in checkpoints for file in run_checkpoints(path)]
     if model is not None and weights is None and is_stored(model):
         return stored_sources(get(model))
