@@ -346,7 +346,8 @@ def _predict_loaded(
     if counter is not None:
         counter.agreement = agreement
     try:
-        if case.probabilities is None and not options.qc:
+        softmax = options.qc and getattr(predictor, "protocol", "fast") != "reference"  # reference: labels only
+        if case.probabilities is None and not softmax:
             labels, probabilities = predictor.predict_prepared(loaded.prepared, progress=on_slices), None
         else:
             labels, probabilities = predictor.predict_prepared(loaded.prepared, probabilities=True,

@@ -142,8 +142,6 @@ def predict(
             raise SwinsegError("--shard is set by torchrun (RANK/WORLD_SIZE) already; drop --shard")
         shard_of = (rank[0], rank[1])
         device = rank_device(device, rank[2])
-    if protocol is Protocol.reference and (qc or statistics):
-        raise SwinsegError("--protocol reference predicts labels only; --qc and --statistics need the softmax")
     qc = qc or statistics
     cases = runner.plan_cases(inputs, output, probabilities=save_probabilities, statistics=qc,
                               preview=preview, output_type=output_type.value)
