@@ -133,7 +133,7 @@ def fragments(labels: np.ndarray, expected: dict[int, int]) -> tuple[float, dict
     return outside / total, counts
 
 
-def in_plane_edges(volume: io.Volume, labels: np.ndarray, axis: int, names: Sequence[str]) -> list[str]:
+def in_plane_edges(labels: np.ndarray, axis: int, names: Sequence[str]) -> list[str]:
     """Classes with a voxel on an edge of the slices (the faces along `axis`, the slice axis, do not count: a
     structure running past the first or last slice is usual)."""
     labels = np.asarray(labels)
@@ -174,7 +174,7 @@ def measure(volume: io.Volume, labels: np.ndarray, probabilities: np.ndarray | N
     signals: dict[str, Any] = {
         "foreground_voxels": int(counts[1:].sum()),
         "class_ml": {names[k]: round(float(counts[k]) * voxel_mm3 / 1000, 3) for k in range(1, len(names))},
-        "touches_border": in_plane_edges(volume, labels, axis, names),
+        "touches_border": in_plane_edges(labels, axis, names),
     }
     flat = array.reshape(-1)
     sample = flat if flat.size <= SAMPLED else flat[np.random.default_rng(0).integers(0, flat.size, SAMPLED)]

@@ -122,6 +122,7 @@ def test_far_class_volume_field_of_view_and_border_contact_are_flagged(card):
     big[:, 2:-2, 2:-2] = 1
     result = qc.check(ct_scan(), big, confident(big), card)
     assert result.signals["touches_border"] == []  # 2 voxels from the edges
+    assert result.signals["scores"]["class_volume"] < 1.0  # 11x the training cases' liver
     big[:, 0, 5] = 1
     cropped = io.Volume(np.ascontiguousarray(ct_scan().array[:, 10:30, 10:30]), (5.0, 2.0, 2.0), (0.0, 0.0, 0.0),
                         tuple(np.eye(3).ravel()))
