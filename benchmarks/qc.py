@@ -12,13 +12,18 @@ Reports: Spearman correlation of score and Dice over all cases (target >= 0.7); 
 more than 0.2 Dice against the same case clean through the full model, the share flagged review or fail (target:
 all); the share of clean cases verdict ok (target >= 90%).
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/qc.py [--epochs 30] [--cases 8] [--out qc_runs]
+`--data ct`: the real CT of ../shared/data cut into blocks of 14 axial slices as benchmarks/accuracy.py does (even
+blocks train `--epochs`, 500 by default (3 blocks: 3 batches an epoch), the undertrained models a quarter of that
+and 1 epoch; the 4 odd blocks are held out).
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/qc.py [--data phantoms|ct] [--epochs 30] [--cases 8] [--out qc_runs]
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,9 +32,11 @@ import numpy as np
 import torch
 from scipy import ndimage, stats
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
 from swinseg import io, qc
 from swinseg.metrics import dice
-from swinseg.phantom import CLASSES, write_phantom_dataset
+from swinseg.phantom import write_phantom_dataset
 from swinseg.predict import Predictor
 from swinseg.train import TrainConfig, train
 from swinseg.weights import load_checkpoint
@@ -68,8 +75,9 @@ def train_model(data: Path, run: Path, epochs: int) -> Path:
     return final
 
 
-def mean_dice(prediction: np.ndarray, reference: np.ndarray) -> float:
-    return float(np.mean([dice(prediction == k, reference == k) for k in range(1, len(CLASSES))]))
+def mean_dice(prediction: np.ndarray, reference: np.ndarray, classes: int) -> float:
+    """Mean over the classes in the prediction or the reference (a class in neither has no Dice)."""
+    return float(np.nanmean([dice(prediction == k, reference == k) for k in range(1, classes)]))
 
 
 def run_case(predictor: Predictor, volume: io.Volume, reference: np.ndarray) -> dict:
@@ -77,31 +85,23 @@ def run_case(predictor: Predictor, volume: io.Volume, reference: np.ndarray) -> 
     labels, probabilities = predictor.predict_volume(volume, probabilities=True)
     check = qc.check(volume, labels, probabilities, predictor.card, agreement=predictor.agreement)
     predictor.agreement = None
-    return {"dice": mean_dice(np.asarray(labels), reference), "score": check.score, "verdict": check.verdict,
-            "reasons": list(check.reasons), "signals": check.signals}
+    return {"dice": mean_dice(np.asarray(labels), reference, predictor.num_classes), "score": check.score,
+            "verdict": check.verdict, "reasons": list(check.reasons), "signals": check.signals}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--data", choices=("phantoms", "ct"), default="phantoms")
+    parser.add_argument("--epochs", type=int, default=None, help="the full model's (default 30 phantoms, 500 ct)")
     parser.add_argument("--cases", type=int, default=8, help="held-out phantoms")
     parser.add_argument("--out", type=Path, default=Path("qc_runs"))
     args = parser.parse_args()
     torch.set_num_threads(1)
-    data = args.out / "data"
-    train_dirs = {n: data / f"train{n}" for n in (12, 16)}
-    for n, folder in train_dirs.items():
-        if not (folder / "dataset.json").is_file():
-            write_phantom_dataset(folder, n, seed=0, shape=SHAPE, spacing=SPACING)
-    held = data / "heldout"
-    if not (held / "dataset.json").is_file():
-        write_phantom_dataset(held, args.cases, seed=1, shape=SHAPE, spacing=SPACING)
-    models = {"full": train_model(train_dirs[16], args.out / "models" / "full", args.epochs),
-              "20 epochs, 12 cases": train_model(train_dirs[12], args.out / "models" / "short", 20),
-              "stopped early": train_model(train_dirs[12], args.out / "models" / "early", 1)}
+    models, held = ct_models(args) if args.data == "ct" else phantom_models(args)
     predictors = {name: Predictor(*load_checkpoint(path), device="cpu", tta=True, backend="torch")
                   for name, path in models.items()}
     print("fingerprint in the card:", predictors["full"].card.fingerprint is not None, flush=True)
+    undertrained = list(models)[1:]
     rows = []
     for image in sorted((held / "imagesTr").glob("*_0000.nii.gz")):
         name = image.name[:-len("_0000.nii.gz")]
@@ -112,12 +112,38 @@ def main() -> None:
             truth = _crop(reference) if variant.startswith("crop") else reference
             degraded = dataclasses.replace(scan, array=np.ascontiguousarray(array), _nifti_header=None)
             rows.append({"case": name, "variant": variant, **run_case(predictors["full"], degraded, truth)})
-        for model in ("20 epochs, 12 cases", "stopped early"):
+        for model in undertrained:
             rows.append({"case": name, "variant": f"model {model}", **run_case(predictors[model], scan, reference)})
         print(f"{name}: " + ", ".join(f"{r['variant']} {r['dice']:.2f}/{r['score']:.2f}"
                                        for r in rows if r["case"] == name), flush=True)
     (args.out / "results.json").write_text(json.dumps(rows, indent=1), encoding="utf-8")
     report(rows)
+
+
+def phantom_models(args: argparse.Namespace) -> tuple[dict[str, Path], Path]:
+    """Phantom data and models: the full one first, then the undertrained ones; and the held-out folder."""
+    data = args.out / "data"
+    train_dirs = {n: data / f"train{n}" for n in (12, 16)}
+    for n, folder in train_dirs.items():
+        if not (folder / "dataset.json").is_file():
+            write_phantom_dataset(folder, n, seed=0, shape=SHAPE, spacing=SPACING)
+    held = data / "heldout"
+    if not (held / "dataset.json").is_file():
+        write_phantom_dataset(held, args.cases, seed=1, shape=SHAPE, spacing=SPACING)
+    return {"full": train_model(train_dirs[16], args.out / "models" / "full", args.epochs or 30),
+            "20 epochs, 12 cases": train_model(train_dirs[12], args.out / "models" / "short", 20),
+            "stopped early": train_model(train_dirs[12], args.out / "models" / "early", 1)}, held
+
+
+def ct_models(args: argparse.Namespace) -> tuple[dict[str, Path], Path]:
+    """The real CT's blocks (benchmarks/accuracy.py) and models trained on the even ones; the odd ones held out."""
+    from accuracy import real_ct_data
+
+    train_dir, tests, _ = real_ct_data(args.out / "data")
+    epochs = args.epochs or 500
+    return {"full": train_model(train_dir, args.out / "models" / "full", epochs),
+            f"{epochs // 4} epochs": train_model(train_dir, args.out / "models" / "short", epochs // 4),
+            "stopped early": train_model(train_dir, args.out / "models" / "early", 1)}, tests["odd blocks as they are"]
 
 
 def report(rows: list[dict]) -> None:
