@@ -156,11 +156,12 @@ def report(rows: list[dict]) -> None:
         counts = {v: sum(r["verdict"] == v for r in part) for v in ("ok", "review", "fail")}
         print(f"{variant:22} {np.mean([r['dice'] for r in part]):6.3f} {np.mean([r['score'] for r in part]):6.3f} "
               f"{counts['ok']:4} {counts['review']:7} {counts['fail']:5}  {common[:60]}")
-    rho = stats.spearmanr([r["score"] for r in rows], [r["dice"] for r in rows]).statistic
+    scored = [r for r in rows if np.isfinite(r["dice"])]  # no Dice: no class in the prediction or the reference
+    rho = stats.spearmanr([r["score"] for r in scored], [r["dice"] for r in scored]).statistic
     harmed = [r for r in rows if r["variant"] != "clean" and clean[r["case"]] - r["dice"] > 0.2]
     flagged = sum(r["verdict"] != "ok" for r in harmed)
     clean_ok = sum(r["verdict"] == "ok" for r in rows if r["variant"] == "clean")
-    print(f"\nSpearman(score, Dice) over {len(rows)} cases: {rho:.3f} (target >= 0.7)")
+    print(f"\nSpearman(score, Dice) over {len(scored)} cases: {rho:.3f} (target >= 0.7)")
     print(f"degraded cases losing > 0.2 Dice flagged review/fail: {flagged}/{len(harmed)} (target: all)")
     print(f"clean held-out cases ok: {clean_ok}/{len(clean)} (target >= 90%)")
 
