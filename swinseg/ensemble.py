@@ -16,6 +16,7 @@ from swinseg import io
 from swinseg.errors import SwinsegError
 from swinseg.predict import Predictor, SliceProgress, label_dtype
 from swinseg.preprocess import PreparedVolume
+from swinseg.qc import Agreement
 
 
 @dataclass
@@ -49,6 +50,7 @@ class Ensemble:
         self.members = list(members)
         self.card = first.card
         self.num_classes = first.num_classes
+        self.agreement: Agreement | None = None  # set (swinseg.qc): members counted against their consensus
 
     def prepare(self, volume: io.Volume, plane: str | None = None) -> PreparedEnsemble:
         """The scan laid out for each member (`plane` overrides every member's, as --axis does)."""
@@ -70,9 +72,12 @@ class Ensemble:
             restore = prepared.parts[0].restore
             return tuple(restore(a) for a in result) if isinstance(result, tuple) else restore(result)
         total: np.ndarray | None = None
+        votes = []  # each member's labels, when their agreement is counted
         for member, part in zip(self.members, prepared.parts):
             _, scores = member.predict_prepared(part, probabilities=True, progress=progress, exact=True)
             scores = part.restore(scores)
+            if self.agreement is not None:
+                votes.append(scores.argmax(axis=0).astype(label_dtype(self.num_classes)))
             if total is None:
                 total = np.array(scores, dtype=np.float32)
             else:
@@ -80,6 +85,9 @@ class Ensemble:
         assert total is not None
         total /= len(self.members)
         labels = total.argmax(axis=0).astype(label_dtype(self.num_classes))
+        for vote in votes:
+            assert self.agreement is not None
+            self.agreement.add(vote, labels)
         return (labels, total.astype(np.float16)) if probabilities else labels
 
     def predict_volume(self, volume: io.Volume, *, plane: str | None = None, classes: Sequence[int] | None = None,

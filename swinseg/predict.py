@@ -57,6 +57,7 @@ from swinseg.preprocess import (
     slice_stack,
     tile_corners,
 )
+from swinseg.qc import Agreement
 from swinseg.store import ModelSource
 
 DEFAULT_BATCH = {"torch": 16, "onnxruntime": 8, "openvino": 8}
@@ -135,6 +136,7 @@ class Predictor:
         self.card = card
         self.batch_size = 1 if protocol == "reference" else batch_size or DEFAULT_BATCH[self.backend]
         self.tta = tta
+        self.agreement: Agreement | None = None  # set (swinseg.qc): flips counted against their consensus with TTA
         self.protocol = protocol
         self.tile_overlap = float(tile_overlap)
         self.img_size = network.img_size
@@ -260,11 +262,17 @@ class Predictor:
         TTA."""
         if not self.tta:
             return self.network(images)
-        total = None
+        total, flips = None, []
         for dims in TTA_FLIPS:
             probs = torch.softmax(self.network(images.flip(dims) if dims else images), dim=1)
             probs = probs.flip(dims) if dims else probs
             total = probs if total is None else total + probs
+            if self.agreement is not None:
+                flips.append(probs.argmax(dim=1))
+        if self.agreement is not None:
+            consensus = total.argmax(dim=1)
+            for labels in flips:
+                self.agreement.add(labels, consensus)
         return total / len(TTA_FLIPS)
 
     def _whole_slice_scores(self, batch: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from swinseg import dicom_seg, io, rtstruct
+from swinseg import dicom_seg, io, qc, rtstruct
 from swinseg.choices import OUTPUT_TYPES
 from swinseg.errors import SwinsegError
 from swinseg.overlay import overlay_volumes
@@ -55,6 +55,7 @@ class CaseResult:
     seconds: float = 0.0
     voxels: dict[str, int] = field(default_factory=dict)  # foreground class name -> voxel count
     statistics: list[dict[str, Any]] = field(default_factory=list)  # swinseg.statistics rows, with --statistics
+    qc: dict[str, Any] | None = None  # swinseg.qc block (verdict, score, reasons, signals), with --qc
     notes: tuple[str, ...] = ()  # warnings about the input (io.Volume.notes)
     error: BaseException | None = field(default=None, repr=False, compare=False)  # why it failed (for --debug)
 
@@ -90,6 +91,8 @@ class CaseResult:
                 voxels=self.voxels,
                 volume_ml=self.volumes_ml(),
             )
+            if self.qc is not None:
+                result["qc"] = {key: self.qc[key] for key in ("verdict", "score", "reasons")}
         return result
 
 
@@ -105,6 +108,7 @@ class RunOptions:
     overwrite: bool = False
     allow_gaps: bool = False  # interpolate missing DICOM slices instead of refusing the series
     min_contour_area: float = rtstruct.MIN_CONTOUR_AREA  # mm²: smaller regions and holes left out of an RTSTRUCT
+    qc: bool = False  # a swinseg.qc block per case in its statistics JSON (cases need a statistics path)
 
 
 def _output_name(source: Path, output_type: str, name: str | None = None) -> str:
@@ -223,6 +227,22 @@ def statistics_table(results: Sequence[CaseResult]) -> dict[str, list[dict[str, 
     return table
 
 
+def qc_table(results: Sequence[CaseResult]) -> dict[str, dict[str, Any]]:
+    """Case name -> qc block of the cases that have one: computed in this run, or read from the statistics JSON
+    an earlier run wrote (skipped cases)."""
+    table: dict[str, dict[str, Any]] = {}
+    for result in results:
+        path = result.case.statistics
+        if result.status == "done" and result.qc is not None:
+            table[io.case_name(result.case.output)] = result.qc
+        elif result.status == "skipped" and path is not None and path.is_file():
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                block = json.loads(path.read_text(encoding="utf-8"))["qc"]
+                if isinstance(block, dict):
+                    table[io.case_name(result.case.output)] = block
+    return table
+
+
 def parse_shard(text: str) -> tuple[int, int]:
     """'i/n' (0 <= i < n) -> (i, n)."""
     try:
@@ -297,14 +317,15 @@ def predict_cases(
                 yield CaseResult.failed(case, loaded)
                 continue
             try:
-                result, labels, probabilities = _predict_loaded(predictor, case, loaded, options, on_start, on_slices)
+                result, labels, probabilities, agreement = _predict_loaded(predictor, case, loaded, options, on_start,
+                                                                           on_slices)
             except Exception as error:  # noqa: BLE001
                 yield CaseResult.failed(case, error)
                 continue
             if writing is not None:
                 yield writing.result()
             writing = writer.submit(_write_case, result, loaded.volume, labels, probabilities, predictor.card,
-                                    options.min_contour_area)
+                                    options, agreement)
         if writing is not None:
             yield writing.result()
 
@@ -316,14 +337,24 @@ def _predict_loaded(
     options: RunOptions,
     on_start: Callable[[Case, int], None] | None,
     on_slices: SliceProgress | None,
-) -> tuple[CaseResult, np.ndarray, np.ndarray | None]:
+) -> tuple[CaseResult, np.ndarray, np.ndarray | None, qc.Agreement | None]:
     began = time.perf_counter()
     if on_start is not None:
         on_start(case, predictor.slice_count(loaded.prepared))
-    if case.probabilities is None:
-        labels, probabilities = predictor.predict_prepared(loaded.prepared, progress=on_slices), None
-    else:
-        labels, probabilities = predictor.predict_prepared(loaded.prepared, probabilities=True, progress=on_slices)
+    counter = _agreement_counter(predictor) if options.qc else None
+    agreement = None if counter is None else qc.Agreement(predictor.num_classes)
+    if counter is not None:
+        counter.agreement = agreement
+    try:
+        softmax = options.qc and getattr(predictor, "protocol", "fast") != "reference"  # reference: labels only
+        if case.probabilities is None and not softmax:
+            labels, probabilities = predictor.predict_prepared(loaded.prepared, progress=on_slices), None
+        else:
+            labels, probabilities = predictor.predict_prepared(loaded.prepared, probabilities=True,
+                                                               progress=on_slices)
+    finally:
+        if counter is not None:
+            counter.agreement = None
     labels = predictor.postprocess(labels, options.classes, options.keep_largest)
     counts = np.bincount(labels.ravel(), minlength=predictor.num_classes)
     names = predictor.card.classes
@@ -338,12 +369,22 @@ def _predict_loaded(
         voxels=voxels,
         notes=loaded.volume.notes,
     )
-    return result, restore(labels), None if probabilities is None else restore(probabilities)
+    return result, restore(labels), None if probabilities is None else restore(probabilities), agreement
+
+
+def _agreement_counter(predictor: Predictor | Ensemble) -> Predictor | Ensemble | None:
+    """What counts the agreement of several predictions of a case: an ensemble of several models, else a model
+    (or an ensemble's only model) with TTA; None when one prediction is all there is."""
+    members = getattr(predictor, "members", None)
+    if members is not None and len(members) > 1:
+        return predictor
+    single = members[0] if members is not None else predictor
+    return single if single.tta else None
 
 
 def _write_case(
     result: CaseResult, volume: io.Volume, labels: np.ndarray, probabilities: np.ndarray | None,
-    card: ModelCard, min_contour_area: float,
+    card: ModelCard, options: RunOptions, agreement: qc.Agreement | None,
 ) -> CaseResult:
     """Write the case's outputs, the mask last (its presence marks the case as finished)."""
     began = time.perf_counter()
@@ -351,16 +392,19 @@ def _write_case(
     try:
         if probabilities is not None and case.probabilities is not None:
             io.write_volume(case.probabilities, probabilities, volume)
+        if options.qc:
+            result.qc = qc.check(volume, labels, probabilities, card, plane=options.plane,
+                                 agreement=agreement).to_dict()
         if case.statistics is not None:
             result.statistics = class_statistics(volume, labels, card.classes)
-            write_statistics_json(case.statistics, io.case_name(case.output), result.statistics)
+            write_statistics_json(case.statistics, io.case_name(case.output), result.statistics, result.qc)
         if case.preview is not None:
             overlay_volumes(volume, [volume.with_array(labels)], case.preview, class_names=card.classes,
                             title=f"{case.input.name}: {card.name} prediction")
         if case.kind == "dicom-seg":
             dicom_seg.write_dicom_seg(case.output, labels, volume, card)
         elif case.kind == "rtstruct":
-            note = rtstruct.write_rtstruct(case.output, labels, volume, card, min_contour_area)
+            note = rtstruct.write_rtstruct(case.output, labels, volume, card, options.min_contour_area)
             result.notes += (note,) if note else ()
         else:
             io.write_volume(case.output, labels, volume)

@@ -62,10 +62,12 @@ def index_to_patient(scan: Volume, index: Sequence[float]) -> list[float]:
     return [float(v) for v in point]
 
 
-def write_statistics_json(path: str | Path, case: str, rows: list[dict[str, Any]]) -> None:
-    """One case's statistics as JSON (atomically)."""
+def write_statistics_json(path: str | Path, case: str, rows: list[dict[str, Any]],
+                          qc: dict[str, Any] | None = None) -> None:
+    """One case's statistics as JSON (atomically), with its swinseg.qc block when given."""
     with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps({"case": case, "classes": rows}, indent=2), encoding="utf-8")
+        content = {"case": case, "classes": rows, **({"qc": qc} if qc is not None else {})}
+        tmp.write_text(json.dumps(content, indent=2), encoding="utf-8")
 
 
 def write_statistics_csv(path: str | Path, cases: dict[str, list[dict[str, Any]]]) -> None:

@@ -68,7 +68,12 @@ def predict(
     statistics: bool = typer.Option(
         False, "--statistics",
         help="Also write <mask>_statistics.json per case (volume ml, intensities under the mask, centroid, bounding "
-        "box, border contact), and statistics.csv for an output folder.",
+        "box, border contact), and statistics.csv for an output folder. Implies --qc.",
+    ),
+    qc: bool = typer.Option(
+        False, "--qc",
+        help="Quality control per case: a qc block (verdict ok/review/fail, score, reasons, signals) in "
+        "<mask>_statistics.json, qc.csv (worst first) for an output folder, and a line for each case not ok.",
     ),
     preview: bool = typer.Option(False, "--preview", help="Also write <mask>_preview.png: the mask over the scan."),
     keep_largest: bool = typer.Option(
@@ -122,6 +127,7 @@ def predict(
     from swinseg.ensemble import Ensemble
     from swinseg.errors import SwinsegError
     from swinseg.postprocess import parse_classes
+    from swinseg.qc import write_qc_csv
     from swinseg.statistics import write_statistics_csv
     from swinseg.store import resolve
 
@@ -136,7 +142,8 @@ def predict(
             raise SwinsegError("--shard is set by torchrun (RANK/WORLD_SIZE) already; drop --shard")
         shard_of = (rank[0], rank[1])
         device = rank_device(device, rank[2])
-    cases = runner.plan_cases(inputs, output, probabilities=save_probabilities, statistics=statistics,
+    qc = qc or statistics
+    cases = runner.plan_cases(inputs, output, probabilities=save_probabilities, statistics=qc,
                               preview=preview, output_type=output_type.value)
     if shard_of is not None:
         cases = runner.shard_cases(cases, *shard_of)
@@ -146,7 +153,8 @@ def predict(
         return
     pending = [case for case in cases if overwrite or not runner.is_finished(case)]
     options = runner.RunOptions(plane=axis.value if axis else None, series=series, channel=channel, overwrite=overwrite,
-                                keep_largest=keep_largest, allow_gaps=allow_gaps, min_contour_area=min_contour_area)
+                                keep_largest=keep_largest, allow_gaps=allow_gaps, min_contour_area=min_contour_area,
+                                qc=qc)
     with show.progress(len(cases)) as progress:
         if pending:
             members = []
@@ -184,12 +192,18 @@ def predict(
             progress.case_done()
             show.result(result)
             results.append(result)
-    if statistics and shard_of is None and (len(cases) > 1 or Path(output).is_dir()):
+    if qc and shard_of is None and (len(cases) > 1 or Path(output).is_dir()):
         table = runner.statistics_table(results)
         if table:
             csv_path = cases[0].output.parent / "statistics.csv"
             write_statistics_csv(csv_path, table)
             show.note(f"statistics of {len(table)} case(s): {csv_path}")
+        checked = runner.qc_table(results)
+        if checked:
+            qc_path = cases[0].output.parent / "qc.csv"
+            write_qc_csv(qc_path, checked)
+            flagged = sum(block.get("verdict") != "ok" for block in checked.values())
+            show.note(f"quality control of {len(checked)} case(s), {flagged} not ok: {qc_path}")
     show.summary()
     if show.counts["failed"]:
         raise typer.Exit(1)
@@ -279,6 +293,12 @@ class _Reporter:
             f"  -> {escape(str(result.case.output))}",
             highlight=False, soft_wrap=True,
         )
+        verdict = (result.qc or {}).get("verdict", "ok")
+        if verdict != "ok":
+            colour = "red" if verdict == "fail" else "yellow"
+            reasons = "; ".join(result.qc["reasons"])
+            self.lines.print(f"[{colour}]qc {verdict}:[/{colour}] {name} (score {result.qc['score']:.2f}): "
+                             f"{escape(reasons)}", highlight=False, soft_wrap=True)
 
     def summary(self) -> None:
         total = sum(self.counts.values())
