@@ -38,7 +38,7 @@ from swinseg import io, qc
 from swinseg.metrics import dice
 from swinseg.phantom import write_phantom_dataset
 from swinseg.predict import Predictor
-from swinseg.train import TrainConfig, train
+from swinseg.training.loop import TrainConfig, train
 from swinseg.weights import load_checkpoint
 
 SHAPE, SPACING = (48, 128, 128), (5.0, 2.75, 2.75)

@@ -150,7 +150,7 @@ def scan_axis(volume: io.Volume, orientation: str, plane: str) -> int:
     if volume.ndim == 2:
         return -1
     oriented = slice_axis(orientation, plane)
-    perm, _ = io._orientation_plan(volume, orientation)  # oriented axis a is the scan's axis perm[a]
+    perm, _ = io.orientation_plan(volume, orientation)  # oriented axis a is the scan's axis perm[a]
     return perm[oriented]
 
 

@@ -15,6 +15,7 @@ from swinseg.io.files import atomic_output, case_name, find_images
 from swinseg.io.geometry import (
     check_finite,
     check_same_geometry,
+    orientation_plan,
     oriented_spacing,
     resample_like,
     to_orientation,
@@ -36,6 +37,6 @@ from swinseg.io.writing import write_volume
 __all__ = [
     "H5_SUFFIXES", "IMAGE_2D_SUFFIXES", "ITK_SUFFIXES", "MAX_SERIES_DEPTH", "NIFTI_SUFFIXES", "READABLE_SUFFIXES",
     "SUPPORTED_SUFFIXES", "DicomSeries", "Volume", "atomic_output", "case_name", "check_finite",
-    "check_same_geometry", "dicom_series", "find_images", "itk", "oriented_spacing", "read_volume", "resample_like",
-    "to_orientation", "write_volume",
+    "check_same_geometry", "dicom_series", "find_images", "itk", "orientation_plan", "oriented_spacing",
+    "read_volume", "resample_like", "to_orientation", "write_volume",
 ]

@@ -100,7 +100,7 @@ def _parse_code(code: str, ndim: int) -> tuple[list[int], list[int]]:
     return axes, signs
 
 
-def _orientation_plan(volume: Volume, code: str) -> tuple[list[int], tuple[int, ...]]:
+def orientation_plan(volume: Volume, code: str) -> tuple[list[int], tuple[int, ...]]:
     """Array-axis permutation (target axis a <- source axis perm[a]) and flipped target axes for `code`."""
     n = volume.ndim
     source_axes, source_signs = _axis_assignment(volume.direction_matrix())
@@ -114,7 +114,7 @@ def _orientation_plan(volume: Volume, code: str) -> tuple[list[int], tuple[int, 
 
 def oriented_spacing(volume: Volume, code: str) -> tuple[float, ...]:
     """The volume's spacing in the array order of `to_orientation(volume, code)`."""
-    perm, _ = _orientation_plan(volume, code)
+    perm, _ = orientation_plan(volume, code)
     return tuple(float(volume.spacing[p]) for p in perm)
 
 
@@ -127,7 +127,7 @@ def to_orientation(volume: Volume, code: str) -> tuple[np.ndarray, Callable[[np.
     points to, in SimpleITK's convention: "LPS" is the identity direction.
     """
     n = volume.ndim
-    perm, flips = _orientation_plan(volume, code)
+    perm, flips = orientation_plan(volume, code)
     inverse_perm = list(np.argsort(perm))
 
     def forward(array: np.ndarray) -> np.ndarray:
