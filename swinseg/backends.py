@@ -33,7 +33,7 @@ from swinseg.choices import BACKENDS
 from swinseg.config import ModelCard
 from swinseg.device import autocast
 from swinseg.errors import SwinsegError
-from swinseg.io import atomic_output
+from swinseg.io import atomic_output, file_sha256
 
 ONNX_SUFFIX = ".onnx"
 TRACE_SUFFIX = ".torchscript.pt"
@@ -122,7 +122,7 @@ def export_onnx(model: torch.nn.Module, card: ModelCard, path: str | Path, *, di
     with atomic_output(path) as tmp:
         onnx.save(graph, str(tmp))
         _verify(model, tmp, path, channels)
-        return _file_sha256(tmp)
+        return file_sha256(tmp)
 
 
 def _verify(model: torch.nn.Module, exported: Path, path: Path, channels: int) -> None:
@@ -183,7 +183,7 @@ def trace_network(model: torch.nn.Module, card: ModelCard, path: str | Path) -> 
     with atomic_output(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         torch.jit.save(traced, str(tmp))
-        return _file_sha256(tmp)
+        return file_sha256(tmp)
 
 
 class TracedNetwork(torch.nn.Module):
@@ -252,12 +252,6 @@ def _version(package: str) -> str:
         return ""
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def cached_graph(model: torch.nn.Module, card: ModelCard) -> tuple[Path, bool]:
@@ -267,7 +261,7 @@ def cached_graph(model: torch.nn.Module, card: ModelCard) -> tuple[Path, bool]:
     folder = cache_folder() / "onnx"
     graph, checksum = folder / f"{key}{ONNX_SUFFIX}", folder / f"{key}.sha256"
     try:
-        if graph.is_file() and checksum.read_text(encoding="ascii").strip() == _file_sha256(graph):
+        if graph.is_file() and checksum.read_text(encoding="ascii").strip() == file_sha256(graph):
             return graph, False
     except OSError:
         pass

@@ -18,7 +18,6 @@ fails is refused. Nothing is downloaded. `resolve` is the one place that turns t
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from swinseg.errors import SwinsegError
+from swinseg.io.files import file_sha256
 from swinseg.rundir import run_checkpoints, run_summary
 
 MANIFEST = "manifest.json"
@@ -61,14 +61,6 @@ def home() -> Path:
 
 def models_folder() -> Path:
     return home() / "models"
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ------------------------------------------------------------------------------------------------- entries
@@ -128,7 +120,7 @@ class Entry:
         if expected is None:
             raise SwinsegError(f"{path}: not listed in {self.folder / MANIFEST}; re-add the model")
         try:
-            found = sha256(path)
+            found = file_sha256(path)
         except OSError as error:
             raise SwinsegError(f"{path}: stored model file unreadable ({error.strerror}); re-add the model") from error
         if found != expected:
@@ -242,7 +234,7 @@ def add(source: str | Path, name: str, *, card: str | None = None, default: bool
             timespec="seconds"), "source": str(source.resolve())})
         if prepare:
             _prepare(work, manifest, log)
-        manifest["files"] = {p.relative_to(work).as_posix(): sha256(p) for p in _listed(work, manifest)}
+        manifest["files"] = {p.relative_to(work).as_posix(): file_sha256(p) for p in _listed(work, manifest)}
         _write_text(work / MANIFEST, json.dumps(manifest, indent=1) + "\n")
         _move_in(work, target, replace)
     finally:

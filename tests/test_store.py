@@ -14,7 +14,7 @@ import torch
 from test_predict_cli import one_error_line, scan
 from typer.testing import CliRunner
 
-from swinseg import store
+from swinseg import io, store
 from swinseg.cli import app
 from swinseg.config import load_card
 from swinseg.errors import SwinsegError
@@ -44,7 +44,7 @@ def test_add_list_show_default_export_remove_and_add_again(checkpoint, home, tmp
     assert "predict with: swinseg predict scan.nii.gz -o mask.nii.gz" in added.stdout
     entry = store.get("tiny")
     manifest = json.loads((home / "models" / "tiny" / "manifest.json").read_text())
-    assert manifest["files"]["model_0.safetensors"] == store.sha256(entry.members[0])
+    assert manifest["files"]["model_0.safetensors"] == io.file_sha256(entry.members[0])
     assert manifest["card"]["classes"][1] == "liver" and manifest["added"][:4].isdigit()
     assert entry.members[0].read_bytes() == checkpoint.read_bytes()
 
@@ -102,7 +102,7 @@ def test_prepared_onnx_graph_is_used_and_a_damaged_file_is_refused(checkpoint, h
     entry = store.get("tiny")
     graph = entry.prepared[0]
     assert graph is not None
-    assert entry.manifest["files"][graph.relative_to(entry.folder).as_posix()] == store.sha256(graph)
+    assert entry.manifest["files"][graph.relative_to(entry.folder).as_posix()] == io.file_sha256(graph)
     source = scan(tmp_path / "scan.nii.gz")
     onnx = cli("predict", source, "-o", tmp_path / "onnx.nii.gz", "--backend", "onnxruntime")
     assert onnx.exit_code == 0, onnx.output

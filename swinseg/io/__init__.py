@@ -11,7 +11,7 @@ The names below are the package's interface; `from swinseg.io import read_volume
 from __future__ import annotations
 
 from swinseg.io.dicom_series import DicomSeries, dicom_series
-from swinseg.io.files import atomic_output, case_name, find_images
+from swinseg.io.files import atomic_output, case_name, file_sha256, find_images
 from swinseg.io.geometry import (
     check_finite,
     check_same_geometry,
@@ -37,6 +37,6 @@ from swinseg.io.writing import write_volume
 __all__ = [
     "H5_SUFFIXES", "IMAGE_2D_SUFFIXES", "ITK_SUFFIXES", "MAX_SERIES_DEPTH", "NIFTI_SUFFIXES", "READABLE_SUFFIXES",
     "SUPPORTED_SUFFIXES", "DicomSeries", "Volume", "atomic_output", "case_name", "check_finite",
-    "check_same_geometry", "dicom_series", "find_images", "itk", "orientation_plan", "oriented_spacing",
+    "check_same_geometry", "dicom_series", "file_sha256", "find_images", "itk", "orientation_plan", "oriented_spacing",
     "read_volume", "resample_like", "to_orientation", "write_volume",
 ]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import secrets
@@ -101,3 +102,12 @@ def _series_folders(folder: Path, depth: int) -> list[Path]:
 
 def _has_dicom_series(folder: Path) -> bool:
     return bool(itk().ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes, hex (read in 4 MiB blocks)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
