@@ -13,7 +13,6 @@ agreement from swinseg.cohort_stats. Library use:
 from __future__ import annotations
 
 import math
-import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -24,6 +23,7 @@ import numpy as np
 
 from swinseg import __version__, cohort_stats, metrics
 from swinseg.config import read_dataset_labels
+from swinseg.defaults import usable_cores
 from swinseg.errors import SwinsegError
 from swinseg.io import case_name, check_same_geometry, find_images, read_volume, resample_like
 from swinseg.labels import label_map, parse_labels
@@ -362,7 +362,7 @@ def _run(
     jobs: int,
     progress: Callable[[int, int, PairScores | None], None] | None,
 ) -> list[PairScores]:
-    jobs = (os.cpu_count() or 1) if jobs <= 0 else jobs
+    jobs = usable_cores() if jobs <= 0 else jobs
     jobs = min(jobs, len(cases))
     results = []
     if jobs == 1:

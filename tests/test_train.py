@@ -287,7 +287,7 @@ def test_validation_split_errors_name_the_train_options(phantoms, tmp_path):
 
 
 def test_workers_default_to_the_cores_granted_and_torch_advice_stays_off_the_terminal(phantoms, tmp_path):
-    from swinseg.training.options import usable_cores
+    from swinseg.defaults import usable_cores
 
     assert TrainConfig().num_workers == min(8, usable_cores()) <= (os.cpu_count() or 1)
     script = ("import os, sys; os.sched_setaffinity(0, {0}); from swinseg.training.loop import TrainConfig, train; "

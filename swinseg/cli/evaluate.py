@@ -56,7 +56,7 @@ def evaluate_command(
         False, "--resample-to-reference", help="Resample predictions onto the reference grid (nearest neighbour) "
         "when their geometry differs, instead of failing.",
     ),
-    jobs: int = typer.Option(1, "--jobs", "-j", help="Cases scored in parallel processes (0 = all cores)."),
+    jobs: int = typer.Option(1, "--jobs", "-j", help="Cases scored in parallel processes (0 = every usable core)."),
     as_json: bool = typer.Option(False, "--json", help="Print summary.json to stdout instead of tables."),
     worst: int = typer.Option(5, "--worst", help="How many worst case/class rows to list.", min=0),
     images: Optional[Path] = typer.Option(

@@ -6,7 +6,6 @@ of the YAML `--config FILE`; the run directory gets the resolved configuration a
 from __future__ import annotations
 
 import dataclasses
-import os
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ import yaml
 
 from swinseg.choices import AUGMENTATIONS, MIRRORS, PLANES
 from swinseg.config import MAX_CONTEXT
-from swinseg.defaults import FOREGROUND_OVERSAMPLING, SEED
+from swinseg.defaults import FOREGROUND_OVERSAMPLING, SEED, usable_cores
 from swinseg.errors import SwinsegError
 
 # Finetuning starts from a trained network: a fifth of the published learning rate, a third of the epochs.
@@ -34,15 +33,6 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 OPTIMIZERS = ("sgd", "adamw")
 PRE_RECIPE_KEYS = {"momentum", "poly_power", "base_batch", "lr"}  # every run's config.yaml holds them
-
-
-def usable_cores() -> int:
-    """The CPU cores this process may run on (its affinity: what Slurm, taskset or a container grants), not the
-    machine's count."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
 
 
 @dataclass
