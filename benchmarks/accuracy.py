@@ -112,7 +112,7 @@ def scores(predictor: Predictor | Ensemble, test: Path, pooled: bool, classes: i
     for image in sorted((test / "imagesTr").glob("*_0000.nii.gz")):
         name = image.name[:-len("_0000.nii.gz")]
         volume = io.read_volume(image)
-        labels = predictor.predict_volume(volume)
+        labels = predictor.predict_volume(volume).labels
         io.write_volume(keep / f"{name}.nii.gz", labels, volume)
         predictions.append(np.asarray(labels))
         references.append(np.asarray(io.read_volume(test / "labelsTr" / f"{name}.nii.gz").array))

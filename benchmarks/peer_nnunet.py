@@ -256,7 +256,7 @@ def predict_swinseg(checkpoint: Path, sets: dict[str, Path], out: Path) -> dict[
                 continue
             predictor = predictor or Predictor(*load_checkpoint(checkpoint), device="cpu")
             volume = io.read_volume(folder / "imagesTr" / f"{case}_0000.nii.gz")
-            io.write_volume(target / f"{case}.nii.gz", predictor.predict_volume(volume), volume)
+            io.write_volume(target / f"{case}.nii.gz", predictor.predict_volume(volume).labels, volume)
         seconds[title] = round(time.perf_counter() - began, 2)
     return seconds
 

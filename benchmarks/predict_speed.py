@@ -105,7 +105,7 @@ def network_inputs(predictor: Predictor, prepared: PreparedVolume) -> list[torch
     images = resample_images(torch.from_numpy(slices).unsqueeze(1).to(predictor.device), grid)
     (top, bottom), (left, right) = pad_margins(grid[0], size), pad_margins(grid[1], size)
     images = torch.nn.functional.pad(images, (left, right, top, bottom))
-    corners = tile_corners(*images.shape[-2:], size, predictor.tile_overlap)
+    corners = tile_corners(*images.shape[-2:], size, predictor.options.tile_overlap)
     tiles = torch.stack([images[b, :, y : y + size, x : x + size] for b in range(len(images)) for y, x in corners])
     return list(tiles.split(predictor.batch_size))
 

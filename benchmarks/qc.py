@@ -82,7 +82,8 @@ def mean_dice(prediction: np.ndarray, reference: np.ndarray, classes: int) -> fl
 
 def run_case(predictor: Predictor, volume: io.Volume, reference: np.ndarray) -> dict:
     predictor.agreement = qc.Agreement(predictor.num_classes)
-    labels, probabilities = predictor.predict_volume(volume, probabilities=True)
+    prediction = predictor.predict_volume(volume, probabilities=True)
+    labels, probabilities = prediction.labels, prediction.probabilities
     check = qc.check(volume, labels, probabilities, predictor.card, agreement=predictor.agreement)
     predictor.agreement = None
     return {"dice": mean_dice(np.asarray(labels), reference, predictor.num_classes), "score": check.score,

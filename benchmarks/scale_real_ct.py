@@ -116,7 +116,7 @@ def main() -> None:
         for name in scans:
             key = name.split(" ")[0]
             volume = io.read_volume(args.out / "scans" / f"{key}.nii.gz")
-            prediction = predictor.predict_volume(volume)
+            prediction = predictor.predict_volume(volume).labels
             mask = args.out / f"pred_{spacing}" / f"{key}.nii.gz"
             io.write_volume(mask, prediction, volume)
             reference = io.read_volume(args.out / "scans" / f"{key}_labels.nii.gz").array

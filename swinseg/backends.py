@@ -281,14 +281,13 @@ def cached_graph(model: torch.nn.Module, card: ModelCard) -> tuple[Path, bool]:
 
 def open_network(backend: str, model: torch.nn.Module | OnnxGraph, card: ModelCard, device: torch.device,
                  dtype: torch.dtype | None) -> Network:
-    """The network function for a resolved backend: `model` is a torch module or an exported graph
-    (a torch module on an ONNX backend is exported through the cache first)."""
+    """The network function for a resolved backend (swinseg.predict_options.resolve_runtime): `model` is a torch
+    module or an exported graph (a torch module on an ONNX backend is exported through the cache first); `dtype`
+    is torch's autocast (the ONNX runtimes run float32)."""
     if backend == "torch":
         if not isinstance(model, torch.nn.Module):
             raise SwinsegError(f"{model.path}: an exported network runs on onnxruntime or openvino, not torch")
         return _torch_network(model, device, dtype)
-    if dtype is not None:
-        raise SwinsegError(f"--backend {backend} runs float32; drop --precision (or use --backend torch)")
     graph = model if isinstance(model, OnnxGraph) else OnnxGraph(cached_graph(model, card)[0], card,
                                                                  openvino_cache=cache_folder() / "openvino")
     return _onnx_network(backend, graph.path, graph.openvino_cache)

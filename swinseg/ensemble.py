@@ -14,7 +14,8 @@ import numpy as np
 
 from swinseg import io
 from swinseg.errors import SwinsegError
-from swinseg.predict import Predictor, SliceProgress, label_dtype
+from swinseg.predict import Predictor
+from swinseg.prediction import Prediction, SliceProgress, VolumePredictor, label_dtype
 from swinseg.preprocess import PreparedVolume
 from swinseg.qc import Agreement
 
@@ -30,17 +31,15 @@ class PreparedEnsemble:
         return array
 
 
-class Ensemble:
+class Ensemble(VolumePredictor):
     """Predictors averaged on each scan's own grid; used wherever a Predictor is (swinseg.runner)."""
-
-    postprocess = staticmethod(Predictor.postprocess)
 
     def __init__(self, members: Sequence[Predictor], names: Sequence[str] | None = None) -> None:
         if not members:
             raise SwinsegError("an ensemble needs at least one model")
         names = list(names or (m.card.name for m in members))
         first = members[0]
-        if any(member.protocol == "reference" for member in members):
+        if any(member.labels_only for member in members):
             raise SwinsegError("--protocol reference is one published model; it does not ensemble")
         for name, member in zip(names[1:], members[1:]):
             if member.card.classes != first.card.classes:
@@ -52,29 +51,34 @@ class Ensemble:
         self.num_classes = first.num_classes
         self.agreement: Agreement | None = None  # set (swinseg.qc): members counted against their consensus
 
+    @property
+    def labels_only(self) -> bool:
+        return False
+
+    def agreement_counter(self) -> VolumePredictor | None:
+        return self if len(self.members) > 1 else self.members[0].agreement_counter()
+
     def prepare(self, volume: io.Volume, plane: str | None = None) -> PreparedEnsemble:
         """The scan laid out for each member (`plane` overrides every member's, as --axis does)."""
         return PreparedEnsemble([member.prepare(volume, plane) for member in self.members])
 
-    @staticmethod
-    def slice_count(prepared: PreparedEnsemble) -> int:
+    def slice_count(self, prepared: PreparedEnsemble) -> int:
         """Slices the members go through together (for progress bars)."""
         return sum(part.slices.shape[0] for part in prepared.parts)
 
-    def predict_prepared(
-        self, prepared: PreparedEnsemble, *, probabilities: bool = False, progress: SliceProgress | None = None
-    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    def predict_prepared(self, prepared: PreparedEnsemble, *, probabilities: bool = False,
+                         progress: SliceProgress | None = None) -> Prediction:
         """Labels (and the averaged probabilities (C, ...) float16 if asked) in the scan's array order. One member
         is that model exactly (its argmax over logits, not over float32 softmax values, which can tie)."""
         if len(self.members) == 1:
-            result = self.members[0].predict_prepared(prepared.parts[0], probabilities=probabilities,
-                                                      progress=progress)
-            restore = prepared.parts[0].restore
-            return tuple(restore(a) for a in result) if isinstance(result, tuple) else restore(result)
+            part = prepared.parts[0]
+            return self.members[0].predict_prepared(part, probabilities=probabilities, progress=progress).map(
+                part.restore)
         total: np.ndarray | None = None
         votes = []  # each member's labels, when their agreement is counted
         for member, part in zip(self.members, prepared.parts):
-            _, scores = member.predict_prepared(part, probabilities=True, progress=progress, exact=True)
+            scores = member.predict_prepared(part, probabilities=True, progress=progress, exact=True).probabilities
+            assert scores is not None
             scores = part.restore(scores)
             if self.agreement is not None:
                 votes.append(scores.argmax(axis=0).astype(label_dtype(self.num_classes)))
@@ -88,13 +92,4 @@ class Ensemble:
         for vote in votes:
             assert self.agreement is not None
             self.agreement.add(vote, labels)
-        return (labels, total.astype(np.float16)) if probabilities else labels
-
-    def predict_volume(self, volume: io.Volume, *, plane: str | None = None, classes: Sequence[int] | None = None,
-                       keep_largest: bool = False, probabilities: bool = False,
-                       progress: SliceProgress | None = None) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-        """As Predictor.predict_volume: labels (and probabilities) in the volume's own array order."""
-        result = self.predict_prepared(self.prepare(volume, plane), probabilities=probabilities, progress=progress)
-        labels = result[0] if isinstance(result, tuple) else result
-        self.postprocess(labels, classes, keep_largest)
-        return result
+        return Prediction(labels, total.astype(np.float16) if probabilities else None)

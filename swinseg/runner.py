@@ -1,6 +1,6 @@
-"""Running many cases with one Predictor: which inputs go to which outputs, shards, resuming (finished outputs
-are skipped), failures isolated per case, and the next case read (the previous one written) in background
-threads while the network runs."""
+"""Running many cases with one Predictor (or Ensemble): which inputs go to which outputs, shards, resuming
+(finished outputs are skipped), failures isolated per case, and the next case read (the previous one written)
+in background threads while the network runs."""
 from __future__ import annotations
 
 import contextlib
@@ -23,8 +23,8 @@ from swinseg.statistics import class_statistics, write_statistics_json
 
 if TYPE_CHECKING:
     from swinseg.config import ModelCard
-    from swinseg.ensemble import Ensemble, PreparedEnsemble
-    from swinseg.predict import Predictor, SliceProgress
+    from swinseg.ensemble import PreparedEnsemble
+    from swinseg.prediction import SliceProgress, VolumePredictor
     from swinseg.preprocess import PreparedVolume
 
 
@@ -271,7 +271,7 @@ class _Loaded:
 
 
 def predict_cases(
-    predictor: Predictor | Ensemble,
+    predictor: VolumePredictor,
     cases: Sequence[Case],
     options: RunOptions = RunOptions(),
     *,
@@ -331,7 +331,7 @@ def predict_cases(
 
 
 def _predict_loaded(
-    predictor: Predictor | Ensemble,
+    predictor: VolumePredictor,
     case: Case,
     loaded: _Loaded,
     options: RunOptions,
@@ -341,25 +341,20 @@ def _predict_loaded(
     began = time.perf_counter()
     if on_start is not None:
         on_start(case, predictor.slice_count(loaded.prepared))
-    counter = _agreement_counter(predictor) if options.qc else None
+    counter = predictor.agreement_counter() if options.qc else None
     agreement = None if counter is None else qc.Agreement(predictor.num_classes)
     if counter is not None:
         counter.agreement = agreement
     try:
-        softmax = options.qc and getattr(predictor, "protocol", "fast") != "reference"  # reference: labels only
-        if case.probabilities is None and not softmax:
-            labels, probabilities = predictor.predict_prepared(loaded.prepared, progress=on_slices), None
-        else:
-            labels, probabilities = predictor.predict_prepared(loaded.prepared, probabilities=True,
-                                                               progress=on_slices)
+        softmax = case.probabilities is not None or options.qc and not predictor.labels_only  # qc reads it
+        prediction = predictor.predict_prepared(loaded.prepared, probabilities=softmax, progress=on_slices)
     finally:
         if counter is not None:
             counter.agreement = None
-    labels = predictor.postprocess(labels, options.classes, options.keep_largest)
+    labels = predictor.postprocess(prediction.labels, options.classes, options.keep_largest)
     counts = np.bincount(labels.ravel(), minlength=predictor.num_classes)
     names = predictor.card.classes
     voxels = {names[k]: int(counts[k]) for k in range(1, len(names)) if counts[k]}
-    restore = loaded.prepared.restore
     result = CaseResult(
         case,
         "done",
@@ -369,17 +364,8 @@ def _predict_loaded(
         voxels=voxels,
         notes=loaded.volume.notes,
     )
-    return result, restore(labels), None if probabilities is None else restore(probabilities), agreement
-
-
-def _agreement_counter(predictor: Predictor | Ensemble) -> Predictor | Ensemble | None:
-    """What counts the agreement of several predictions of a case: an ensemble of several models, else a model
-    (or an ensemble's only model) with TTA; None when one prediction is all there is."""
-    members = getattr(predictor, "members", None)
-    if members is not None and len(members) > 1:
-        return predictor
-    single = members[0] if members is not None else predictor
-    return single if single.tta else None
+    restored = prediction.map(loaded.prepared.restore)
+    return result, restored.labels, restored.probabilities, agreement
 
 
 def _write_case(

@@ -179,10 +179,10 @@ def test_context_model_trains_predicts_and_exports(tmp_path):
     model, card = load_checkpoint(tmp_path / "run" / "final.safetensors")
     assert card.preprocessing.context_slices == 2 and model.patch_embed.proj.weight.shape[1] == 5
     volume = io.read_volume(data / "imagesTr" / "phantom_001_0000.nii.gz")
-    torch_labels = Predictor(model, card, device="cpu").predict_volume(volume)
+    torch_labels = Predictor(model, card, device="cpu").predict_volume(volume).labels
     assert torch_labels.shape == volume.array.shape
     pytest.importorskip("onnxruntime")
-    onnx_labels = Predictor(model, card, device="cpu", backend="onnxruntime").predict_volume(volume)
+    onnx_labels = Predictor(model, card, device="cpu", backend="onnxruntime").predict_volume(volume).labels
     assert (onnx_labels == torch_labels).mean() > 0.999
     finetune = TrainConfig(data=str(data), output=str(tmp_path / "ft"), checkpoint=str(tmp_path / "run" /
                            "final.safetensors"), model=None, epochs=1, batch_size=4, num_workers=0, device="cpu",

@@ -32,21 +32,23 @@ def in_plane(card, plane: str):
 def test_an_ensemble_of_one_equals_that_model_and_averaging_it_with_itself_too(network):
     model, card = network
     predictor = Predictor(model, card, device="cpu")
-    labels, probabilities = predictor.predict_volume(scan(), probabilities=True)
-    got_labels, got_probabilities = Ensemble([predictor]).predict_volume(scan(), probabilities=True)
-    np.testing.assert_array_equal(got_labels, labels)
-    np.testing.assert_array_equal(got_probabilities, probabilities)
-    twice_labels, twice = Ensemble([predictor, predictor]).predict_volume(scan(), probabilities=True)  # averaged
-    np.testing.assert_allclose(twice.astype(np.float32), probabilities.astype(np.float32), atol=1e-3)
-    assert np.mean(twice_labels == labels) >= 0.999  # a random model's float32 softmax can tie where logits do not
+    alone = predictor.predict_volume(scan(), probabilities=True)
+    got = Ensemble([predictor]).predict_volume(scan(), probabilities=True)
+    np.testing.assert_array_equal(got.labels, alone.labels)
+    np.testing.assert_array_equal(got.probabilities, alone.probabilities)
+    twice = Ensemble([predictor, predictor]).predict_volume(scan(), probabilities=True)  # averaged
+    np.testing.assert_allclose(twice.probabilities.astype(np.float32), alone.probabilities.astype(np.float32),
+                               atol=1e-3)
+    assert np.mean(twice.labels == alone.labels) >= 0.999  # random models' float32 softmax can tie, logits not
 
 
 def test_an_axial_and_a_coronal_model_average_what_each_gives_alone(network):
     model, card = network
     members = [Predictor(model, in_plane(card, plane), device="cpu") for plane in ("axial", "coronal")]
-    alone = [member.predict_volume(scan(), probabilities=True)[1].astype(np.float32) for member in members]
+    alone = [member.predict_volume(scan(), probabilities=True).probabilities.astype(np.float32) for member in members]
     assert np.abs(alone[0] - alone[1]).max() > 0.01  # the two planes really differ
-    labels, probabilities = Ensemble(members).predict_volume(scan(), probabilities=True)
+    averaged = Ensemble(members).predict_volume(scan(), probabilities=True)
+    labels, probabilities = averaged.labels, averaged.probabilities
     mean = (alone[0] + alone[1]) / 2
     assert probabilities.shape == mean.shape == (len(card.classes), *scan().array.shape)
     np.testing.assert_allclose(probabilities.astype(np.float32), mean, atol=2e-3)
@@ -72,7 +74,7 @@ def test_predict_takes_several_checkpoints(checkpoint, network, tmp_path):
     assert result.exit_code == 0, result.output
     assert "ensemble of 2 models" in result.stderr
     members = [Predictor(model, in_plane(card, p), device="cpu") for p in ("axial", "coronal")]
-    expected = Ensemble(members).predict_volume(io.read_volume(tmp_path / "scan.nii.gz"))
+    expected = Ensemble(members).predict_volume(io.read_volume(tmp_path / "scan.nii.gz")).labels
     assert np.mean(io.read_volume(tmp_path / "mask.nii.gz").array == expected) >= 0.999
     other = tmp_path / "other.safetensors"
     save_checkpoint(other, model, card.with_classes(["background", "a", "b", "c", "d", "e"]))
@@ -83,7 +85,8 @@ def test_predict_takes_several_checkpoints(checkpoint, network, tmp_path):
 
 def test_members_may_run_on_different_backends(network):
     model, card = network
-    alone = Predictor(model, card, device="cpu").predict_volume(scan(), probabilities=True)[1].astype(np.float32)
+    alone = Predictor(model, card, device="cpu").predict_volume(scan(), probabilities=True).probabilities
     mixed = Ensemble([Predictor(model, card, device="cpu"),
                       Predictor(model, card, device="cpu", backend="onnxruntime")])
-    np.testing.assert_allclose(mixed.predict_volume(scan(), probabilities=True)[1].astype(np.float32), alone, atol=2e-3)
+    got = mixed.predict_volume(scan(), probabilities=True).probabilities
+    np.testing.assert_allclose(got.astype(np.float32), alone.astype(np.float32), atol=2e-3)

@@ -62,7 +62,7 @@ def slices_like(shape=(8, 40, 48), seed=0) -> np.ndarray:
 
 def test_labels_use_several_classes_and_batch_size_does_not_change_them(model, card):
     slices = slices_like()
-    results = [Predictor(model, card, device="cpu", batch_size=b).predict_slices(slices) for b in (1, 3, 8, 16)]
+    results = [Predictor(model, card, device="cpu", batch_size=b).predict_slices(slices).labels for b in (1, 3, 8, 16)]
     assert results[0].dtype == np.uint8 and results[0].shape == slices.shape
     assert len(np.unique(results[0])) >= 3  # a test on a constant map would prove nothing
     for other in results[1:]:
@@ -92,7 +92,7 @@ def reference_path(model, volume: np.ndarray, size: int) -> np.ndarray:
 @pytest.mark.parametrize("shape", [(4, 40, 48), (3, 100, 90)])
 def test_reference_protocol_equals_the_published_loop(model, card, shape):
     slices = slices_like(shape, seed=1)
-    ours = Predictor(model, card, device="cpu", protocol="reference").predict_slices(slices)
+    ours = Predictor(model, card, device="cpu", protocol="reference").predict_slices(slices).labels
     expected = reference_path(model, slices, card.network.img_size)
     assert len(np.unique(expected)) >= 2
     np.testing.assert_array_equal(ours, expected)
@@ -100,11 +100,12 @@ def test_reference_protocol_equals_the_published_loop(model, card, shape):
 
 def test_probabilities_sum_to_one_and_agree_with_labels(predictor):
     slices = slices_like()
-    labels, probabilities = predictor.predict_slices(slices, probabilities=True)
+    prediction = predictor.predict_slices(slices, probabilities=True)
+    labels, probabilities = prediction.labels, prediction.probabilities
     assert probabilities.dtype == np.float16 and probabilities.shape == (6, *slices.shape)
     np.testing.assert_allclose(probabilities.astype(np.float32).sum(axis=0), 1.0, atol=5e-3)
     assert (probabilities.argmax(axis=0) == labels).mean() > 0.999  # float16 ties aside
-    np.testing.assert_array_equal(labels, predictor.predict_slices(slices))
+    np.testing.assert_array_equal(labels, predictor.predict_slices(slices).labels)
 
 
 def test_tta_is_flip_equivariant(model, card):
@@ -113,8 +114,8 @@ def test_tta_is_flip_equivariant(model, card):
     mirrored = slices[:, :, ::-1].copy()
     tta = Predictor(model, card, device="cpu", tta=True)
     plain = Predictor(model, card, device="cpu")
-    agree_tta = (tta.predict_slices(mirrored)[:, :, ::-1] == tta.predict_slices(slices)).mean()
-    agree_plain = (plain.predict_slices(mirrored)[:, :, ::-1] == plain.predict_slices(slices)).mean()
+    agree_tta = (tta.predict_slices(mirrored).labels[:, :, ::-1] == tta.predict_slices(slices).labels).mean()
+    agree_plain = (plain.predict_slices(mirrored).labels[:, :, ::-1] == plain.predict_slices(slices).labels).mean()
     assert agree_tta > 0.999 and agree_plain < agree_tta
 
 
@@ -142,8 +143,8 @@ def test_flipped_and_permuted_scan_gives_the_same_mask_in_its_own_space(predicto
         sitk.GetArrayFromImage(sitk.DICOMOrient(as_sitk(moved), "LPS")), original.array
     )
     assert moved.array.shape != original.array.shape
-    labels = predictor.predict_volume(original, plane=plane)
-    labels_moved = predictor.predict_volume(moved, plane=plane)
+    labels = predictor.predict_volume(original, plane=plane).labels
+    labels_moved = predictor.predict_volume(moved, plane=plane).labels
     assert labels_moved.shape == moved.array.shape and len(np.unique(labels)) >= 3
     np.testing.assert_array_equal(undo_transform(labels_moved, flips, perm), labels)
 
@@ -270,7 +271,7 @@ def test_predict_cases_skips_finished_and_isolates_failures(predictor, tmp_path)
     done = {r.case.input.name: r for r in first if r.status == "done"}
     assert done["case0.nii.gz"].to_dict()["shape"] == [48, 40, 8]
     mask = io.read_volume(tmp_path / "out" / "case0.nii.gz")
-    np.testing.assert_array_equal(mask.array, predictor.predict_volume(io.read_volume(good[0])))
+    np.testing.assert_array_equal(mask.array, predictor.predict_volume(io.read_volume(good[0])).labels)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["case0.nii.gz", "case1.nii.gz"]
 
     again = list(predict_cases(predictor, cases))
@@ -313,8 +314,9 @@ def test_synapse_h5_images_are_taken_as_already_normalised(predictor, tmp_path):
 
 def test_volume_probabilities_agree_with_the_labels(predictor):
     volume = io.Volume(ct_like((4, 24, 16)), (2.5, 0.8, 0.7), (0.0, 0.0, 0.0), tuple(np.eye(3).ravel()))
-    labels, probabilities = predictor.predict_volume(volume, probabilities=True)
+    prediction = predictor.predict_volume(volume, probabilities=True)
+    labels, probabilities = prediction.labels, prediction.probabilities
     assert probabilities.shape == (predictor.num_classes, *volume.array.shape)
     np.testing.assert_allclose(probabilities.astype(np.float32).sum(axis=0), 1.0, atol=5e-3)
-    np.testing.assert_array_equal(labels, predictor.predict_volume(volume))
+    np.testing.assert_array_equal(labels, predictor.predict_volume(volume).labels)
     assert np.mean(probabilities.argmax(axis=0) == labels) > 0.99  # float16 ties may differ

@@ -76,7 +76,7 @@ def test_mask_has_the_geometry_of_a_real_ct(checkpoint, tmp_path):
     oriented = sitk.DICOMOrient(image, "LPS")
     slices = np.clip((sitk.GetArrayFromImage(oriented).astype(np.float32) + 125) / 400, 0, 1)
     model, card = load_checkpoint(checkpoint)
-    predicted = sitk.GetImageFromArray(Predictor(model, card, device="cpu").predict_slices(slices))
+    predicted = sitk.GetImageFromArray(Predictor(model, card, device="cpu").predict_slices(slices).labels)
     predicted.CopyInformation(oriented)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.DICOMOrient(predicted, own_code)), labels.T)
 

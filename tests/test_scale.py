@@ -83,7 +83,8 @@ def test_tiles_reassemble_seamlessly():
     model = ConstantModel()
     predictor = Predictor(model, card_for((1.0, 1.0)), device="cpu", batch_size=5)
     slices = np.random.default_rng(0).random((3, 70, 21)).astype(np.float32)
-    labels, probabilities = predictor.predict_slices(slices, spacing=(1.0, 1.0), probabilities=True)
+    prediction = predictor.predict_slices(slices, spacing=(1.0, 1.0), probabilities=True)
+    labels, probabilities = prediction.labels, prediction.probabilities
     expected = torch.softmax(torch.tensor([0.3, -0.2]), 0).numpy()
     np.testing.assert_allclose(probabilities[:, 0], np.broadcast_to(expected[:, None, None], (2, 70, 21)), atol=1e-3)
     assert (labels == 0).all()
@@ -103,7 +104,7 @@ class PixelModel(BlurModel):
 def test_tiles_and_padding_put_every_pixel_back_in_its_place(size):
     slices = np.random.default_rng(2).random((2, *size)).astype(np.float32)
     labels = Predictor(PixelModel(), card_for((1.0, 1.0)), device="cpu", batch_size=3).predict_slices(
-        slices, spacing=(1.0, 1.0))
+        slices, spacing=(1.0, 1.0)).labels
     np.testing.assert_array_equal(labels, slices > 0.5)
 
 
@@ -111,7 +112,7 @@ def test_tiled_output_equals_the_untiled_network_up_to_tile_borders():
     """A slice exactly at the target spacing: tiling changes only what the 7x7 filter sees at tile borders,
     and the Gaussian weights keep that away from the result."""
     slices = np.clip(np.random.default_rng(1).normal(0.4, 0.3, (2, 90, 75)), 0, 1).astype(np.float32)
-    tiled = Predictor(BlurModel(), card_for((2.0, 2.0)), device="cpu").predict_slices(slices, spacing=(2.0, 2.0))
+    tiled = Predictor(BlurModel(), card_for((2.0, 2.0)), device="cpu").predict_slices(slices, spacing=(2.0, 2.0)).labels
     whole = BlurModel()(torch.from_numpy(slices)[:, None]).argmax(1).numpy()  # the filter on the whole slice
     assert (tiled == whole).mean() > 0.995
 
@@ -120,7 +121,7 @@ def test_tiled_output_equals_the_untiled_network_up_to_tile_borders():
 
 
 def predict(volume: io.Volume, spacing: tuple[float, float] | None) -> np.ndarray:
-    return Predictor(BlurModel(), card_for(spacing), device="cpu", batch_size=8).predict_volume(volume)
+    return Predictor(BlurModel(), card_for(spacing), device="cpu", batch_size=8).predict_volume(volume).labels
 
 
 def agreement(a: np.ndarray, b: np.ndarray) -> float:
@@ -164,7 +165,7 @@ def test_input_without_spacing_is_refused_by_a_resampling_model(tmp_path: Path):
         with pytest.raises(SwinsegError, match="PNG/JPEG/TIFF image, or a Synapse h5"):
             predictor.predict_volume(io.read_volume(path))
     assert Predictor(BlurModel(), card_for(None), device="cpu").predict_volume(
-        io.read_volume(tmp_path / "slice.png")).shape == (40, 40)  # whole-slice models take them as before
+        io.read_volume(tmp_path / "slice.png")).labels.shape == (40, 40)  # whole-slice models take them as before
     with pytest.raises(SwinsegError, match="drop --protocol reference"):
         Predictor(BlurModel(), card_for((1.0, 1.0)), device="cpu", protocol="reference")
 

@@ -168,7 +168,8 @@ def test_train_command_writes_a_predict_ready_run(phantoms, tmp_path):
     model, card = load_checkpoint(run / "best.safetensors")
     assert card.classes == ("background", "liver", "spleen", "kidney_left", "kidney_right", "aorta")
     assert card.preprocessing.spacing == (5.5, 5.5)  # --spacing auto: the phantoms' median, kept in the checkpoint
-    labels = Predictor(model, card, device="cpu").predict_slices(np.zeros((2, 80, 70), np.float32), spacing=(4.0, 6.0))
+    slices = np.zeros((2, 80, 70), np.float32)
+    labels = Predictor(model, card, device="cpu").predict_slices(slices, spacing=(4.0, 6.0)).labels
     assert labels.shape == (2, 80, 70)
     state = load_training_state(run / "last.pt")
     assert state["epoch"] == 2 and state["scheduler"]["last_epoch"] == 4 and len(state["history"]) == 2

@@ -47,7 +47,7 @@ def export(
     if len(sources) > 1:
         raise SwinsegError(f"{sources[0].entry.name if sources[0].entry else checkpoint}: an ensemble of "
                            f"{len(sources)} models; export one model (a fold's checkpoint)")
-    network, card = load_source(sources[0], backend="torch", device="cpu", prepared=False)
+    network, card = load_source(sources[0], prepared=False)
     if isinstance(network, OnnxGraph):
         raise SwinsegError(f"{network.path}: is an exported network already")
     export_onnx(network, card, output)

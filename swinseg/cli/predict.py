@@ -127,14 +127,11 @@ def predict(
     from swinseg.ensemble import Ensemble
     from swinseg.errors import SwinsegError
     from swinseg.postprocess import parse_classes
+    from swinseg.predict_options import PredictOptions
     from swinseg.qc import write_qc_csv
     from swinseg.statistics import write_statistics_csv
     from swinseg.store import resolve
 
-    if protocol is Protocol.reference and batch_size not in (None, 1):
-        raise SwinsegError("--protocol reference predicts one slice per pass; drop --batch-size")
-    if protocol is Protocol.reference and (tta or save_probabilities):
-        raise SwinsegError("--protocol reference is the published path: no --tta or --save-probabilities")
     shard_of = runner.parse_shard(shard) if shard else None
     rank = torchrun_rank()
     if rank is not None:
@@ -142,6 +139,10 @@ def predict(
             raise SwinsegError("--shard is set by torchrun (RANK/WORLD_SIZE) already; drop --shard")
         shard_of = (rank[0], rank[1])
         device = rank_device(device, rank[2])
+    predict_options = PredictOptions(device=device, batch_size=batch_size, precision=precision.value, tta=tta,
+                              protocol=protocol.value, tile_overlap=tile_overlap, backend=backend.value)
+    if save_probabilities:
+        predict_options.check_probabilities()
     qc = qc or statistics
     cases = runner.plan_cases(inputs, output, probabilities=save_probabilities, statistics=qc,
                               preview=preview, output_type=output_type.value)
@@ -160,26 +161,19 @@ def predict(
             members = []
             sources = resolve(model, weights, checkpoint or ())
             for source in sources:
-                net, card = lib.load_source(source, backend=backend.value, device=device, precision=precision.value,
-                                            protocol=protocol.value)
-                members.append(lib.Predictor(
-                    net, card, device=device, batch_size=batch_size, precision=precision.value, tta=tta,
-                    protocol=protocol.value, tile_overlap=tile_overlap, backend=backend.value,
-                ))
+                net, card = lib.load_source(source, predict_options)
+                members.append(lib.Predictor(net, card, predict_options))
                 for note in members[-1].notes:
                     show.note(note)
             predictor = members[0] if len(members) == 1 else Ensemble(members, [s.label for s in sources])
             first, card = members[0], members[0].card
             if classes:
                 options = dataclasses.replace(options, classes=parse_classes(classes, card.classes))
-            spacing = card.preprocessing.spacing
-            grid = (f"slices resampled to {spacing[0]:g}x{spacing[1]:g} mm, {card.network.img_size}px tiles "
-                    f"overlapping {tile_overlap:g}" if spacing else "whole slices resized")
             ensemble = f"ensemble of {len(members)} models, " if len(members) > 1 else ""
             show.note(
                 f"{ensemble}{card.name}: {len(card.classes)} classes on {first.device} ({first.backend}), "
                 f"{precision_name(first.dtype)}, batch {first.batch_size}, protocol {protocol.value}"
-                f"{', TTA' if tta else ''}, {grid}; "
+                f"{', TTA' if tta else ''}, {first.path.description}; "
                 f"{len(pending)} of {len(cases)} case(s) to predict"
                 + (f" (shard {shard_of[0]}/{shard_of[1]})" if shard_of else "")
             )

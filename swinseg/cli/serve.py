@@ -56,6 +56,7 @@ def serve(
     Received instances and a journal stay under --store: a node killed and started again loses nothing."""
     from swinseg import predict as lib
     from swinseg import serve as node_lib
+    from swinseg.predict_options import PredictOptions
     from swinseg.store import resolve
 
     aets = tuple(a.strip() for a in allow.split(",") if a.strip()) if allow else ()
@@ -71,8 +72,9 @@ def serve(
     sources = resolve(model, weights, (checkpoint,) if checkpoint else ())
     if len(sources) != 1:
         fail(f"swinseg serve runs one model; the options name {len(sources)} (an ensemble): give one checkpoint")
-    net, card = lib.load_source(sources[0], backend=backend.value, device=device)
-    predictor = lib.Predictor(net, card, device=device, backend=backend.value)
+    predict_options = PredictOptions(device=device, backend=backend.value)
+    net, card = lib.load_source(sources[0], predict_options)
+    predictor = lib.Predictor(net, card, predict_options)
     node = node_lib.Node(predictor, options, log)
     log("model", f"{card.name}: {len(card.classes)} classes on {predictor.device} ({predictor.backend}); "
         f"results: {output_type.value}" + (f", sent to {options.destination}" if options.destination else ""),

@@ -80,7 +80,7 @@ def summarise_folds(config: TrainConfig, run_dir: Path, splits: list[dict[str, l
             target = predictions / by_name[name].label.name
             if not target.is_file() or target.stat().st_mtime < model_file.stat().st_mtime:  # none, or stale
                 volume = io.read_volume(by_name[name].image)
-                io.write_volume(target, predictor.predict_volume(volume), volume)
+                io.write_volume(target, predictor.predict_volume(volume).labels, volume)
     assert card is not None
     labels = dict(enumerate(card.classes))
     labels.pop(0)

@@ -154,7 +154,7 @@ def validate(
     scores = []
     for index in range(dist.rank, len(cases), dist.world_size):
         case = cases[index]
-        prediction = predictor.predict_prepared(case.prepared)
+        prediction = predictor.predict_prepared(case.prepared).labels
         scores.append([dice(prediction == c, case.label == c) for c in range(1, len(card.classes))])
     model.train(was_training)
     everything = np.asarray([row for rows in dist.all_gather(scores) for row in rows], dtype=np.float64)
