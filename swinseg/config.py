@@ -16,11 +16,11 @@ import yaml
 
 from swinseg.choices import PLANES
 from swinseg.errors import SwinsegError
+from swinseg.orientation import parse_code
 
 SKIP_SCALES = (4, 8, 16)
 AUTO = "auto"
 MAX_CONTEXT = 7  # context_slices: up to 15 input channels
-_ORIENTATION_AXIS = {"L": 0, "R": 0, "A": 1, "P": 1, "S": 2, "I": 2}
 
 
 class _YamlSection:
@@ -153,13 +153,8 @@ class Preprocessing(_YamlSection):
             object.__setattr__(self, "percentiles", (0.5, 99.5))
         if modality not in ("CT", "MR"):
             raise SwinsegError(f"preprocessing modality must be CT or MR, got {self.modality!r}")
-        code = str(self.orientation).upper()
-        if len(code) != 3 or sorted(_ORIENTATION_AXIS[c] for c in code if c in _ORIENTATION_AXIS) != [0, 1, 2]:
-            raise SwinsegError(
-                f"preprocessing orientation {self.orientation!r} is not an orientation code: one letter of "
-                "L/R, A/P and S/I each, e.g. LPS or RAS"
-            )
-        object.__setattr__(self, "orientation", code)
+        parse_code(str(self.orientation))
+        object.__setattr__(self, "orientation", str(self.orientation).upper())
         plane = str(self.plane).lower()
         if plane not in PLANES:
             raise SwinsegError(f"preprocessing plane {self.plane!r}: expected one of {', '.join(PLANES)}")

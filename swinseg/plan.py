@@ -26,7 +26,8 @@ from swinseg.defaults import FOREGROUND_OVERSAMPLING, TILE_OVERLAP
 from swinseg.errors import SwinsegError
 from swinseg.fingerprint import Fingerprint, fingerprint
 from swinseg.io import atomic_output
-from swinseg.preprocess import grid_size, slice_axis, tile_starts
+from swinseg.orientation import letter_axis, slice_axis
+from swinseg.preprocess import grid_size, tile_starts
 from swinseg.training.data import TrainingCases
 from swinseg.training.samples import LoadedCase
 
@@ -372,8 +373,7 @@ def _names_a_side(name: str) -> bool:
 
 def _left_right_axis(prep: Preprocessing) -> int | None:
     """The slice axis (0 rows, 1 columns) running left-right in the card's orientation and plane, if any."""
-    letters = prep.orientation.upper()
-    array_axis = 2 - next(i for i, letter in enumerate(letters) if letter in "LR")
+    array_axis = letter_axis(prep.orientation, "LR")
     sliced = slice_axis(prep.orientation, prep.plane)
     if array_axis == sliced:
         return None

@@ -1,8 +1,9 @@
 """Volume -> network input: the one home shared by training, validation and predict.
 
 A volume is oriented to the card's orientation code (a view), cut into slices along the card's plane
-(`prepare_volume`), and its intensities mapped to [0, 1] (CT window, or the volume's MR percentiles). Then one
-of two in-plane paths, decided by the card's `spacing`:
+(`prepare_volume`, with a swinseg.orientation layout), and its intensities mapped to [0, 1] (CT window, or the
+volume's MR percentiles). Then one of two in-plane paths, decided by the card's `spacing` (for predict:
+swinseg.slice_paths):
 
 - `spacing: null`, the published path: every slice resized whole to img_size x img_size (below);
 - `spacing: [sy, sx]`: slices resampled to that spacing (`grid_size`; images bilinear, antialiased when
@@ -25,17 +26,16 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from swinseg import io
 from swinseg.choices import PLANES
 from swinseg.config import AUTO, Preprocessing
 from swinseg.defaults import TILE_OVERLAP
 from swinseg.errors import SwinsegError
+from swinseg.orientation import Layout, layout
 
 if TYPE_CHECKING:  # scipy is imported where used: the tiled path and a predict call's start do without it
     import scipy.sparse
@@ -43,33 +43,23 @@ if TYPE_CHECKING:  # scipy is imported where used: the tiled path and a predict 
 
     from swinseg.io import Volume
 
-_PLANE_LETTERS = {"axial": "SI", "coronal": "AP", "sagittal": "LR"}
-
-
-# ------------------------------------------------------------------------------------ orientation and plane
-
-
-def slice_axis(orientation: str, plane: str) -> int:
-    """Array axis of the `plane` slices in an array oriented as `orientation` (letters name index axes x, y, z;
-    array axis a is index axis 2 - a)."""
-    letters = orientation.upper()
-    for index, letter in enumerate(letters):
-        if letter in _PLANE_LETTERS[plane]:
-            return len(letters) - 1 - index
-    raise SwinsegError(f"orientation {orientation!r} has no {plane} axis")
+# -------------------------------------------------------------------------------------- prepared volumes
 
 
 @dataclass
 class PreparedVolume:
     """A scan laid out for the network: `slices` (D, H, W) in the scan's own dtype (usually a view of its
     array), the intensity range `bounds` mapped to [0, 1] batch by batch, the in-plane `spacing` (rows,
-    columns) in mm (None when unknown), and `restore`, the map from that layout back to the scan's array order
-    (extra leading axes, e.g. classes, allowed)."""
+    columns) in mm (None when unknown), and the `layout` that maps the scan's array to the slices."""
 
     slices: np.ndarray
     bounds: tuple[float, float]
     spacing: tuple[float, float] | None
-    restore: Callable[[np.ndarray], np.ndarray]
+    layout: Layout
+
+    def restore(self, array: np.ndarray) -> np.ndarray:
+        """An array in the slice layout (extra leading axes, e.g. classes, allowed) in the scan's array order."""
+        return self.layout.from_slices(array)
 
     def normalized(self, start: int = 0, stop: int | None = None, context: int = 0) -> np.ndarray:
         """Slices start:stop as network input: float32 in [0, 1], with `context` neighbours (slice_stack)."""
@@ -87,24 +77,15 @@ def prepare_volume(volume: Volume, prep: Preprocessing, plane: str | None = None
     plane = (plane or prep.plane).lower()
     if plane not in PLANES:
         raise SwinsegError(f"--axis {plane!r}: expected one of {', '.join(PLANES)}")
-    oriented, back = io.to_orientation(volume, prep.orientation)
-    spacing = io.oriented_spacing(volume, prep.orientation)
-    if volume.ndim == 2:
-        bounds = (0.0, 255.0) if oriented.dtype == np.uint8 else _bounds(oriented, prep, intensities)
-        return PreparedVolume(oriented[np.newaxis], bounds, (spacing[0], spacing[1]) if volume.spacing_known else None,
-                              lambda a: back(a[..., 0, :, :]))
-    bounds = (0.0, 1.0) if volume.normalized else _bounds(oriented, prep, intensities)
-    axis = slice_axis(prep.orientation, plane)
-    in_plane = tuple(s for a, s in enumerate(spacing) if a != axis)
-    known = in_plane if volume.spacing_known else None
-    if axis == 0:
-        return PreparedVolume(oriented, bounds, known, back)  # type: ignore[arg-type]
-    return PreparedVolume(np.moveaxis(oriented, axis, 0), bounds, known,  # type: ignore[arg-type]
-                          lambda a: back(np.moveaxis(a, -3, a.ndim - 3 + axis)))
-
-
-def _bounds(array: np.ndarray, prep: Preprocessing, intensities: bool) -> tuple[float, float]:
-    return intensity_bounds(array, prep) if intensities else (0.0, 1.0)
+    scan = layout(volume, prep.orientation, plane)
+    slices = scan.to_slices(volume.array)
+    if volume.ndim == 2 and slices.dtype == np.uint8:
+        bounds = (0.0, 255.0)
+    elif volume.ndim == 3 and volume.normalized:
+        bounds = (0.0, 1.0)
+    else:
+        bounds = intensity_bounds(slices, prep) if intensities else (0.0, 1.0)
+    return PreparedVolume(slices, bounds, scan.in_plane_spacing if volume.spacing_known else None, scan)
 
 
 # ---------------------------------------------------------------------------------------- 2.5-D context

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from swinseg import io
-from swinseg.preprocess import slice_axis
+from swinseg.orientation import layout
 
 OK_FROM = 0.7  # score at or above: ok
 FAIL_BELOW = 0.3  # score below: fail
@@ -147,11 +147,8 @@ def in_plane_edges(labels: np.ndarray, axis: int, names: Sequence[str]) -> list[
 
 def scan_axis(volume: io.Volume, orientation: str, plane: str) -> int:
     """The scan's array axis that a model sliced in `plane` (after orienting to `orientation`) steps along."""
-    if volume.ndim == 2:
-        return -1
-    oriented = slice_axis(orientation, plane)
-    perm, _ = io.orientation_plan(volume, orientation)  # oriented axis a is the scan's axis perm[a]
-    return perm[oriented]
+    axis = layout(volume, orientation, plane).scan_slice_axis
+    return -1 if axis is None else axis
 
 
 def _factor_outside(value: float, low: float, high: float) -> float:

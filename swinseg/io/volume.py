@@ -20,7 +20,6 @@ READABLE_SUFFIXES = SUPPORTED_SUFFIXES + H5_SUFFIXES
 _DETACHED_HEADER_SUFFIXES = (".mhd", ".nhdr")  # header + separate data file
 _LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])
 _LUMINANCE = (0.299, 0.587, 0.114)  # ITU-R BT.601, as PIL's "L" mode
-_AXIS_LETTERS = ("LR", "PA", "SI")  # physical axis -> (letter for +, letter for -) in LPS
 QFORM_SFORM_TOLERANCE = 0.25  # voxels the qform and sform may place a corner apart before a header is refused
 MAX_SERIES_DEPTH = 4  # patient/study/series/... folders searched below a folder given to predict
 

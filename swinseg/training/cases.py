@@ -11,14 +11,14 @@ import numpy as np
 
 from swinseg.config import Preprocessing
 from swinseg.errors import SwinsegError
-from swinseg.io import check_same_geometry, itk, oriented_spacing, read_volume
+from swinseg.io import check_same_geometry, itk, read_volume
 from swinseg.labels import label_map
+from swinseg.orientation import Layout
 from swinseg.preprocess import (
     PreparedVolume,
     grid_size,
     intensity_bounds,
     prepare_volume,
-    slice_axis,
 )
 from swinseg.training.datasets import (
     TEST_SUFFIX,
@@ -69,9 +69,10 @@ class H5Volumes(Sequence[VolumeCase]):
             raise SwinsegError(f"{path}: not a readable volume file with 'image' and 'label' ({error})") from error
         if image.ndim != 3 or image.shape != label.shape:
             raise SwinsegError(f"{path}: image {image.shape} and label {label.shape} must be equal 3-D shapes")
-        in_plane = (spacing[1], spacing[2]) if spacing is not None and len(spacing) == 3 else None
-        return VolumeCase(name, PreparedVolume(image, (0.0, 1.0), in_plane, lambda array: array),
-                          _label_array(label, path))
+        known = spacing if spacing is not None and len(spacing) == 3 else None
+        layout = Layout.identity(known or (1.0, 1.0, 1.0))  # stored as axial slices already
+        prepared = PreparedVolume(image, (0.0, 1.0), layout.in_plane_spacing if known else None, layout)
+        return VolumeCase(name, prepared, _label_array(label, path))
 
 
 class MemoryVolumes(Sequence[VolumeCase]):
@@ -117,12 +118,11 @@ def load_case(case: CaseFiles, prep: Preprocessing, num_classes: int | None = No
     if num_classes is not None and label_array.size and label_array.max() >= num_classes:
         raise SwinsegError(f"{case.label.name}: label {int(label_array.max())} found but dataset.json has "
                            f"{num_classes} classes (0-{num_classes - 1})")
-    image_slices = prepare_volume(image, prep, intensities=False).slices
+    prepared = prepare_volume(image, prep, intensities=False)
     label_slices = prepare_volume(label.with_array(label_array), prep, intensities=False).slices
-    spacing = oriented_spacing(image, prep.orientation)
-    axis = slice_axis(prep.orientation, prep.plane)
-    ordered = (spacing[axis], *(s for a, s in enumerate(spacing) if a != axis))
-    return LoadedCase(case.name, np.ascontiguousarray(_compact(image_slices)), np.ascontiguousarray(label_slices),
+    scan = prepared.layout
+    ordered = (scan.spacing[scan.slice_axis], *scan.in_plane_spacing)
+    return LoadedCase(case.name, np.ascontiguousarray(_compact(prepared.slices)), np.ascontiguousarray(label_slices),
                       ordered)  # type: ignore[arg-type]
 
 

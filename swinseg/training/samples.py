@@ -16,6 +16,7 @@ import torch
 from swinseg.choices import AUGMENTATIONS
 from swinseg.defaults import FOREGROUND_OVERSAMPLING, SEED
 from swinseg.errors import SwinsegError
+from swinseg.orientation import Layout
 from swinseg.preprocess import (
     PreparedVolume,
     context_indices,
@@ -99,7 +100,7 @@ class LoadedCase:
 
     def prepared(self) -> PreparedVolume:
         """The image as predict's data path holds it (identity restore: this is already the slice layout)."""
-        return PreparedVolume(self.image, self.bounds, self.in_plane_spacing, lambda array: array)
+        return PreparedVolume(self.image, self.bounds, self.in_plane_spacing, Layout.identity(self.spacing))
 
 
 class MemorySlices:
