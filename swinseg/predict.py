@@ -115,10 +115,6 @@ class Predictor(VolumePredictor):
         float16 too."""
         return self._predict(slices, None, spacing, probabilities, progress)
 
-    def slices_per_batch(self, size: tuple[int, int], spacing: Spacing) -> int:
-        """Slices handled together: enough that their tiles fill a forward pass (1 slice = 1 input untiled)."""
-        return self.path.slices_per_batch(size, spacing)
-
     def tiles_per_slice(self, size: tuple[int, int], spacing: Spacing) -> int:
         """Network inputs per slice of `size` at `spacing` (1 for the whole-slice resize)."""
         return self.path.tiles_per_slice(size, spacing)
