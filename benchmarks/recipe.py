@@ -35,6 +35,7 @@ VARIANTS: dict[str, dict] = {  # name -> TrainConfig options (see --set for one-
     "scratch-reference-aug": {"recipe": "scratch", "augment": "reference"},
     "scratch-strong-any-angle-mirrored": {"recipe": "scratch", "rotation": 180.0, "mirror": "both"},  # nnU-Net's
     "scratch-no-aug": {"recipe": "scratch", "augment": "none"},
+    "scratch-no-deep-supervision": {"recipe": "scratch", "deep_supervision": False},  # scratch before deep supervision
 }
 
 

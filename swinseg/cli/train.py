@@ -29,9 +29,10 @@ OPTIONS: dict[str, tuple[Any, str]] = {
     "classes": (str, "Comma-separated label names, index = label value. (default: the dataset's, else the card's)"),
     "freeze_encoder": (bool, "Train only the decoder (small datasets)."),
     "recipe": (str, "published (the paper's: SGD lr 0.05, for ImageNet-initialised encoders) or scratch (AdamW "
-                    "with warm-up: what trains a randomly initialised network); sets --optimizer, --base-lr, "
-                    "--weight-decay, --warmup, --augment, --rotation unless given. (default: published with "
-                    "--pretrained and for finetune, else scratch)"),
+                    "with warm-up: what trains a randomly initialised network); sets "
+                    "--optimizer, --base-lr, --weight-decay, --warmup, --augment, --rotation, --dice-background "
+                    "and --deep-supervision unless given. (default: published with --pretrained and for finetune, "
+                    "else scratch)"),
     "epochs": (int, "Epochs."),
     "iterations": (int, "Optimiser steps instead of --epochs (rounded up to whole epochs)."),
     "batch_size": (int, "Global batch size, split across torchrun processes."),
@@ -46,6 +47,8 @@ OPTIONS: dict[str, tuple[Any, str]] = {
     "ce_weight": (float, "Cross-entropy weight in the loss."),
     "dice_weight": (float, "Soft Dice weight in the loss."),
     "dice_background": (bool, "Count the background class in the soft Dice (published) or not (nnU-Net)."),
+    "deep_supervision": (bool, "Also score the coarser decoder stages against the labels (nnU-Net's deep "
+                               "supervision; training only: checkpoints hold the network alone)."),
     "augment": (str, "reference (the published rot90+flip or rotation +-20 degrees), strong (nnU-Net's: scaling, "
                      "rotation, deformation, mirroring along the planned axes, noise, blur, brightness, contrast, "
                      "low resolution, gamma) or none."),
@@ -82,7 +85,8 @@ OPTIONS: dict[str, tuple[Any, str]] = {
 }
 FLAGS = {"output": ["-o", "--output"], "model": ["-m", "--model"], "checkpoint": ["-c", "--checkpoint"],
          "freeze_encoder": ["--freeze-encoder/--no-freeze-encoder"],
-         "dice_background": ["--dice-background/--no-dice-background"]}
+         "dice_background": ["--dice-background/--no-dice-background"],
+         "deep_supervision": ["--deep-supervision/--no-deep-supervision"]}
 FINETUNE_ONLY = {"checkpoint": (Path, "Trained model to start from: swinseg .safetensors or a reference "
                                       "Swin-Unet checkpoint (with --model CARD).")}
 TRAIN_ONLY = {"pretrained": (Path, "ImageNet Swin-T weights (official swin_tiny_patch4_window7_224.pth or timm) "

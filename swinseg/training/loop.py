@@ -4,8 +4,9 @@ many GPUs.
 `train(config)` runs the loop of the config's recipe (swinseg.training.options.RECIPES). Published: 0.4 CE + 0.6
 soft Dice, SGD (momentum 0.9, weight decay 1e-4), learning rate 0.05 at batch 24 scaled linearly with the batch
 and decayed per iteration by (1 - it / max_it)^0.9, the reference augmentation, seed 1234. Scratch: AdamW with
-a linear warm-up before the same decay, and the strong augmentation. The data decisions come from the planner
-(swinseg.plan, written to `plan.json`). Each epoch it writes atomically, in the run directory:
+a linear warm-up before the same decay, and the strong augmentation; either with deep supervision on request
+(swinseg.training.supervision). Data decisions: the planner (swinseg.plan, `plan.json`). Each epoch it writes
+atomically, in the run directory:
 
 - `last.pt`: the full training state (model, optimiser, scheduler, GradScaler, epoch, the RNG states of every
   process, the metrics so far), which `resume=True` continues from bit-identically (shuffling and
@@ -58,6 +59,7 @@ from swinseg.training.report import TrainingEvents, epoch_line, plot_curves, wri
 from swinseg.training.samples import EpochSampler
 from swinseg.training.setup import build_network, make_optimizer, poly_schedule, starting_point, with_context
 from swinseg.training.state import capture_rng_state, load_training_state, restore_rng_state, save_training_state
+from swinseg.training.supervision import DeepSupervision, DeepSupervisionLoss
 
 if TYPE_CHECKING:
     from swinseg.model import SwinUnet
@@ -171,7 +173,7 @@ def validate(
 class Step:
     """One optimisation step: forward under autocast, loss, (scaled) backward, SGD step, poly lr step."""
 
-    loss_fn: DiceCELoss
+    loss_fn: nn.Module  # DiceCELoss, or DeepSupervisionLoss over it for a DeepSupervision model
     optimizer: torch.optim.Optimizer
     scheduler: LambdaLR
     scaler: torch.amp.GradScaler
@@ -182,7 +184,10 @@ class Step:
     def for_model(cls, model: nn.Module, config: TrainConfig, max_iterations: int, device: torch.device,
                   dtype: torch.dtype | None) -> Step:
         optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], config)
-        return cls(DiceCELoss(config.ce_weight, config.dice_weight, dice_background=config.dice_background), optimizer,
+        loss: nn.Module = DiceCELoss(config.ce_weight, config.dice_weight, dice_background=config.dice_background)
+        if isinstance(model, DeepSupervision):
+            loss = DeepSupervisionLoss(loss, 1 + len(model.heads))
+        return cls(loss, optimizer,
                    poly_schedule(optimizer, max_iterations, config.poly_power, config.warmup),
                    torch.amp.GradScaler(device.type, enabled=dtype == torch.float16), device, dtype)
 
@@ -301,16 +306,18 @@ class Trainer:
             for parameter in self.model.encoder_parameters():
                 parameter.requires_grad_(False)
         self.model.to(device).train()
-        self.trained: nn.Module = self.model
+        self.supervised = DeepSupervision(self.model).to(device) if config.deep_supervision else None
+        trained: nn.Module = self.model if self.supervised is None else self.supervised
+        self.trained = trained
         if dist.enabled:
             ids = [device.index] if device.type == "cuda" else None
-            self.trained = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+            self.trained = nn.parallel.DistributedDataParallel(trained, device_ids=ids)
         self.loader, self.sampler = training_loader(self.data, config, dist, device)
         self.batches_per_epoch = len(self.loader)
         if config.iterations is not None:  # a budget in optimiser steps: whole epochs that reach it
             epochs = max(1, -(-config.iterations // self.batches_per_epoch))
             config = self.config = dataclasses.replace(config, epochs=epochs)
-        self.step = Step.for_model(self.model, config, config.epochs * self.batches_per_epoch, device, self.dtype)
+        self.step = Step.for_model(trained, config, config.epochs * self.batches_per_epoch, device, self.dtype)
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {"dice": None, "epoch": None}
         self.plotted = -float("inf")  # when curves.png was last drawn (time.perf_counter)
@@ -322,6 +329,8 @@ class Trainer:
     def restore(self, state: dict[str, Any]) -> None:
         """Continue from a last.pt state: weights, optimiser/scheduler/scaler, metrics and RNG streams."""
         self.model.load_state_dict(state["model"])
+        if self.supervised is not None:
+            self.supervised.heads.load_state_dict(state["heads"])
         self.step.load_state_dict(state)
         self.history, self.best = state["history"], state["best"]
         if len(state["rng"]) == self.dist.world_size:
@@ -380,7 +389,8 @@ class Trainer:
         rng = self.dist.all_gather(capture_rng_state())
         if not self.dist.is_main:
             return
-        state = {"model": self.model.state_dict(), **self.step.state_dict(), "epoch": len(self.history),
+        heads = {} if self.supervised is None else {"heads": self.supervised.heads.state_dict()}
+        state = {"model": self.model.state_dict(), **heads, **self.step.state_dict(), "epoch": len(self.history),
                  "history": self.history, "best": self.best, "rng": rng, "config": self.config.to_dict(),
                  "card": self.card.to_dict()}
         save_training_state(self.run_dir / STATE_FILE, state)
@@ -483,7 +493,7 @@ def _count(number: int, noun: str) -> str:
     return f"{number} {noun}" + ("" if number == 1 else "s")
 
 
-def _unwrap(model: nn.Module) -> SwinUnet:
+def _unwrap(model: nn.Module) -> SwinUnet | DeepSupervision:
     if isinstance(model, nn.parallel.DistributedDataParallel):
         return model.module  # type: ignore[return-value]
     return model  # type: ignore[return-value]

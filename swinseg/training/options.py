@@ -27,9 +27,11 @@ FINETUNE_DEFAULTS: dict[str, Any] = {"model": None, "recipe": "published", "base
 # encoders; "scratch": what trains a randomly initialised Swin-Unet (README, "Training recipe").
 RECIPES: dict[str, dict[str, Any]] = {
     "published": {"optimizer": "sgd", "base_lr": 0.05, "weight_decay": 1e-4, "warmup": 0.0,
-                  "augment": "reference", "rotation": 180.0, "dice_background": True},
+                  "augment": "reference", "rotation": 180.0, "dice_background": True,
+                  "deep_supervision": False},
     "scratch": {"optimizer": "adamw", "base_lr": 1e-3, "weight_decay": 0.01, "warmup": 0.05,
-                "augment": "strong", "rotation": 15.0, "dice_background": True},
+                "augment": "strong", "rotation": 15.0, "dice_background": True,
+                "deep_supervision": False},
 }
 OPTIMIZERS = ("sgd", "adamw")
 PRE_RECIPE_KEYS = {"momentum", "poly_power", "base_batch", "lr"}  # every run's config.yaml holds them
@@ -61,6 +63,7 @@ class TrainConfig:
     ce_weight: float = 0.4
     dice_weight: float = 0.6
     dice_background: bool | None = None  # background in the soft Dice (published) or not (nnU-Net); the recipe's
+    deep_supervision: bool | None = None  # losses at the coarser decoder stages too (nnU-Net's); the recipe's
     augment: str | None = None  # reference | strong (nnU-Net's) | none; YAML true/false: reference/none
     rotation: float | None = None  # strong augmentation: largest rotation in degrees; default: the recipe's
     mirror: str | None = None  # strong augmentation's mirror axes: auto (planned) | both | rows | columns | none
@@ -213,8 +216,9 @@ def resolve_config(
     values: dict[str, Any] = dict(FINETUNE_DEFAULTS) if finetune else {}
     if config_file is not None:
         read = read_config_file(config_file)
-        if "recipe" not in read and PRE_RECIPE_KEYS <= set(read):  # a run's config.yaml from before recipes
-            read["recipe"] = "published"
+        if PRE_RECIPE_KEYS <= set(read):  # a run's config.yaml: one from before recipes / deep supervision
+            read.setdefault("recipe", "published")
+            read.setdefault("deep_supervision", False)
         values.update(read)
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return TrainConfig(**values)
