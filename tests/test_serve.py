@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -323,8 +324,9 @@ def test_killed_node_predicts_its_series_once_and_sends_after_restart(checkpoint
 
 
 @contextlib.contextmanager
-def scp_only(store: Path, **options: Any) -> Iterator[tuple[Any, list[str]]]:
-    """The node's Storage SCP in this process (no model, no worker), its log lines collected."""
+def in_process_node(store: Path, predictor: Any = None, **options: Any) -> Iterator[tuple[Any, list[str]]]:
+    """The node in this process, its log lines collected: the Storage SCP alone, or with `predictor` its
+    prediction worker too (in a thread)."""
     from swinseg.serve import Log, Node, NodeOptions
 
     lines: list[str] = []
@@ -336,24 +338,59 @@ def scp_only(store: Path, **options: Any) -> Iterator[tuple[Any, list[str]]]:
         def flush(self) -> None:
             pass
 
-    node = Node(None, NodeOptions(store=store, port=0, **options), Log(Lines(), as_json=True))  # type: ignore[arg-type]
+    node = Node(predictor, NodeOptions(store=store, port=0, **options), Log(Lines(), as_json=True))
+    worker = threading.Thread(target=node.run, daemon=True)
     try:
         port = node.start()
+        if predictor is not None:
+            worker.start()
         yield Destination("SWINSEG", "127.0.0.1", port), lines
     finally:
         node.shutdown()
+        if worker.is_alive():
+            worker.join(DEADLINE)
+
+
+@pytest.mark.parametrize("output_type", ["rtstruct", "nifti"])
+def test_node_results_as_rtstruct_and_nifti_are_what_predict_gives(checkpoint, tmp_path, output_type):
+    from dicom_judges import assert_valid_rtstruct
+
+    from swinseg.io import read_volume
+    from swinseg.predict import Predictor
+    from swinseg.weights import load_checkpoint
+
+    predictor = Predictor(*load_checkpoint(checkpoint), device="cpu")
+    uid = "1.2.826.0.1.3680043.2.1125.21.9"
+    files = dicom_series(tmp_path / "series", np.random.default_rng(9).integers(-300, 400, (4, 48, 40)).astype(
+        np.int16), uid=uid, spacing=3.0, pixel_mm=3.0)
+    with in_process_node(tmp_path / "store", predictor, idle=0.5, output_type=output_type) as (node, lines):
+        for file in files:
+            send_file(file, node, "SENDER")
+        events = lambda: [e for e in map(json.loads, lines) if e["event"] in ("predicted", "failed")]  # noqa: E731
+        event = _wait(events, "the series predicted")[0]
+    assert event["event"] == "predicted" and event["instances"] == len(files), event
+    volume = read_volume(tmp_path / "series")
+    labels = predictor.predict_volume(volume).labels
+    assert labels.any()
+    if output_type == "rtstruct":
+        assert_valid_rtstruct(Path(event["output"]), labels, volume, predictor.card.classes, tmp_path / "judge")
+    else:
+        written = read_volume(Path(event["output"]))
+        np.testing.assert_array_equal(written.array, labels)
+        for attribute in ("spacing", "origin", "direction"):
+            np.testing.assert_allclose(getattr(written, attribute), getattr(volume, attribute), atol=1e-5)
 
 
 def test_full_store_and_oversized_datasets_are_refused_out_of_resources(tmp_path):
     files = _series(tmp_path / "series", "1.2.826.0.1.3680043.2.1125.21.6", slices=3)
     size = files[0].stat().st_size
-    with scp_only(tmp_path / "a", max_disk=int(size * 1.5)) as (node, lines):
+    with in_process_node(tmp_path / "a", max_disk=int(size * 1.5)) as (node, lines):
         send_file(files[0], node, "SENDER")
         with pytest.raises(SwinsegError, match="0xA700"):
             send_file(files[1], node, "SENDER")
     assert [json.loads(line)["event"] for line in lines][-1] == "disk-full"
     assert len(list((tmp_path / "a" / "incoming").rglob("*.dcm"))) == 1
-    with scp_only(tmp_path / "b", max_instance=size // 2) as (node, lines):
+    with in_process_node(tmp_path / "b", max_instance=size // 2) as (node, lines):
         with pytest.raises(SwinsegError, match="0xA700"):
             send_file(files[0], node, "SENDER")
     assert "max-instance" in json.loads(lines[-1])["reason"]
@@ -375,7 +412,7 @@ def test_malformed_dataset_is_dropped_and_the_node_keeps_serving(tmp_path):
             value = uid.encode() + b"\0" * (len(uid) % 2)
             stream.write(bytes([0x08, 0, element, 0]) + b"UI" + len(value).to_bytes(2, "little") + value)
         stream.write(b"\x10\x00\x10\x00SQ\x00\x00\x00\x00\x01\x00" + bytes(range(256)) * 4)
-    with scp_only(tmp_path / "store") as (node, lines):
+    with in_process_node(tmp_path / "store") as (node, lines):
         ae = AE("SENDER")
         ae.add_requested_context(meta.MediaStorageSOPClassUID, meta.TransferSyntaxUID)
         assoc = ae.associate(node.host, node.port, ae_title=node.ae_title)
