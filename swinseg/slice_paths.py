@@ -81,6 +81,7 @@ class TiledPath(WholeSlicePath):
                  overlap: float) -> None:
         super().__init__(score, img_size, batch_size, softmaxed)
         self.card, self.overlap = card, overlap
+        self._tilings: dict[tuple[int, int, str], tuple[list[tuple[int, int]], torch.Tensor, torch.Tensor]] = {}
 
     @property
     def description(self) -> str:
@@ -111,12 +112,8 @@ class TiledPath(WholeSlicePath):
         if top or bottom or left or right:
             images = F.pad(images, (left, right, top, bottom), value=0.0)  # 0 = air (CT) / minimum (MR)
         height, width = images.shape[-2:]
-        corners = tile_corners(height, width, tile, self.overlap)
-        weight = torch.tensor(gaussian_importance(tile), device=images.device)
+        corners, weight, coverage = self._tiling(height, width, images.device)
         total = torch.zeros((images.shape[0], len(self.card.classes), height, width), device=images.device)
-        coverage = torch.zeros((height, width), device=images.device)
-        for y, x in corners:
-            coverage[y:y + tile, x:x + tile] += weight
         inputs = [(b, y, x) for b in range(images.shape[0]) for y, x in corners]
         for first in range(0, len(inputs), self.batch_size):
             part = inputs[first:first + self.batch_size]
@@ -127,6 +124,24 @@ class TiledPath(WholeSlicePath):
         total /= coverage
         total = total[:, :, top:height - bottom, left:width - right]
         return resample_images(total.contiguous(memory_format=torch.channels_last), size)
+
+
+    def _tiling(self, height: int, width: int,
+                device: torch.device) -> tuple[list[tuple[int, int]], torch.Tensor, torch.Tensor]:
+        """Tile corners, the Gaussian weight of a tile and the summed weights over a padded slice of `height` x
+        `width`, worked out once per slice size (every batch of a scan has the same; the last few sizes kept)."""
+        key = (height, width, str(device))
+        if key not in self._tilings:
+            if len(self._tilings) >= 4:  # a node predicting scans of many sizes: bounded memory
+                del self._tilings[next(iter(self._tilings))]
+            tile = self.img_size
+            corners = tile_corners(height, width, tile, self.overlap)
+            weight = torch.tensor(gaussian_importance(tile), device=device)
+            coverage = torch.zeros((height, width), device=device)
+            for y, x in corners:
+                coverage[y:y + tile, x:x + tile] += weight
+            self._tilings[key] = corners, weight, coverage
+        return self._tilings[key]
 
 
 class ReferencePath(WholeSlicePath):
