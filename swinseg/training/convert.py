@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from swinseg.config import ModelCard
+from swinseg.defaults import SEED
 from swinseg.errors import SwinsegError
 from swinseg.io import atomic_output
 from swinseg.preprocess import (
@@ -42,7 +43,7 @@ class PreprocessReport:
 
 
 def preprocess_dataset(in_dir: str | Path, out_dir: str | Path, card: ModelCard, *, test_fraction: float = 0.2,
-                       test_cases: Sequence[str] | None = None, seed: int = 1234,
+                       test_cases: Sequence[str] | None = None, seed: int = SEED,
                        progress: Progress | None = None) -> PreprocessReport:
     """Convert an nnU-Net/MSD dataset into the Synapse layout under `out_dir`.
 

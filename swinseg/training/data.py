@@ -178,13 +178,13 @@ def _slice_source(cases: TrainingCases, prep: Preprocessing, oversample: float,
     """Where the training samples come from: npz slices (Synapse), whole slices in memory, or the cases
     resampled to the target spacing."""
     if cases.synapse is not None:
-        if prep.spacing is not None:
+        if prep.resamples:
             raise SwinsegError(f"{cases.root}: Synapse-layout slices carry no pixel spacing; they train with "
                                "whole slices (spacing none)")
         return NpzSlices(cases.synapse.train_dir, cases.synapse.train_slices, prep.context_slices)
     set_bounds(list(cases.loaded.values()), prep)
     training = cases.training
-    if prep.spacing is None:
+    if not prep.resamples:
         return MemorySlices(training, prep.context_slices)
     check_grid_fits_in_memory(cases.root, training, prep.spacing)
     return GridSlices([to_grid_case(case, prep.spacing, seed) for case in training], oversample,
