@@ -8,13 +8,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import scipy.ndimage
 
 from swinseg.errors import SwinsegError
-from swinseg.training.samples import LoadedCase
 
 if TYPE_CHECKING:
-    pass
+    from swinseg.training.samples import LoadedCase
 
 SAMPLED_VOXELS = 100_000  # intensities sampled per case (nnU-Net's fingerprint samples 10k per case and class)
 PERCENTILES = (0.5, 50.0, 99.5)
@@ -88,7 +86,7 @@ def fingerprint(cases: Sequence[LoadedCase], channel_name: str | None, seed: int
         raise SwinsegError("no training cases to fingerprint")
     foreground = sample_foreground(cases, seed, per_case)
     channel = {"index": 0, "name": channel_name, "foreground": _statistics(foreground) if foreground.size else None,
-               "scan": _percentiles(_sample_scans(cases, seed, per_case))}
+               "scan": percentiles(_sample_scans(cases, seed, per_case))}
     spacings = tuple(tuple(round(float(s), 6) for s in case.spacing) for case in cases)
     shapes = tuple(tuple(int(n) for n in case.image.shape) for case in cases)
     return Fingerprint(tuple(case.name for case in cases), spacings, shapes,  # type: ignore[arg-type]
@@ -120,17 +118,19 @@ def _sample_scans(cases: Sequence[LoadedCase], seed: int, per_case: int) -> np.n
     return np.concatenate(values)
 
 
-def _percentiles(values: np.ndarray) -> dict[str, float]:
+def percentiles(values: np.ndarray) -> dict[str, float]:
+    """The fingerprint's percentiles of `values` ("p0.5", "p50", "p99.5")."""
     return {f"p{q:g}": float(v) for q, v in zip(PERCENTILES, np.percentile(values, PERCENTILES))}
 
 
 def _statistics(values: np.ndarray) -> dict[str, float]:
-    return {"mean": float(values.mean()), "sd": float(values.std()), **_percentiles(values)}
+    return {"mean": float(values.mean()), "sd": float(values.std()), **percentiles(values)}
 
 
 def _class_statistics(cases: Sequence[LoadedCase], names: tuple[str, ...]) -> tuple[dict[str, Any], ...]:
     """Per foreground label: share of all foreground voxels, cases containing it, connected objects (face
     connectivity, counted inside the label's bounding box) and their median volume in mm^3."""
+    import scipy.ndimage  # here: predict reads this module's percentiles without it
     labels = max(len(names), max(int(case.label.max(initial=0)) for case in cases) + 1)
     voxels, present = np.zeros(labels, np.int64), np.zeros(labels, np.int64)
     objects: list[list[float]] = [[] for _ in range(labels)]

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from swinseg import io
+from swinseg.fingerprint import percentiles
 from swinseg.orientation import layout
 
 OK_FROM = 0.7  # score at or above: ok
@@ -175,8 +176,7 @@ def measure(volume: io.Volume, labels: np.ndarray, probabilities: np.ndarray | N
     }
     flat = array.reshape(-1)
     sample = flat if flat.size <= SAMPLED else flat[np.random.default_rng(0).integers(0, flat.size, SAMPLED)]
-    signals["scan_percentiles"] = {f"p{q:g}": float(v) for q, v in
-                                   zip((0.5, 50.0, 99.5), np.percentile(sample.astype(np.float64), (0.5, 50, 99.5)))}
+    signals["scan_percentiles"] = percentiles(sample.astype(np.float64))
     foreground = np.asarray(labels) > 0
     if foreground.any():
         signals["foreground_mean"] = float(array[foreground].astype(np.float64).mean())
