@@ -42,10 +42,10 @@ def test_loss_weighs_each_coarser_level_half_and_sums_to_one():
     assert torch.equal(downsampled_labels(labels, (4, 4)), labels[:, ::4, ::4])
 
 
-def test_deep_supervision_is_asked_for_and_old_runs_resume_without_it(tmp_path):
-    assert TrainConfig().deep_supervision is False
+def test_scratch_recipe_supervises_deeply_published_and_old_runs_do_not(tmp_path):
+    assert TrainConfig().deep_supervision is True
     assert TrainConfig(recipe="published").deep_supervision is False
-    assert TrainConfig(deep_supervision=True).deep_supervision is True
+    assert TrainConfig(deep_supervision=False).deep_supervision is False
     old_run = tmp_path / "config.yaml"  # a run's config.yaml written before deep supervision existed
     old_run.write_text("recipe: scratch\nmomentum: 0.9\npoly_power: 0.9\nbase_batch: 24\nlr: null\n")
     assert resolve_config(old_run).deep_supervision is False

@@ -29,7 +29,7 @@ OPTIONS: dict[str, tuple[Any, str]] = {
     "classes": (str, "Comma-separated label names, index = label value. (default: the dataset's, else the card's)"),
     "freeze_encoder": (bool, "Train only the decoder (small datasets)."),
     "recipe": (str, "published (the paper's: SGD lr 0.05, for ImageNet-initialised encoders) or scratch (AdamW "
-                    "with warm-up: what trains a randomly initialised network); sets "
+                    "with warm-up and deep supervision: what trains a randomly initialised network); sets "
                     "--optimizer, --base-lr, --weight-decay, --warmup, --augment, --rotation, --dice-background "
                     "and --deep-supervision unless given. (default: published with --pretrained and for finetune, "
                     "else scratch)"),

@@ -4,8 +4,8 @@ many GPUs.
 `train(config)` runs the loop of the config's recipe (swinseg.training.options.RECIPES). Published: 0.4 CE + 0.6
 soft Dice, SGD (momentum 0.9, weight decay 1e-4), learning rate 0.05 at batch 24 scaled linearly with the batch
 and decayed per iteration by (1 - it / max_it)^0.9, the reference augmentation, seed 1234. Scratch: AdamW with
-a linear warm-up before the same decay, and the strong augmentation; either with deep supervision on request
-(swinseg.training.supervision). Data decisions: the planner (swinseg.plan, `plan.json`). Each epoch it writes
+a linear warm-up before the same decay, the strong augmentation and deep supervision (swinseg.training.supervision;
+its heads stay out of checkpoints). Data decisions: the planner (swinseg.plan, `plan.json`). Each epoch it writes
 atomically, in the run directory:
 
 - `last.pt`: the full training state (model, optimiser, scheduler, GradScaler, epoch, the RNG states of every

@@ -31,7 +31,7 @@ RECIPES: dict[str, dict[str, Any]] = {
                   "deep_supervision": False},
     "scratch": {"optimizer": "adamw", "base_lr": 1e-3, "weight_decay": 0.01, "warmup": 0.05,
                 "augment": "strong", "rotation": 15.0, "dice_background": True,
-                "deep_supervision": False},
+                "deep_supervision": True},
 }
 OPTIMIZERS = ("sgd", "adamw")
 PRE_RECIPE_KEYS = {"momentum", "poly_power", "base_batch", "lr"}  # every run's config.yaml holds them
