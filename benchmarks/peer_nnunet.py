@@ -29,8 +29,11 @@ OUT/DATA/swinseg/run/metrics.csv; nnU-Net's: its fold_all/progress.png and train
 
     .venv/bin/python benchmarks/peer_nnunet.py [--data ct|phantoms|mr] [--epochs 150] [--out peer_runs]
         [--card swin_unet_demo] [--budget SECONDS] [--skip-swinseg] [--skip-peer] [--no-peer-tta]
-        [--peer-venv benchmarks/.peer_venv]
+        [--peer-venv benchmarks/.peer_venv] [--reuse OUT] [--set KEY=VALUE ...]
     .venv/bin/python benchmarks/peer_nnunet.py --data phantoms --epochs 1 --budget 60 --out /tmp/peer_smoke
+    # another seed of swinseg against the same nnU-Net run (the spread is large: compare several seeds)
+    .venv/bin/python benchmarks/peer_nnunet.py --data ct --reuse peer_runs --out seed7 --set seed=7 \
+        --set iterations=3100 --set batch_size=16
 """
 from __future__ import annotations
 
@@ -449,11 +452,24 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--skip-peer", action="store_true", help="do not train nnU-Net (a finished run is scored)")
     parser.add_argument("--no-peer-tta", action="store_true", help="nnUNetv2_predict --disable_tta (default: TTA on)")
     parser.add_argument("--peer-venv", type=Path, default=HERE / ".peer_venv")
+    parser.add_argument("--reuse", type=Path, default=None, metavar="OUT",
+                        help="take the data and the finished nnU-Net run of another --out (linked, not copied): "
+                             "swinseg variants or seeds against one peer run")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a swinseg training option over SWINSEG_OPTIONS, e.g. --set iterations=2400")
     args = parser.parse_args()
     SWINSEG_OPTIONS.update(item.split("=", 1) for item in args.set)
     return args
+
+
+def link_peer_run(source: Path, root: Path) -> None:
+    """root/data and root/nnunet as links to those of another run of the benchmark (kept where they exist)."""
+    for name in ("data", "nnunet"):
+        if not (source / name).is_dir():
+            raise SystemExit(f"--reuse: {source / name} is not there")
+        root.mkdir(parents=True, exist_ok=True)
+        if not (root / name).exists():
+            (root / name).symlink_to(source / name, target_is_directory=True)
 
 
 def run_peer(args: argparse.Namespace, bench: Benchmark, root: Path, ours: dict[str, Any] | None
@@ -480,6 +496,8 @@ def main() -> None:
     args = parse_args()
     began = time.perf_counter()
     root = args.out / args.data
+    if args.reuse is not None:
+        link_peer_run(args.reuse.resolve() / args.data, root)
     bench = prepare(args.data, root / "data")
     ours = train_swinseg(bench, root / "swinseg", args.card, args.epochs, args.skip_swinseg)
     our_seconds = predict_swinseg(Path(ours["checkpoint"]), bench.sets, root / "swinseg" / "predictions") \
