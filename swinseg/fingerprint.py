@@ -128,17 +128,21 @@ def _statistics(values: np.ndarray) -> dict[str, float]:
 
 
 def _class_statistics(cases: Sequence[LoadedCase], names: tuple[str, ...]) -> tuple[dict[str, Any], ...]:
-    """Per foreground label: share of all foreground voxels, cases containing it, connected objects (face
-    connectivity, counted inside the label's bounding box) and their median volume in mm^3."""
+    """Per foreground label: share of all foreground voxels, cases containing it, its median volume in ml over
+    those cases, connected objects (face connectivity, counted inside the label's bounding box) and their median
+    volume in mm^3."""
     import scipy.ndimage  # here: predict reads this module's percentiles without it
     labels = max(len(names), max(int(case.label.max(initial=0)) for case in cases) + 1)
     voxels, present = np.zeros(labels, np.int64), np.zeros(labels, np.int64)
     objects: list[list[float]] = [[] for _ in range(labels)]
+    case_ml: list[list[float]] = [[] for _ in range(labels)]
     for case in cases:
         counts = np.bincount(case.label.reshape(-1), minlength=labels)
         voxels += counts
         present += counts > 0
         voxel_mm3 = float(np.prod(case.spacing))
+        for value in np.flatnonzero(counts[1:]) + 1:
+            case_ml[value].append(float(counts[value]) * voxel_mm3 / 1000)
         for value, box in enumerate(scipy.ndimage.find_objects(case.label), start=1):
             if box is not None:
                 components, _ = scipy.ndimage.label(case.label[box] == value)
@@ -146,6 +150,7 @@ def _class_statistics(cases: Sequence[LoadedCase], names: tuple[str, ...]) -> tu
     foreground = int(voxels[1:].sum())
     return tuple({"label": value, "name": names[value] if value < len(names) else f"label_{value}",
                   "share": float(voxels[value] / foreground) if foreground else 0.0, "cases": int(present[value]),
+                  "median_case_ml": float(np.median(case_ml[value])) if case_ml[value] else None,
                   "objects": len(objects[value]),
                   "median_object_mm3": float(np.median(objects[value])) if objects[value] else None}
                  for value in range(1, labels))

@@ -250,11 +250,11 @@ def assess(signals: dict[str, Any], fingerprint: dict[str, Any] | None) -> Quali
               f"empty, though in nearly every training case: {', '.join(missing)}")
         worst, worst_name = 0.0, ""
         for c in classes:
-            typical_ml = (c.get("median_object_mm3") or 0.0) * c["objects"] / c["cases"] / 1000
+            typical_ml = c.get("median_case_ml") or _object_estimate_ml(c)
             ml = signals["class_ml"].get(c["name"], 0.0)
             if ml > 0 and typical_ml > 0 and abs(math.log10(ml / typical_ml)) > worst:
                 worst, worst_name = abs(math.log10(ml / typical_ml)), f"{c['name']} {ml:.3g} ml vs {typical_ml:.3g} ml"
-        judge("class_volume", worst, f"class volume far from the training cases': {worst_name}")
+        judge("class_volume", worst, f"class volume far from the training cases: {worst_name}")
     if signals.get("entropy") is not None:
         judge("entropy", signals["entropy"], f"uncertain: mean softmax entropy {signals['entropy']:.2f} (of 1) "
               "inside the mask")
@@ -271,6 +271,12 @@ def assess(signals: dict[str, Any], fingerprint: dict[str, Any] | None) -> Quali
     signals = {**signals, "scores": {name: round(value, 4) for name, value in scores.items()}}
     verdict = "fail" if score < FAIL_BELOW else "review" if score < OK_FROM else "ok"
     return QualityControl(verdict, score, tuple(reasons), signals)
+
+
+def _object_estimate_ml(entry: dict[str, Any]) -> float:
+    """A class's typical volume per case in ml from a fingerprint made before cards kept `median_case_ml` (median
+    object volume x objects per case: far too small where the labels have many specks)."""
+    return (entry.get("median_object_mm3") or 0.0) * entry["objects"] / entry["cases"] / 1000
 
 
 def check(volume: io.Volume, labels: np.ndarray, probabilities: np.ndarray | None, card: Any, *,

@@ -70,6 +70,8 @@ def test_fingerprint_matches_numpy_on_the_files(phantoms):
         assert entry["share"] == pytest.approx(sum(m.sum() for m in masks) / sum((lab > 0).sum() for lab in labels))
         assert entry["cases"] == sum(bool(m.any()) for m in masks) and entry["objects"] == len(sizes)
         assert entry["median_object_mm3"] == (pytest.approx(np.median(sizes), rel=1e-5) if sizes else None)
+        volumes = [m.sum() * 5.0 * 2.2 * 2.2 / 1000 for m in masks if m.any()]
+        assert entry["median_case_ml"] == (pytest.approx(np.median(volumes), rel=1e-5) if volumes else None)
     assert Fingerprint.from_dict(json.loads(json.dumps(found.to_dict()))) == found
 
 

@@ -135,6 +135,19 @@ def test_far_class_volume_field_of_view_and_border_contact_are_flagged(card):
     assert qc.check(ct_scan(), speckle, confident(speckle), card).signals["fragment_share"] > 0.05
 
 
+def test_class_volume_is_judged_against_the_training_cases_volumes_not_their_specks(card):
+    labels = organ()
+    organ_ml = float((labels > 0).sum() * 20.0 / 1000)
+    specks = {"label": 1, "name": "liver", "share": 1.0, "cases": 2, "objects": 40, "median_object_mm3": 20.0}
+    with_volumes = dict(card.fingerprint, classes=[dict(specks, median_case_ml=organ_ml)])
+    result = qc.check(ct_scan(seed=1), labels, confident(labels), dataclasses.replace(card, fingerprint=with_volumes))
+    assert result.signals["scores"]["class_volume"] == pytest.approx(1.0)  # the organ's own volume: fine
+    older = dict(card.fingerprint, classes=[specks])  # a card from before median_case_ml: the object estimate
+    result = qc.check(ct_scan(seed=1), labels, confident(labels), dataclasses.replace(card, fingerprint=older))
+    assert result.signals["scores"]["class_volume"] < 1.0
+    assert any(reason.startswith("class volume far from the training cases: liver") for reason in result.reasons)
+
+
 def run(*args: str | Path):
     return CliRunner().invoke(app, ["predict", *map(str, args)])
 
