@@ -30,22 +30,24 @@ def no_sigchld_handler_left_behind():
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
 
 
+def _session_folder(tmp_path_factory, name: str, variable: str):
+    """A folder of this session named by environment `variable` while the session lasts."""
+    with pytest.MonkeyPatch.context() as patch:
+        folder = tmp_path_factory.mktemp(name)
+        patch.setenv(variable, str(folder))
+        yield folder
+
+
 @pytest.fixture(scope="session", autouse=True)
 def onnx_cache(tmp_path_factory):
     """Exported graphs go to a folder of this session, never to the user's cache."""
-    with pytest.MonkeyPatch.context() as patch:
-        folder = tmp_path_factory.mktemp("cache")
-        patch.setenv("SWINSEG_CACHE", str(folder))
-        yield folder
+    yield from _session_folder(tmp_path_factory, "cache", "SWINSEG_CACHE")
 
 
 @pytest.fixture(scope="session", autouse=True)
 def model_store(tmp_path_factory):
     """The model store (swinseg.store) of a session folder, never the user's."""
-    with pytest.MonkeyPatch.context() as patch:
-        folder = tmp_path_factory.mktemp("store")
-        patch.setenv("SWINSEG_HOME", str(folder))
-        yield folder
+    yield from _session_folder(tmp_path_factory, "store", "SWINSEG_HOME")
 
 
 @pytest.fixture(scope="session")
