@@ -219,9 +219,18 @@ class ModelCard:
     segment_codes: dict[str, dict[str, tuple[str, str, str]]] = field(default_factory=dict)
     # what the model was trained on: swinseg.fingerprint.Fingerprint.to_dict() of its training cases (set by training)
     fingerprint: dict[str, Any] | None = None
+    # slice axes (0 rows, 1 columns) its training flipped, the flips --tta may average (set by training; None: not
+    # recorded, both)
+    mirror_axes: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "classes", tuple(self.classes))
+        if self.mirror_axes is not None:
+            axes = tuple(sorted({int(axis) for axis in self.mirror_axes}))
+            if not set(axes) <= {0, 1}:
+                raise SwinsegError(f"model card {self.name!r}: mirror_axes {list(self.mirror_axes)}: slice axes "
+                                   "are 0 (rows) and 1 (columns)")
+            object.__setattr__(self, "mirror_axes", axes)
         if self.fingerprint is not None and not isinstance(self.fingerprint, dict):
             raise SwinsegError(f"model card {self.name!r}: fingerprint must be a mapping")
         if len(self.classes) != self.network.num_classes:
@@ -258,6 +267,7 @@ class ModelCard:
             **({"segment_codes": {name: {k: list(v) for k, v in codes.items()}
                                   for name, codes in self.segment_codes.items()}} if self.segment_codes else {}),
             **({"fingerprint": self.fingerprint} if self.fingerprint is not None else {}),
+            **({"mirror_axes": list(self.mirror_axes)} if self.mirror_axes is not None else {}),
         }
 
     @classmethod
@@ -281,6 +291,7 @@ class ModelCard:
                 source=source,
                 segment_codes=values.get("segment_codes") or {},
                 fingerprint=values.get("fingerprint"),
+                mirror_axes=values.get("mirror_axes"),
             )
         except SwinsegError as err:
             raise SwinsegError(f"{where}: {err}") from err

@@ -116,9 +116,11 @@ class Plan:
             raise SwinsegError(f"not a swinseg plan ({error})") from error
 
     def apply_to_card(self, card: ModelCard) -> ModelCard:
-        """The card trained with this plan: its preprocessing resolved, the fingerprint recorded."""
+        """The card trained with this plan: its preprocessing resolved, the fingerprint and the mirrored axes
+        (what predict's TTA may flip) recorded."""
         return dataclasses.replace(card, preprocessing=self.preprocessing,
-                                   fingerprint=self.fingerprint.to_dict() if self.fingerprint else None)
+                                   fingerprint=self.fingerprint.to_dict() if self.fingerprint else None,
+                                   mirror_axes=tuple(self.mirror_axes.value))
 
     def apply_to_config(self, config: Any) -> Any:
         """The training config (a dataclass) with the planned batch size."""
@@ -169,7 +171,7 @@ def decide(found: Fingerprint | None, card: ModelCard, config: Any, device: str 
         intensities, count = intensity_decision(prep, found), sum(shape[0] for shape in found.shapes)
     resolved = dataclasses.replace(prep, plane=plane.value, spacing=_pair(spacing.value), **_scheme(intensities))
     batch = batch_decision(config, card, device, processes)
-    mirror = mirror_decision(classes, resolved, config.mirror)
+    mirror = mirror_decision(classes, resolved, config.mirror, config.augment)
     return Plan("synapse" if found is None else "nnunet", spacing, plane, patch_decision(card, resolved, found),
                 intensities, oversampling_decision(config, resolved), batch, mirror,
                 iterations_decision(config, batch.value, count, processes), resolved, found)
@@ -345,10 +347,16 @@ def _parameters(card: ModelCard) -> int:
 MIRROR_AXES = {"both": [0, 1], "rows": [0], "columns": [1], "none": []}  # --mirror: the slice axes flipped
 
 
-def mirror_decision(classes: Sequence[str], prep: Preprocessing, given: str | None = None) -> Decision:
-    """Slice axes that mirroring may flip: `given` (--mirror both|rows|columns|none), else both (nnU-Net's
-    default) unless a class names a side (left, right, _l, _r, ...) or is a one-sided organ (liver, spleen,
-    ...): then not the left-right one, where a flip would show the anatomy on the wrong side."""
+def mirror_decision(classes: Sequence[str], prep: Preprocessing, given: str | None = None,
+                    augment: str | None = "strong") -> Decision:
+    """Slice axes that training flips (and predict's TTA may flip). The strong augmentation: `given` (--mirror
+    both|rows|columns|none), else both (nnU-Net's default) unless a class names a side (left, right, _l, _r, ...)
+    or is a one-sided organ (liver, spleen, ...): then not the left-right one, where a flip would show the anatomy
+    on the wrong side. The reference augmentation flips both; none flips neither."""
+    if augment == "reference":
+        return Decision([0, 1], "rows, columns", "the reference augmentation flips slices along either axis")
+    if augment == "none":
+        return Decision([], "none", "no augmentation")
     if given is not None and given != "auto":
         return Decision(MIRROR_AXES[given], given, "given", "--mirror")
     lateral = [name for name in classes[1:] if _names_a_side(name)]

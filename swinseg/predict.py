@@ -11,6 +11,7 @@ Running many cases with one model (skipping, isolating failures, overlapping I/O
 """
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,13 @@ from swinseg.qc import Agreement
 from swinseg.slice_paths import Spacing, in_plane_path
 from swinseg.store import ModelSource
 
-TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))  # none, left-right, up-down, both
+
+def tta_flips(mirror_axes: tuple[int, ...] | None) -> tuple[tuple[int, ...], ...]:
+    """The flips TTA averages (tensor dims, -2 rows and -1 columns): none and every combination of the slice
+    axes the model's training flipped (all four when its card does not record them). A model that never saw a
+    slice mirrored left-right would put the left kidney on the right: that flip is left out."""
+    dims = [axis - 2 for axis in ((0, 1) if mirror_axes is None else mirror_axes)]
+    return tuple(flip for count in range(len(dims) + 1) for flip in itertools.combinations(dims, count))
 
 
 class Predictor(VolumePredictor):
@@ -68,6 +75,11 @@ class Predictor(VolumePredictor):
         self.notes: list[str] = []  # what the user should hear about (an export made now, a fallback to torch)
         self.network = self._open_network(model, card, fall_back=options.backend == "auto")
         self.card = card
+        self.flips = tta_flips(card.mirror_axes) if options.tta else ((),)
+        if options.tta and len(self.flips) < 4:
+            flipped = " and ".join(("rows", "columns")[axis] for axis in card.mirror_axes or ())
+            self.notes.append(f"TTA flips along {flipped} only: the model was trained without other mirroring"
+                              if flipped else "TTA has nothing to average: the model was trained without mirroring")
         self.batch_size = options.batch_for(self.backend)
         self.agreement: Agreement | None = None  # set (swinseg.qc): flips counted against their consensus with TTA
         self.img_size = network.img_size
@@ -104,7 +116,7 @@ class Predictor(VolumePredictor):
         return self.options.reference
 
     def agreement_counter(self) -> Predictor | None:
-        return self if self.options.tta else None
+        return self if len(self.flips) > 1 else None
 
     # ------------------------------------------------------------------------------------------ slices
 
@@ -161,10 +173,10 @@ class Predictor(VolumePredictor):
     def _network_scores(self, images: torch.Tensor) -> torch.Tensor:
         """(N, C, S, S) float32 for network inputs (N, 1 or 2k+1, S, S): logits, or flip-averaged softmax with
         TTA."""
-        if not self.options.tta:
+        if len(self.flips) == 1:  # no TTA, or nothing the model was trained to see flipped
             return self.network(images)
         total, flips = None, []
-        for dims in TTA_FLIPS:
+        for dims in self.flips:
             probs = torch.softmax(self.network(images.flip(dims) if dims else images), dim=1)
             probs = probs.flip(dims) if dims else probs
             total = probs if total is None else total + probs
@@ -174,7 +186,7 @@ class Predictor(VolumePredictor):
             consensus = total.argmax(dim=1)
             for labels in flips:
                 self.agreement.add(labels, consensus)
-        return total / len(TTA_FLIPS)
+        return total / len(self.flips)
 
     # ----------------------------------------------------------------------------------------- volumes
 

@@ -126,6 +126,20 @@ def test_left_right_mirroring_is_off_for_sided_classes(classes, axes):
     assert mirror_decision(classes, rows_left_right).value == ([1] if axes == [0] else [0, 1])
 
 
+@pytest.mark.parametrize("augment, axes", [("strong", (0,)), ("reference", (0, 1)), ("none", ())])
+def test_the_trained_card_records_what_training_flipped(augment, axes):
+    """What predict's TTA may flip: the strong augmentation's planned axes, both for the reference augmentation
+    (rot90 and flips), none without augmentation; kept through the card's dict (checkpoints, stored models)."""
+    card = dataclasses.replace(CARD, classes=("background", "liver", "kidney_left", "kidney_right", "aorta",
+                                              "spleen"))
+    plan = make_plan(loaded([(3.0, 1.0, 1.0)] * 2), "CT", card, config(augment=augment))
+    trained = plan.apply_to_card(card)
+    assert trained.mirror_axes == axes and CARD.mirror_axes is None
+    assert ModelCard.from_dict(trained.to_dict()).mirror_axes == axes
+    with pytest.raises(SwinsegError, match="mirror_axes"):
+        dataclasses.replace(CARD, mirror_axes=(2,))
+
+
 def test_batch_size_fits_the_device_and_iterations_follow():
     cases = loaded([(3.0, 1.0, 1.0)] * 3)  # 9 slices
     plan = make_plan(cases, "CT", CARD, config(epochs=5))
@@ -183,3 +197,4 @@ def test_train_writes_the_plan_and_the_card_carries_the_fingerprint(phantoms, tm
     _, card = load_checkpoint(run / "final.safetensors")
     assert card.preprocessing == plan.preprocessing and card.preprocessing.spacing == (2.2, 2.2)
     assert card.fingerprint == plan.fingerprint.to_dict() and card.fingerprint["num_cases"] == 2
+    assert card.mirror_axes == (0,) == tuple(plan.mirror_axes.value)  # liver, spleen: no left-right flips

@@ -51,7 +51,8 @@ def predict(
         "plane, spacing, context and backend; their classes must agree). A training run folder stands for its "
         "final model, a cross-validation run folder (train --fold all) for all its folds.",
     ),
-    tta: bool = typer.Option(False, "--tta", help="Average the softmax over flips (4 passes per slice)."),
+    tta: bool = typer.Option(False, "--tta", help="Average the softmax over flips of each slice (up to 4 passes: "
+                             "the flips the model was trained with)."),
     save_probabilities: bool = typer.Option(
         False, "--save-probabilities", help="Also write softmax probabilities per class: <mask>_probabilities."
     ),

@@ -91,10 +91,11 @@ def open_data(
     built = {"img_size": card.network.img_size, "augment": config.augment, "seed": config.seed,
              "max_rotation": config.rotation}
     if resumed:
-        mirror = planner.mirror_decision(card.classes, prep, config.mirror)
+        mirror = card.mirror_axes if card.mirror_axes is not None else \
+            planner.mirror_decision(card.classes, prep, config.mirror, config.augment).value
         return open_training_data(cases, preprocessing=prep, oversample_foreground=config.oversample_foreground,
                                   notes=["preprocessing: the run's card, as resolved when the run started"],
-                                  mirror_axes=tuple(mirror.value), **built)
+                                  mirror_axes=tuple(mirror), **built)
     plan = planner.plan_training(cases, card, config, device, processes)
     return open_training_data(cases, preprocessing=plan.preprocessing,
                               oversample_foreground=plan.oversample_foreground.value, notes=plan.lines(), plan=plan,
