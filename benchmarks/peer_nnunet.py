@@ -9,7 +9,7 @@ the budget, with nnU-Net's poly learning-rate schedule over the wall-clock budge
 epochs (benchmarks/nnunet_budget_trainer.py, copied into the peer venv; its clock counts the epochs only, not
 planning, preprocessing, dataloader start-up or the per-epoch pseudo-validation); then nnUNetv2_predict -f all
 -device cpu with nnU-Net's default test-time augmentation (mirroring; --no-peer-tta turns it off). swinseg
-predicts with swinseg.predict.Predictor on the CPU, no TTA.
+predicts with swinseg.predict.Predictor on the CPU, without TTA unless --tta (the flips its training made).
 
 Data (nnU-Net raw layout, under OUT/DATA/data):
 - ct: the real CT in ../shared/data/ct_abdomen_a (5 organs) cut into 8 blocks of 14 axial slices; the even
@@ -28,7 +28,7 @@ side is never retrained and finished predictions are kept, so a re-run only re-s
 OUT/DATA/swinseg/run/metrics.csv; nnU-Net's: its fold_all/progress.png and training_log_*.txt.
 
     .venv/bin/python benchmarks/peer_nnunet.py [--data ct|phantoms|mr] [--epochs 150] [--out peer_runs]
-        [--card swin_unet_demo] [--budget SECONDS] [--skip-swinseg] [--skip-peer] [--no-peer-tta]
+        [--card swin_unet_demo] [--budget SECONDS] [--skip-swinseg] [--skip-peer] [--no-peer-tta] [--tta]
         [--peer-venv benchmarks/.peer_venv] [--reuse OUT] [--set KEY=VALUE ...]
     .venv/bin/python benchmarks/peer_nnunet.py --data phantoms --epochs 1 --budget 60 --out /tmp/peer_smoke
     # another seed of swinseg against the same nnU-Net run (the spread is large: compare several seeds)
@@ -248,7 +248,7 @@ def train_swinseg(bench: Benchmark, side: Path, card: str, epochs: int | None, s
     return {**info, "checkpoint": str(run / "final.safetensors")}
 
 
-def predict_swinseg(checkpoint: Path, sets: dict[str, Path], out: Path) -> dict[str, float]:
+def predict_swinseg(checkpoint: Path, sets: dict[str, Path], out: Path, tta: bool) -> dict[str, float]:
     """Predictions of every set's cases (kept under out/<set folder>); seconds per set (0 when reused)."""
     predictor: Predictor | None = None
     seconds = {}
@@ -257,7 +257,7 @@ def predict_swinseg(checkpoint: Path, sets: dict[str, Path], out: Path) -> dict[
         for case in case_names(folder):
             if (target / f"{case}.nii.gz").is_file():
                 continue
-            predictor = predictor or Predictor(*load_checkpoint(checkpoint), device="cpu")
+            predictor = predictor or Predictor(*load_checkpoint(checkpoint), device="cpu", tta=tta)
             volume = io.read_volume(folder / "imagesTr" / f"{case}_0000.nii.gz")
             io.write_volume(target / f"{case}.nii.gz", predictor.predict_volume(volume).labels, volume)
         seconds[title] = round(time.perf_counter() - began, 2)
@@ -451,6 +451,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--skip-swinseg", action="store_true", help="do not train swinseg (a finished run is scored)")
     parser.add_argument("--skip-peer", action="store_true", help="do not train nnU-Net (a finished run is scored)")
     parser.add_argument("--no-peer-tta", action="store_true", help="nnUNetv2_predict --disable_tta (default: TTA on)")
+    parser.add_argument("--tta", action="store_true",
+                        help="swinseg predicts with TTA (into swinseg/predictions_tta), as nnU-Net does by default")
     parser.add_argument("--peer-venv", type=Path, default=HERE / ".peer_venv")
     parser.add_argument("--reuse", type=Path, default=None, metavar="OUT",
                         help="take the data and the finished nnU-Net run of another --out (linked, not copied): "
@@ -500,16 +502,16 @@ def main() -> None:
         link_peer_run(args.reuse.resolve() / args.data, root)
     bench = prepare(args.data, root / "data")
     ours = train_swinseg(bench, root / "swinseg", args.card, args.epochs, args.skip_swinseg)
-    our_seconds = predict_swinseg(Path(ours["checkpoint"]), bench.sets, root / "swinseg" / "predictions") \
-        if ours else {}
+    ours_predicted = root / "swinseg" / ("predictions_tta" if args.tta else "predictions")
+    our_seconds = predict_swinseg(Path(ours["checkpoint"]), bench.sets, ours_predicted, args.tta) if ours else {}
     peer, peer_seconds = run_peer(args, bench, root / "nnunet", ours)
 
     result: dict[str, Any] = {"classes": bench.classes, "scoring": "pooled" if bench.pooled else "per case, mean",
-                              "swinseg": ours, "nnunet": None, "sets": {}}
+                              "swinseg": ours, "swinseg_tta": args.tta, "nnunet": None, "sets": {}}
     if peer is not None:
         result["nnunet"] = {**peer.timings(), **peer.budget_report(), "trainer": TRAINER, "fold": "all"}
     for title, folder in bench.sets.items():
-        a = score(root / "swinseg" / "predictions" / folder.name, folder, len(bench.classes), bench.pooled) \
+        a = score(ours_predicted / folder.name, folder, len(bench.classes), bench.pooled) \
             if ours else None
         b = score(root / "nnunet" / "predictions" / folder.name, folder, len(bench.classes), bench.pooled) \
             if peer else None
