@@ -76,10 +76,10 @@ class Predictor(VolumePredictor):
         self.network = self._open_network(model, card, fall_back=options.backend == "auto")
         self.card = card
         self.flips = tta_flips(card.mirror_axes) if options.tta else ((),)
-        if options.tta and len(self.flips) < 4:
-            flipped = " and ".join(("rows", "columns")[axis] for axis in card.mirror_axes or ())
-            self.notes.append(f"TTA flips along {flipped} only: the model was trained without other mirroring"
-                              if flipped else "TTA has nothing to average: the model was trained without mirroring")
+        if options.tta and card.mirror_axes is not None and len(card.mirror_axes) < 2:  # one trained axis, or none
+            self.notes.append(f"TTA flips along {('rows', 'columns')[card.mirror_axes[0]]} only: the model was trained "
+                              "without other mirroring" if card.mirror_axes else
+                              "TTA has nothing to average: the model was trained without mirroring")
         self.batch_size = options.batch_for(self.backend)
         self.agreement: Agreement | None = None  # set (swinseg.qc): flips counted against their consensus with TTA
         self.img_size = network.img_size
