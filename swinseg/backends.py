@@ -12,6 +12,7 @@ execution provider) would plug in.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import importlib.util
@@ -333,17 +334,24 @@ def _openvino_config() -> dict[str, Any]:
             "INFERENCE_NUM_THREADS": torch.get_num_threads()}
 
 
+@functools.cache
+def _openvino_core() -> Any:
+    """The process's one OpenVINO core. Each core's CPU plugin installs a signal stack of its own and restores
+    the one before it when freed; cores freed out of order left a freed stack installed, and the next signal
+    (a DataLoader worker's exit) killed the process."""
+    return _require("openvino").Core()
+
+
 def _openvino_network(path: Path, cache: Path | None = None) -> Network:
     """The compiled graph. With `cache` (for files whose content never changes under their path: the export
     cache's, a stored model's), compiled once per machine and setting, then read from OpenVINO's cache there."""
-    ov = _require("openvino")
-    core = ov.Core()
+    core = _openvino_core()
     try:
         compiled = (_compile_cached(core, path, cache) if cache is not None
                     else core.compile_model(core.read_model(str(path)), "CPU", _openvino_config()))
     except Exception as error:  # noqa: BLE001 - openvino raises RuntimeError subclasses of its own
         raise SwinsegError(f"{path}: openvino cannot load it ({str(error).splitlines()[0][:200]})") from error
-    return _OpenVinoNetwork(core, compiled)
+    return _OpenVinoNetwork(compiled)
 
 
 def _compile_cached(core: Any, path: Path, cache: Path) -> Any:
@@ -358,17 +366,16 @@ def _compile_cached(core: Any, path: Path, cache: Path) -> Any:
 
 def warm_openvino_cache(path: Path, cache: Path) -> None:
     """Compile `path` once so that OpenVINO's cache in `cache` holds it (for this machine's settings)."""
-    ov = _require("openvino")
     cache.mkdir(parents=True, exist_ok=True)
-    ov.Core().compile_model(str(path), "CPU", {**_openvino_config(), "CACHE_DIR": str(cache)})
+    _openvino_core().compile_model(str(path), "CPU", {**_openvino_config(), "CACHE_DIR": str(cache)})
 
 
 class _OpenVinoNetwork:
-    """A compiled OpenVINO model and its one infer request, held together with their core (the request must not
-    outlive the model it runs)."""
+    """A compiled OpenVINO model and its one infer request, held together (the request must not outlive the
+    model it runs)."""
 
-    def __init__(self, core: Any, compiled: Any) -> None:
-        self.core, self.compiled = core, compiled
+    def __init__(self, compiled: Any) -> None:
+        self.compiled = compiled
         self.request = compiled.create_infer_request()
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:

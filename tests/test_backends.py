@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -208,3 +210,25 @@ def test_foreign_and_broken_onnx_files_are_refused(tmp_path):
         backends.read_onnx(foreign)
     with pytest.raises(SwinsegError, match="no such file"):
         backends.read_onnx(tmp_path / "missing.onnx")
+
+
+def test_openvino_networks_freed_in_any_order_leave_signals_deliverable(exported, tmp_path):
+    # Each OpenVINO core installed a signal stack of its own and restored the previous one when freed; cores
+    # freed out of order left a freed stack installed, so a DataLoader worker's exit (SIGCHLD) killed the process.
+    script = tmp_path / "signals.py"
+    script.write_text(f"""
+import os, signal
+from pathlib import Path
+from swinseg import backends
+networks = [backends._openvino_network(Path({str(exported)!r})) for _ in range(3)]
+del networks[1], networks[0]
+networks.clear()
+signal.signal(signal.SIGCHLD, lambda *_: None)
+child = os.fork()
+if child == 0:
+    os._exit(0)
+os.waitpid(child, 0)
+print("delivered")
+""")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout.strip()) == (0, "delivered"), done.stderr[-500:]
