@@ -147,16 +147,15 @@ def _command(finetune: bool) -> Callable[..., None]:
 
 TRAIN_HELP = """Train a Swin-Unet (resumable; torchrun for many GPUs); `swinseg plan DATA` shows the data choices.
 
-With --pretrained the published recipe (--recipe published): 0.4 CE + 0.6 soft Dice, SGD momentum 0.9, weight
-decay 1e-4, lr 0.05 at batch 24 (scaled linearly), poly 0.9 per iteration, 150 epochs, reference augmentation,
-seed 1234. Without ImageNet weights the scratch recipe: AdamW lr 0.001 at batch 24, weight decay 0.01, 5%
-linear warm-up, strong augmentation (rotation up to 15 degrees, mirroring only along the planned axes).
+With --pretrained the published recipe (the paper's: SGD, cross-entropy + soft Dice, reference augmentation);
+without ImageNet weights the scratch recipe (AdamW with warm-up, strong augmentation mirroring only along the
+planned axes, deep supervision). Each option below names its default and each recipe's value.
 Example: swinseg train --data synapse/ --pretrained swin_tiny_patch4_window7_224.pth -o runs/synapse
 """
 FINETUNE_HELP = """Finetune a trained Swin-Unet on new data or a new label set.
 
-Classes with the same name keep their weights, others start fresh. Defaults: lr 0.01 at batch 24,
-50 epochs, validation every 5 epochs; --freeze-encoder for small datasets.
+Classes with the same name keep their weights, others start fresh; the defaults below start from a lower
+learning rate and fewer epochs than training. --freeze-encoder for small datasets.
 Example: swinseg finetune --checkpoint best.safetensors --data Dataset001/ -o runs/ft
 """
 
