@@ -9,13 +9,19 @@ straight runs lie on pixel edges (one vertex per corner), corners are cut diagon
 diamond of half its area, so very thin structures lose a little volume in a planning system); a hole (and an
 island inside it) is a contour of its own, so readers must combine the contours of a slice by even-odd (XOR)
 inclusion, the common convention (the keyhole technique is not used). Regions (4-connected, as the contours
-separate them) and holes of a slice smaller than a minimum area are left out. The file is Implicit VR Little
+separate them) and holes of a slice smaller than a minimum area are left out. Contours are exact unless they would
+take more marching-squares steps than the file's budget (CONTOUR_CELLS_PER_SLICE per slice, at least
+MIN_CONTOUR_CELLS): then the raggedest class slices (noise, not anatomy) are traced on the finest grid 2, 4, 8, ...
+times coarser (block majority) that brings each under one limit, so that any mask makes a structure set a
+planning system can load; a note gives the Dice of what was traced to the mask there. The file is Implicit VR
+Little
 Endian (32-bit value lengths: a DS value of 64 KiB holds only ~2,000 points in Explicit VR), and the Contour
 Sequences are encoded here directly, in time linear in the points. pydicom is imported only when a structure set
 is written."""
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -40,6 +46,10 @@ CONTOUR_SEQUENCE, CONTOUR_IMAGE_SEQUENCE = 0x30060040, 0x30060016
 CONTOUR_GEOMETRIC_TYPE, NUMBER_OF_CONTOUR_POINTS, CONTOUR_DATA = 0x30060042, 0x30060046, 0x30060050
 REFERENCED_SOP_CLASS, REFERENCED_SOP_INSTANCE = 0x00081150, 0x00081155
 # patient and study attributes copied from the source series, all type 2 (empty where the source lacks them)
+# The budget of marching-squares steps (2x2 pixel windows an outline crosses, about one contour point and 30 bytes
+# each) of a file: CONTOUR_CELLS_PER_SLICE per slice (12 MB for 100 slices), at least MIN_CONTOUR_CELLS (8 MB).
+# A liver's outline at 0.7 mm takes ~1,000 steps; 50% binary noise 200,000 a slice (188 MB for 100 slices).
+CONTOUR_CELLS_PER_SLICE, MIN_CONTOUR_CELLS = 4096, 262_144
 COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate",
           "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName")
 
@@ -73,23 +83,44 @@ def write_rtstruct(path: str | Path, labels: np.ndarray, volume: Volume, card: M
 
     references = [_element(CONTOUR_IMAGE_SEQUENCE, _image_reference_item(source)) for source in sources]
     boxes = ndimage.find_objects(labels, max_label=len(card.classes) - 1)  # one pass; None: class absent
-    contours, left_out = [], 0
-    for label, box in enumerate(boxes, start=1):
-        items, dropped = ([], 0) if box is None else _class_contours(labels, label, box, planes, references,
-                                                                     min_contour_area)
-        contours.append(_roi_contour(label, items))
-        left_out += dropped
-    dataset.ROIContourSequence = contours
+    tally = _Tally()
+    outlines = [[] if box is None else _class_outlines(labels, label, box, planes, min_contour_area, tally)
+                for label, box in enumerate(boxes, start=1)]
+    limit = _cell_limit([outline.cells for class_outlines in outlines for outline in class_outlines],
+                        max(MIN_CONTOUR_CELLS, CONTOUR_CELLS_PER_SLICE * len(sources)))
+    dataset.ROIContourSequence = [
+        _roi_contour(label, [item for outline in class_outlines
+                             for item in _contour_items(outline, limit, planes, references, tally)])
+        for label, class_outlines in enumerate(outlines, start=1)]
     # encoded as written: pydicom then writes the raw Contour Sequences as they are, without decoding them first
     dataset.set_original_encoding(True, True, convert_encodings(dataset.SpecificCharacterSet))
     for item in dataset.ROIContourSequence:
         item.set_original_encoding(True, True, default_encoding)  # the items' own; their encoded values are ASCII
     with atomic_output(path) as tmp:
         dataset.save_as(tmp, enforce_file_format=True)
-    if not left_out:
-        return None
-    return (f"{path}: {left_out} contour(s) enclosing less than {min_contour_area:g} mm² left out "
-            "(specks and pinholes; --min-contour-area 0 keeps them)")
+    return tally.note(path, min_contour_area)
+
+
+@dataclass
+class _Tally:
+    """What the contours leave out or change of the mask, for the one note line."""
+
+    left_out: int = 0  # regions and holes under the minimum area
+    coarsened: int = 0  # class slices traced on a coarser grid
+    factor: int = 1  # the largest coarsening
+    overlap: int = 0  # voxels of those slices in both the mask and what was traced
+    voxels: int = 0  # voxels of those slices in the mask plus in what was traced
+
+    def note(self, path: str | Path, min_area: float) -> str | None:
+        parts = []
+        if self.left_out:
+            parts.append(f"{self.left_out} contour(s) enclosing less than {min_area:g} mm² left out (specks and "
+                         "pinholes; --min-contour-area 0 keeps them)")
+        if self.coarsened:
+            parts.append(f"{self.coarsened} class slice(s) too ragged for exact contours traced on a grid up to "
+                         f"{self.factor}x coarser, Dice {2 * self.overlap / max(self.voxels, 1):.2f} to the mask there "
+                         "(--output-type seg keeps it exact)")
+        return f"{path}: {'; '.join(parts)}" if parts else None
 
 
 def _plane(source: Any, file: str) -> tuple[np.ndarray, np.ndarray]:
@@ -126,6 +157,41 @@ def _without_specks(mask: np.ndarray, min_pixels: float) -> tuple[np.ndarray, in
     return mask | pinholes[background], int(small.sum() + pinholes.sum())
 
 
+def _contour_cells(mask: np.ndarray) -> int:
+    """The 2x2 pixel windows (of the zero-padded mask) that its outline crosses: the marching-squares steps."""
+    padded = np.pad(mask, 1).view(np.uint8)
+    corners = padded[:-1, :-1] + padded[1:, :-1] + padded[:-1, 1:] + padded[1:, 1:]
+    return int(np.count_nonzero((corners > 0) & (corners < 4)))
+
+
+def _cell_limit(cells: list[int], budget: int) -> float:
+    """The largest per-outline limit of contour steps under which `cells`, each capped at it, fit `budget`
+    (infinite where they fit as they are); at least 64 steps."""
+    ordered = sorted(cells, reverse=True)
+    rest = sum(ordered)
+    if rest <= budget:
+        return float("inf")
+    for capped, count in enumerate(ordered, start=1):  # cap the `capped` largest
+        rest -= count
+        limit = (budget - rest) / capped
+        if capped == len(ordered) or limit >= ordered[capped]:
+            break
+    return max(limit, 64.0)
+
+
+def _traceable(mask: np.ndarray, limit: float) -> tuple[np.ndarray, int]:
+    """`mask`, or where its contours take more than `limit` steps its block majority on the finest grid 2, 4, 8,
+    ... times coarser where they take fewer; and that factor."""
+    factor, traced = 1, mask
+    while _contour_cells(traced) > limit and factor < max(mask.shape):
+        factor *= 2
+        rows, columns = -(-mask.shape[0] // factor), -(-mask.shape[1] // factor)
+        padded = np.zeros((rows * factor, columns * factor), np.uint16)
+        padded[: mask.shape[0], : mask.shape[1]] = mask
+        traced = padded.reshape(rows, factor, columns, factor).sum(axis=(1, 3)) * 2 >= factor * factor
+    return traced, factor
+
+
 def _slice_contours(mask: np.ndarray) -> list[np.ndarray]:
     """Closed (row, column) polygons around the pixels of a 2-D mask, without the repeated closing vertex and
     without vertices in the middle of a straight edge. Zero padding closes the contours at the mask's border."""
@@ -140,27 +206,51 @@ def _slice_contours(mask: np.ndarray) -> list[np.ndarray]:
     return polygons
 
 
-def _class_contours(labels: np.ndarray, label: int, box: tuple[slice, ...],
-                    planes: list[tuple[np.ndarray, np.ndarray]], references: list[bytes],
-                    min_area: float) -> tuple[list[bytes], int]:
-    """The encoded Contour Sequence items of `label` (polygons in patient mm on the slices of its box, each
-    referencing its slice by `references[z]`), and the number of regions and holes under `min_area` mm² left
-    out."""
+@dataclass
+class _Outline:
+    """A class on one slice, specks left out: its mask within the class's box and its contour steps."""
+
+    z: int
+    mask: np.ndarray
+    offset: np.ndarray  # (row, column) of the mask's first pixel on the slice
+    cells: int
+
+
+def _class_outlines(labels: np.ndarray, label: int, box: tuple[slice, ...],
+                    planes: list[tuple[np.ndarray, np.ndarray]], min_area: float, tally: _Tally) -> list[_Outline]:
+    """The outlines of `label` on the slices of its box; the regions and holes under `min_area` mm² left out are
+    counted in `tally`."""
     rows, columns = box[1], box[2]
     offset = np.array([rows.start, columns.start], dtype=np.float64)
-    items, left_out = [], 0
+    outlines = []
     for z in range(box[0].start, box[0].stop):
         mask = labels[z, rows, columns] == label
         if not mask.any():
             continue
-        position, axes = planes[z]
+        axes = planes[z][1]
         mask, dropped = _without_specks(mask, min_area / float(np.prod(np.linalg.norm(axes, axis=1))))
-        left_out += dropped
-        if not mask.any():
-            continue
-        items.extend(_contour_item(position + (vertices + offset) @ axes, references[z])
-                     for vertices in _slice_contours(mask))
-    return items, left_out
+        tally.left_out += dropped
+        if mask.any():
+            outlines.append(_Outline(z, mask, offset, _contour_cells(mask)))
+    return outlines
+
+
+def _contour_items(outline: _Outline, limit: float, planes: list[tuple[np.ndarray, np.ndarray]],
+                   references: list[bytes], tally: _Tally) -> list[bytes]:
+    """The encoded Contour Sequence items of an outline (polygons in patient mm on its slice, referenced by
+    `references[z]`), traced on a coarser grid where it takes more than `limit` steps (counted in `tally`)."""
+    mask = outline.mask
+    traced, factor = _traceable(mask, limit) if outline.cells > limit else (mask, 1)
+    if factor > 1:
+        fine = np.repeat(np.repeat(traced, factor, 0), factor, 1)[: mask.shape[0], : mask.shape[1]]
+        tally.coarsened, tally.factor = tally.coarsened + 1, max(tally.factor, factor)
+        tally.overlap += int(np.count_nonzero(fine & mask))
+        tally.voxels += int(np.count_nonzero(fine)) + int(np.count_nonzero(mask))
+    position, axes = planes[outline.z]
+    # a coarse pixel i covers pixels i*factor ... i*factor + factor - 1: its centre is at i*factor + (factor-1)/2
+    return [_contour_item(position + (vertices * factor + (factor - 1) / 2 + outline.offset) @ axes,
+                          references[outline.z])
+            for vertices in _slice_contours(traced)]
 
 
 def _element(tag: int, value: bytes) -> bytes:

@@ -11,7 +11,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 from dicom_files import dicom_series
-from dicom_judges import assert_valid_rtstruct
+from dicom_judges import assert_valid_dicom, assert_valid_rtstruct
 from shared_files import EXAMPLE_CT, EXAMPLE_SEG, needs_shared
 from skimage.draw import polygon2mask
 
@@ -335,8 +335,35 @@ def test_a_contour_beyond_64_kib_is_written(tmp_path):
     labels[0, 4:508, 4:508] = 1
     for edge in (4, 5, 506, 507):
         labels[0, edge, 4:508:2] = labels[0, 4:508:2, edge] = 0
-    write_rtstruct(tmp_path / "rt.dcm", labels, volume, CARD, min_contour_area=0)
+    assert write_rtstruct(tmp_path / "rt.dcm", labels, volume, CARD, min_contour_area=0) is None  # traced exactly
     contours = pydicom.dcmread(tmp_path / "rt.dcm").ROIContourSequence[0].ContourSequence
     longest = max(contours, key=lambda contour: int(contour.NumberOfContourPoints))
     assert len("\\".join(str(value) for value in longest.ContourData)) > 65534
     assert_valid_rtstruct(tmp_path / "rt.dcm", labels, volume, CARD.classes, tmp_path / "judge")
+
+
+def test_contours_beyond_the_files_budget_follow_a_coarser_grid(tmp_path):
+    """A square with a pinhole in every 2x2 block (min area 0 keeps them: 160,000 contour steps a slice, over the
+    budget of 262,144 for two slices) is traced on a grid twice as coarse, where the block majority is the square
+    itself; the contours land on it (not half a pixel off) and the note gives the Dice to the mask. 50% binary
+    noise gives a valid file within the budget."""
+    files = dicom_series(tmp_path / "series", np.zeros((2, 512, 512), np.int16), pixel_mm=0.7)
+    volume = read_volume(tmp_path / "series")
+    square = np.zeros(volume.array.shape, bool)
+    square[:, 56:456, 56:456] = True
+    labels = square.astype(np.uint8)
+    labels[:, 56:456:2, 56:456:2] = 0
+    note = write_rtstruct(tmp_path / "rt.dcm", labels, volume, CARD, min_contour_area=0)
+    assert note == (f"{tmp_path / 'rt.dcm'}: 2 class slice(s) too ragged for exact contours traced on a grid up to "
+                    "2x coarser, Dice 0.86 to the mask there (--output-type seg keeps it exact)")
+    masks = rasterise(tmp_path / "rt.dcm", files, labels.shape)
+    assert np.count_nonzero(masks[1] != square) <= 2 * 4  # the cut corners at most
+    assert_valid_rtstruct(tmp_path / "rt.dcm", square.astype(np.uint8), volume, CARD.classes, tmp_path / "judge")
+    dicom_series(tmp_path / "one", np.zeros((1, 512, 512), np.int16), pixel_mm=0.7)  # within the budget: exact
+    one = read_volume(tmp_path / "one")
+    assert write_rtstruct(tmp_path / "one.dcm", labels[:1], one, CARD, min_contour_area=0) is None
+
+    noise = (np.random.default_rng(0).random(volume.array.shape) < 0.5).astype(np.uint8)
+    assert "too ragged" in write_rtstruct(tmp_path / "noise.dcm", noise, volume, CARD)
+    assert (tmp_path / "noise.dcm").stat().st_size < 262_144 * 32  # about 30 bytes a contour step
+    assert_valid_dicom(tmp_path / "noise.dcm")
