@@ -1,5 +1,4 @@
 """Shared test settings and fixtures."""
-import signal
 from pathlib import Path
 
 import pytest
@@ -18,16 +17,6 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def no_sigchld_handler_left_behind():
-    """torch's DataLoader leaves a Python SIGCHLD handler installed for good. In the full suite, once the ONNX
-    runtimes had run in this process, a child's exit reaching that handler killed pytest with a kernel SIGSEGV
-    (inside waitpid); each test therefore starts and ends with SIGCHLD at its default."""
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    yield
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
 
 
 def _session_folder(tmp_path_factory, name: str, variable: str):

@@ -212,6 +212,7 @@ def test_foreign_and_broken_onnx_files_are_refused(tmp_path):
         backends.read_onnx(tmp_path / "missing.onnx")
 
 
+@pytest.mark.slow
 def test_openvino_networks_freed_in_any_order_leave_signals_deliverable(exported, tmp_path):
     # Each OpenVINO core installed a signal stack of its own and restored the previous one when freed; cores
     # freed out of order left a freed stack installed, so a DataLoader worker's exit (SIGCHLD) killed the process.

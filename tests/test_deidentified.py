@@ -138,6 +138,7 @@ def test_predict_on_a_series_without_sop_class(good_series, tmp_path, checkpoint
     assert_valid_rtstruct(tmp_path / "rt.dcm", labels, volume, CARD.classes, tmp_path / "judge")
 
 
+@pytest.mark.slow
 def test_to_dicom_in_a_process_prints_no_library_warning(good_series, tmp_path):
     """A real process on a series with every option applied: stdout says what was written, stderr stays empty
     (no raw pydicom or highdicom message)."""

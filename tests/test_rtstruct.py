@@ -342,28 +342,35 @@ def test_a_contour_beyond_64_kib_is_written(tmp_path):
     assert_valid_rtstruct(tmp_path / "rt.dcm", labels, volume, CARD.classes, tmp_path / "judge")
 
 
-def test_contours_beyond_the_files_budget_follow_a_coarser_grid(tmp_path):
-    """A square with a pinhole in every 2x2 block (min area 0 keeps them: 160,000 contour steps a slice, over the
-    budget of 262,144 for two slices) is traced on a grid twice as coarse, where the block majority is the square
-    itself; the contours land on it (not half a pixel off) and the note gives the Dice to the mask. 50% binary
-    noise gives a valid file within the budget."""
-    files = dicom_series(tmp_path / "series", np.zeros((2, 512, 512), np.int16), pixel_mm=0.7)
+def test_contours_beyond_the_files_budget_follow_a_coarser_grid(tmp_path, monkeypatch):
+    """A square with a pinhole in every 2x2 block (min area 0 keeps them: 1,600 contour steps a slice, over a
+    budget of 1,000 for two slices) is traced on a grid twice as coarse, where the block majority is the square
+    itself; the contours land on it (not half a pixel off) and the note gives the Dice to the mask. Within the
+    budget the same slice is exact; 50% binary noise gives a valid file within the budget."""
+    from swinseg import rtstruct
+
+    monkeypatch.setattr(rtstruct, "MIN_CONTOUR_CELLS", 1000)
+    monkeypatch.setattr(rtstruct, "CONTOUR_CELLS_PER_SLICE", 100)
+    files = dicom_series(tmp_path / "series", np.zeros((2, 64, 64), np.int16), pixel_mm=0.7)
     volume = read_volume(tmp_path / "series")
     square = np.zeros(volume.array.shape, bool)
-    square[:, 56:456, 56:456] = True
+    square[:, 12:52, 12:52] = True
     labels = square.astype(np.uint8)
-    labels[:, 56:456:2, 56:456:2] = 0
+    labels[:, 12:52:2, 12:52:2] = 0
     note = write_rtstruct(tmp_path / "rt.dcm", labels, volume, CARD, min_contour_area=0)
     assert note == (f"{tmp_path / 'rt.dcm'}: 2 class slice(s) too ragged for exact contours traced on a grid up to "
                     "2x coarser, Dice 0.86 to the mask there (--output-type seg keeps it exact)")
     masks = rasterise(tmp_path / "rt.dcm", files, labels.shape)
     assert np.count_nonzero(masks[1] != square) <= 2 * 4  # the cut corners at most
     assert_valid_rtstruct(tmp_path / "rt.dcm", square.astype(np.uint8), volume, CARD.classes, tmp_path / "judge")
-    dicom_series(tmp_path / "one", np.zeros((1, 512, 512), np.int16), pixel_mm=0.7)  # within the budget: exact
+    dicom_series(tmp_path / "one", np.zeros((1, 64, 64), np.int16), pixel_mm=0.7)
     one = read_volume(tmp_path / "one")
+    monkeypatch.setattr(rtstruct, "MIN_CONTOUR_CELLS", 2000)
     assert write_rtstruct(tmp_path / "one.dcm", labels[:1], one, CARD, min_contour_area=0) is None
 
     noise = (np.random.default_rng(0).random(volume.array.shape) < 0.5).astype(np.uint8)
-    assert "too ragged" in write_rtstruct(tmp_path / "noise.dcm", noise, volume, CARD)
-    assert (tmp_path / "noise.dcm").stat().st_size < 262_144 * 32  # about 30 bytes a contour step
+    assert "too ragged" in write_rtstruct(tmp_path / "noise.dcm", noise, volume, CARD, min_contour_area=0)
+    steps = sum(int(contour.NumberOfContourPoints) for contour in
+                pydicom.dcmread(tmp_path / "noise.dcm").ROIContourSequence[0].ContourSequence)
+    assert 0 < steps <= 2000
     assert_valid_dicom(tmp_path / "noise.dcm")

@@ -183,6 +183,7 @@ def test_run_folders_reference_checkpoints_and_card_lookups(checkpoint, home, tm
         store.add(checkpoint, "../escape", prepare=False)
 
 
+@pytest.mark.slow
 def test_train_register_stores_the_finished_run(home, tmp_path):
     from swinseg.phantom import write_phantom_dataset
 

@@ -287,6 +287,7 @@ def test_validation_split_errors_name_the_train_options(phantoms, tmp_path):
     assert whole.exit_code == 1 and "--val-fraction must be in [0, 1)" in whole.output
 
 
+@pytest.mark.slow
 def test_workers_default_to_the_cores_granted_and_torch_advice_stays_off_the_terminal(phantoms, tmp_path):
     from swinseg.defaults import usable_cores
 
