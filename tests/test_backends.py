@@ -121,6 +121,7 @@ def test_an_export_that_disagrees_with_torch_is_not_written(network, tmp_path, m
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_the_cache_is_reused_and_a_corrupt_entry_rebuilt(network, tmp_path, monkeypatch):
     model, card = network
     monkeypatch.setenv("SWINSEG_CACHE", str(tmp_path / "cache"))

@@ -164,6 +164,7 @@ def test_a_wider_input_layer_sees_a_stack_of_equal_slices_as_imagenet_sees_the_g
         torch.testing.assert_close(F.conv2d(grey.expand(-1, channels, -1, -1), spread, stride=4), expected)
 
 
+@pytest.mark.slow
 def test_context_model_trains_predicts_and_exports(tmp_path):
     from swinseg.training.loop import TrainConfig, train
 

@@ -95,6 +95,7 @@ def test_default_model_predicts_with_no_model_option(checkpoint, home, tmp_path)
     assert named.exit_code == 0 and np.array_equal(labels(tmp_path / "named.nii.gz"), labels(tmp_path / "mask.nii.gz"))
 
 
+@pytest.mark.slow
 def test_prepared_onnx_graph_is_used_and_a_damaged_file_is_refused(checkpoint, home, tmp_path):
     pytest.importorskip("onnxruntime")
     added = cli("models", "add", checkpoint, "--name", "tiny")

@@ -51,6 +51,7 @@ def test_scratch_recipe_supervises_deeply_published_and_old_runs_do_not(tmp_path
     assert resolve_config(old_run).deep_supervision is False
 
 
+@pytest.mark.slow
 def test_a_deeply_supervised_run_resumes_exactly_and_saves_the_network_alone(tmp_path):
     data = write_phantom_dataset(tmp_path / "ds", 2, seed=0, shape=(4, 64, 64), spacing=(10.0, 5.5, 5.5))
     options = dict(data=str(data), epochs=2, val_every=0, model="swin_unet_test", batch_size=4, num_workers=0,

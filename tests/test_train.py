@@ -218,6 +218,7 @@ def test_a_run_killed_at_any_moment_resumes(phantoms, tmp_path):
     assert not [p.name for p in run.iterdir() if ".tmp-" in p.name]  # half-written files were cleared
 
 
+@pytest.mark.slow
 def test_plane_is_trained_and_recorded_so_predict_slices_the_same_way(phantoms, tmp_path):
     from swinseg.config import load_card
     from swinseg.io import read_volume
