@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from swinseg.choices import PLANES
+from swinseg.defaults import MR_PERCENTILES
 from swinseg.errors import SwinsegError
 from swinseg.orientation import parse_code
 
@@ -150,7 +151,7 @@ class Preprocessing(_YamlSection):
         if modality == "CT" and self.window is None:
             raise SwinsegError("CT preprocessing needs a window [low, high] in HU")
         if modality == "MR" and self.percentiles is None:
-            object.__setattr__(self, "percentiles", (0.5, 99.5))
+            object.__setattr__(self, "percentiles", MR_PERCENTILES)
         if modality not in ("CT", "MR"):
             raise SwinsegError(f"preprocessing modality must be CT or MR, got {self.modality!r}")
         parse_code(str(self.orientation))

@@ -10,6 +10,7 @@ import os
 SEED = 1234  # initialisation, shuffling, augmentation, train/validation/test splits and folds
 FOREGROUND_OVERSAMPLING = 1 / 3  # nnU-Net's share of training crops centred on a foreground voxel
 TILE_OVERLAP = 0.5  # share of a predict tile that its neighbours overlap (cards with a target spacing)
+MR_PERCENTILES = (0.5, 99.5)  # per-volume intensity range of MR (and other non-CT) channels, clipped and scaled
 
 
 def usable_cores() -> int:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from swinseg.config import AUTO, ModelCard, Preprocessing, parse_spacing
-from swinseg.defaults import FOREGROUND_OVERSAMPLING, TILE_OVERLAP
+from swinseg.defaults import FOREGROUND_OVERSAMPLING, MR_PERCENTILES, TILE_OVERLAP
 from swinseg.errors import SwinsegError
 from swinseg.fingerprint import Fingerprint, fingerprint
 from swinseg.io import atomic_output
@@ -248,7 +248,7 @@ def intensity_decision(prep: Preprocessing, found: Fingerprint) -> Decision:
     said = f"dataset.json names channel 0 {channel!r}" if channel else "no channel name in dataset.json"
     is_ct = prep.modality == "CT" if channel is None else channel.strip().upper() == "CT"
     if not is_ct:
-        percentiles = prep.percentiles if prep.modality == "MR" else (0.5, 99.5)
+        percentiles = prep.percentiles if prep.modality == "MR" else MR_PERCENTILES
         value = {"modality": "MR", "percentiles": list(percentiles)}
         reason = said if prep.modality == "MR" else f"instead of the card's CT window ({said})"
         return Decision(value, f"per-volume percentiles {_range(percentiles)}", reason)
