@@ -5,6 +5,7 @@ import time
 
 import pytest
 
+from swinseg import __version__
 from swinseg.config import ModelCard, SwinUnetConfig, legal_windows, list_cards, load_card
 from swinseg.errors import SwinsegError
 
@@ -47,6 +48,21 @@ def test_help_does_not_import_torch():
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "swinseg", "--help"], capture_output=True, check=True)
     assert time.perf_counter() - start < 2.0  # 0.2 s measured; generous for loaded CI machines
+
+
+def test_the_command_leaves_with_its_exit_code_handlers_run_and_output_flushed(tmp_path):
+    """main() skips the interpreter's teardown (0.4-0.6 s after torch): exit codes, atexit handlers and buffered
+    output must survive that."""
+    marker = tmp_path / "atexit.txt"
+    code = ("import atexit, sys; from pathlib import Path; from swinseg.cli import main; "
+            f"atexit.register(lambda: Path({str(marker)!r}).write_text('ran')); sys.argv[0] = 'swinseg'; main()")
+    done = subprocess.run([sys.executable, "-c", code, "--version"], capture_output=True, text=True)
+    assert (done.returncode, done.stdout, marker.read_text()) == (0, f"swinseg {__version__}\n", "ran")
+    failed = subprocess.run([sys.executable, "-m", "swinseg", "predict", str(tmp_path / "missing.nii.gz"), "-o",
+                             str(tmp_path / "mask.nii.gz"), "-m", "swin_unet_test"], capture_output=True, text=True)
+    assert failed.returncode == 1 and failed.stderr.startswith("error: ") and failed.stderr.count("\n") == 1
+    usage = subprocess.run([sys.executable, "-m", "swinseg", "predict"], capture_output=True, text=True)
+    assert usage.returncode == 2 and "Missing argument" in usage.stderr
 
 
 def test_orientation_codes_are_checked_when_the_card_is_read(tmp_path):
