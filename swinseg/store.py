@@ -35,6 +35,9 @@ from swinseg.io.files import file_sha256
 from swinseg.rundir import run_checkpoints, run_summary
 
 MANIFEST = "manifest.json"
+# stat stamps (size, modified, changed, inode) of files whose sha256 matched: a file whose stamp is unchanged is
+# not hashed again on each use (0.1 s per 100 MB); any write changes its ctime, so a changed file is rechecked
+STAMPS = "verified.json"
 FORMAT = "swinseg-store-1"
 PREPARED = "prepared"
 OPENVINO_CACHE = "openvino"
@@ -113,25 +116,54 @@ class Entry:
         """Bytes of the member files."""
         return sum(path.stat().st_size for path in self.members if path.is_file())
 
-    def verified(self, path: Path) -> Path:
-        """`path` (a file of this entry) after checking it against its recorded sha256."""
+    def verified(self, path: Path, *, rehash: bool = False) -> Path:
+        """`path` (a file of this entry) after checking it against its recorded sha256 (unless its stat stamp
+        is the one it had when it last matched, and not `rehash`)."""
         relative = path.relative_to(self.folder).as_posix()
         expected = self.manifest["files"].get(relative)
         if expected is None:
             raise SwinsegError(f"{path}: not listed in {self.folder / MANIFEST}; re-add the model")
         try:
+            stamp = _stamp(path)
+            stamps = self._stamps()
+            if not rehash and stamps.get(relative) == stamp:
+                return path
             found = file_sha256(path)
         except OSError as error:
             raise SwinsegError(f"{path}: stored model file unreadable ({error.strerror}); re-add the model") from error
         if found != expected:
             raise SwinsegError(f"{path}: fails its sha256 check (changed or damaged since it was added); "
                                f"remove and re-add model {self.name!r}")
+        if stamps.get(relative) != stamp:
+            self._remember(relative, stamp)
         return path
 
     def verify(self) -> None:
-        """Check every file of the entry."""
+        """Hash every file of the entry."""
         for relative in self.manifest["files"]:
-            self.verified(self.folder / relative)
+            self.verified(self.folder / relative, rehash=True)
+
+    def _stamps(self) -> dict[str, list[int]]:
+        try:
+            stamps = json.loads((self.folder / STAMPS).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return stamps if isinstance(stamps, dict) else {}
+
+    def _remember(self, relative: str, stamp: list[int]) -> None:
+        """Record a matching file's stamp; a store this user cannot write keeps hashing on each use."""
+        stamps = {**self._stamps(), relative: stamp}
+        work = self.folder / f".{STAMPS}.tmp-{secrets.token_hex(4)}"
+        try:
+            work.write_text(json.dumps(stamps), encoding="utf-8")
+            os.replace(work, self.folder / STAMPS)
+        except OSError:
+            work.unlink(missing_ok=True)
+
+
+def _stamp(path: Path) -> list[int]:
+    info = path.stat()
+    return [info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino]
 
 
 def check_name(name: str) -> str:

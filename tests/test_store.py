@@ -131,6 +131,28 @@ def test_prepared_onnx_graph_is_used_and_a_damaged_file_is_refused(checkpoint, h
     one_error_line(cli("export", "-m", "tiny", "-o", tmp_path / "bad.onnx"), str(entry.members[0]), "sha256")
 
 
+def test_a_file_is_hashed_again_only_when_its_stat_changed(checkpoint, home, monkeypatch):
+    import os
+
+    store.add(checkpoint, "tiny", prepare=False)
+    entry = store.get("tiny")
+    member = entry.members[0]
+    entry.verified(member)  # hashed, stamp recorded
+    hashed = []
+    monkeypatch.setattr(store, "file_sha256", lambda path: hashed.append(path) or "0" * 64)
+    assert entry.verified(member) == member and hashed == []  # unchanged: not hashed
+    with pytest.raises(SwinsegError, match="fails its sha256 check"):
+        entry.verify()  # export and checks hash every file
+    monkeypatch.undo()
+    times = member.stat()
+    data = bytearray(member.read_bytes())
+    data[len(data) // 2] ^= 1
+    member.write_bytes(bytes(data))  # same size, then the same modification time: the ctime still moves
+    os.utime(member, ns=(times.st_atime_ns, times.st_mtime_ns))
+    with pytest.raises(SwinsegError, match="fails its sha256 check"):
+        entry.verified(member)
+
+
 def test_two_adds_at_once(checkpoint, home):
     errors: list[Exception] = []
 
