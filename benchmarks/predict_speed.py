@@ -21,7 +21,8 @@ peak RSS < 3 GB at 512x512x300; on CPU OpenVINO >= 1.4x torch end-to-end, onnxru
 torch and with OpenVINO): a fresh process predicts a 2-slice scan, and its wall time less the case's own seconds
 (read, predict, write; from --json) is the fixed cost. The same model is run from its checkpoint (-c FILE, the
 export and OpenVINO caches warm) and stored (`swinseg models add`: TorchScript trace, ONNX export and OpenVINO
-cache prepared), N interleaved rounds after a warm-up round, medians:
+cache prepared), N interleaved rounds after a warm-up round, medians; then the whole command with the stored model
+on a 60-slice scan (--whole-slices), torch against OpenVINO (issue 23: >= 1.4x):
 
     .venv/bin/python benchmarks/predict_speed.py --fixed-cost 5
 
@@ -244,6 +245,27 @@ def fixed_cost(args: argparse.Namespace) -> None:
             ratio = statistics.median(s / c for s, c in zip(fixed[variant], fixed[f"checkpoint {backend}"]))
             print(f"{variant:22}{statistics.median(fixed[variant]):9.2f}{statistics.median(total[variant]):9.2f}"
                   f"{ratio:14.2f}")
+        if args.whole_slices and "openvino" in backends_wanted:
+            whole_command(swinseg, env, folder, args)
+
+
+def whole_command(swinseg: list[str], env: dict[str, str], folder: Path, args: argparse.Namespace) -> None:
+    """The whole `swinseg predict` command (process start to exit) with the stored model on a larger scan,
+    torch against OpenVINO in interleaved rounds (issue 23: OpenVINO >= 1.4x)."""
+    scan = folder / "whole.nii.gz"
+    write_scan(scan, synthetic_ct(args.whole_slices), args.scan_spacing)
+    walls: dict[str, list[float]] = {"torch": [], "openvino": []}
+    for round_ in range(args.fixed_cost + 1):  # round 0 warms the page cache
+        for backend, times in walls.items():
+            began = time.perf_counter()
+            subprocess.run([*swinseg, "predict", str(scan), "-o", str(folder / "whole_mask.nii.gz"), "--overwrite",
+                            "--backend", backend, "--device", args.device], env=env, check=True, capture_output=True)
+            if round_:
+                times.append(time.perf_counter() - began)
+    ratio = statistics.median(t / o for t, o in zip(walls["torch"], walls["openvino"]))
+    print(f"whole `swinseg predict` command, stored model, {args.whole_slices}-slice 512x512 scan, median of "
+          f"{args.fixed_cost} interleaved rounds: torch {statistics.median(walls['torch']):.2f} s, OpenVINO "
+          f"{statistics.median(walls['openvino']):.2f} s = {ratio:.2f}x (target >= 1.4x)")
 
 
 def main() -> None:
@@ -261,6 +283,8 @@ def main() -> None:
     parser.add_argument("--backend-rounds", type=int, default=5, help="interleaved rounds of the backend comparison")
     parser.add_argument("--fixed-cost", type=int, default=0, metavar="N",
                         help="measure only the fixed cost of a predict call, N rounds (issue 23)")
+    parser.add_argument("--whole-slices", type=int, default=60,
+                        help="with --fixed-cost: also time the whole command on a scan of this many slices (0: skip)")
     args = parser.parse_args()
     os.environ.setdefault("SWINSEG_CACHE", tempfile.mkdtemp(prefix="swinseg-bench-cache-"))
     if args.fixed_cost:

@@ -52,7 +52,7 @@ def test_help_does_not_import_torch():
 
 def test_the_command_leaves_with_its_exit_code_handlers_run_and_output_flushed(tmp_path):
     """main() skips the interpreter's teardown (0.4-0.6 s after torch): exit codes, atexit handlers and buffered
-    output must survive that."""
+    output must survive that, and a profiler must still write its results."""
     marker = tmp_path / "atexit.txt"
     code = ("import atexit, sys; from pathlib import Path; from swinseg.cli import main; "
             f"atexit.register(lambda: Path({str(marker)!r}).write_text('ran')); sys.argv[0] = 'swinseg'; main()")
@@ -63,6 +63,9 @@ def test_the_command_leaves_with_its_exit_code_handlers_run_and_output_flushed(t
     assert failed.returncode == 1 and failed.stderr.startswith("error: ") and failed.stderr.count("\n") == 1
     usage = subprocess.run([sys.executable, "-m", "swinseg", "predict"], capture_output=True, text=True)
     assert usage.returncode == 2 and "Missing argument" in usage.stderr
+    profiled = subprocess.run([sys.executable, "-m", "cProfile", "-o", str(tmp_path / "profile"), "-m", "swinseg",
+                               "--version"], capture_output=True, text=True)
+    assert profiled.returncode == 0 and (tmp_path / "profile").stat().st_size > 0  # a profiler still gets its file
 
 
 def test_orientation_codes_are_checked_when_the_card_is_read(tmp_path):

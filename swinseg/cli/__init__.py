@@ -62,7 +62,11 @@ for _module in (predict, models, evaluate, report, train, plan, preprocess, weig
 def main() -> None:
     """Console-script entry point. When the command is done, the process leaves without the interpreter's
     teardown, which after `import torch` took 0.4-0.6 s of every call: exit handlers (atexit: temporary folders,
-    child processes, logging) run and the output is flushed first; files are already closed and renamed."""
+    child processes, logging) run and the output is flushed first; files are already closed and renamed. Under a
+    profiler, debugger or coverage tool the process ends as usual."""
+    if sys.getprofile() is not None or sys.gettrace() is not None:  # a profiler, debugger or coverage: they
+        app()  # write their results after the program, so it ends as usual
+        return
     try:
         app()
         code: object = 0
