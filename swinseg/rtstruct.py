@@ -14,10 +14,9 @@ take more marching-squares steps than the file's budget (CONTOUR_CELLS_PER_SLICE
 MIN_CONTOUR_CELLS): then the raggedest class slices (noise, not anatomy) are traced on the finest grid 2, 4, 8, ...
 times coarser (block majority) that brings each under one limit, so that any mask makes a structure set a
 planning system can load; a note gives the Dice of what was traced to the mask there. The file is Implicit VR
-Little
-Endian (32-bit value lengths: a DS value of 64 KiB holds only ~2,000 points in Explicit VR), and the Contour
-Sequences are encoded here directly, in time linear in the points. pydicom is imported only when a structure set
-is written."""
+Little Endian (32-bit value lengths: a DS value of 64 KiB holds only ~2,000 points in Explicit VR), and the
+Contour Sequences are encoded here directly, in time linear in the points. pydicom is imported only when a
+structure set is written."""
 from __future__ import annotations
 
 import struct
@@ -45,11 +44,11 @@ _DS_FORMAT = "{:.10g}".format  # a rounded coordinate in at most 16 characters (
 CONTOUR_SEQUENCE, CONTOUR_IMAGE_SEQUENCE = 0x30060040, 0x30060016
 CONTOUR_GEOMETRIC_TYPE, NUMBER_OF_CONTOUR_POINTS, CONTOUR_DATA = 0x30060042, 0x30060046, 0x30060050
 REFERENCED_SOP_CLASS, REFERENCED_SOP_INSTANCE = 0x00081150, 0x00081155
-# patient and study attributes copied from the source series, all type 2 (empty where the source lacks them)
 # The budget of marching-squares steps (2x2 pixel windows an outline crosses, about one contour point and 30 bytes
 # each) of a file: CONTOUR_CELLS_PER_SLICE per slice (12 MB for 100 slices), at least MIN_CONTOUR_CELLS (8 MB).
 # A liver's outline at 0.7 mm takes ~1,000 steps; 50% binary noise 200,000 a slice (188 MB for 100 slices).
 CONTOUR_CELLS_PER_SLICE, MIN_CONTOUR_CELLS = 4096, 262_144
+# patient and study attributes copied from the source series, all type 2 (empty where the source lacks them)
 COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate",
           "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName")
 
@@ -186,7 +185,7 @@ def _traceable(mask: np.ndarray, limit: float) -> tuple[np.ndarray, int]:
     while _contour_cells(traced) > limit and factor < max(mask.shape):
         factor *= 2
         rows, columns = -(-mask.shape[0] // factor), -(-mask.shape[1] // factor)
-        padded = np.zeros((rows * factor, columns * factor), np.uint16)
+        padded = np.zeros((rows * factor, columns * factor), np.uint8)  # summed in the platform's integers
         padded[: mask.shape[0], : mask.shape[1]] = mask
         traced = padded.reshape(rows, factor, columns, factor).sum(axis=(1, 3)) * 2 >= factor * factor
     return traced, factor
