@@ -178,16 +178,18 @@ def _cell_limit(cells: list[int], budget: int) -> float:
     return max(limit, 64.0)
 
 
-def _traceable(mask: np.ndarray, limit: float) -> tuple[np.ndarray, int]:
-    """`mask`, or where its contours take more than `limit` steps its block majority on the finest grid 2, 4, 8,
-    ... times coarser where they take fewer; and that factor."""
-    factor, traced = 1, mask
-    while _contour_cells(traced) > limit and factor < max(mask.shape):
+def _traceable(outline: _Outline, limit: float) -> tuple[np.ndarray, int]:
+    """The outline's mask, or where its contours take more than `limit` steps its block majority on the finest
+    grid 2, 4, 8, ... times coarser where they take fewer; and that factor."""
+    mask = outline.mask
+    factor, traced, cells = 1, mask, outline.cells
+    while cells > limit and factor < max(mask.shape):
         factor *= 2
         rows, columns = -(-mask.shape[0] // factor), -(-mask.shape[1] // factor)
         padded = np.zeros((rows * factor, columns * factor), np.uint8)  # summed in the platform's integers
         padded[: mask.shape[0], : mask.shape[1]] = mask
         traced = padded.reshape(rows, factor, columns, factor).sum(axis=(1, 3)) * 2 >= factor * factor
+        cells = _contour_cells(traced)
     return traced, factor
 
 
@@ -239,7 +241,7 @@ def _contour_items(outline: _Outline, limit: float, planes: list[tuple[np.ndarra
     """The encoded Contour Sequence items of an outline (polygons in patient mm on its slice, referenced by
     `references[z]`), traced on a coarser grid where it takes more than `limit` steps (counted in `tally`)."""
     mask = outline.mask
-    traced, factor = _traceable(mask, limit) if outline.cells > limit else (mask, 1)
+    traced, factor = _traceable(outline, limit)
     if factor > 1:
         fine = np.repeat(np.repeat(traced, factor, 0), factor, 1)[: mask.shape[0], : mask.shape[1]]
         tally.coarsened, tally.factor = tally.coarsened + 1, max(tally.factor, factor)

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from swinseg.errors import SwinsegError
-from swinseg.io.files import file_sha256
+from swinseg.io.files import atomic_output, file_sha256
 from swinseg.rundir import run_checkpoints, run_summary
 
 MANIFEST = "manifest.json"
@@ -153,12 +153,11 @@ class Entry:
     def _remember(self, relative: str, stamp: list[int]) -> None:
         """Record a matching file's stamp; a store this user cannot write keeps hashing on each use."""
         stamps = {**self._stamps(), relative: stamp}
-        work = self.folder / f".{STAMPS}.tmp-{secrets.token_hex(4)}"
         try:
-            work.write_text(json.dumps(stamps), encoding="utf-8")
-            os.replace(work, self.folder / STAMPS)
-        except OSError:
-            work.unlink(missing_ok=True)
+            with atomic_output(self.folder / STAMPS) as work:
+                work.write_text(json.dumps(stamps), encoding="utf-8")
+        except (OSError, SwinsegError):
+            pass
 
 
 def _stamp(path: Path) -> list[int]:
