@@ -20,6 +20,7 @@ from swinseg.errors import SwinsegError
 from swinseg.orientation import parse_code
 
 SKIP_SCALES = (4, 8, 16)
+PATCH_EMBEDDINGS = ("linear", "conv")  # how the image becomes 4x4-pixel tokens (see swinseg.model)
 AUTO = "auto"
 MAX_CONTEXT = 7  # context_slices: up to 15 input channels
 
@@ -57,6 +58,8 @@ class SwinUnetConfig(_YamlSection):
     drop_path_rate: float = 0.2
     skip_scales: tuple[int, ...] = SKIP_SCALES
     conv_skip: int = 0  # channels of a full-resolution convolutional skip; 0 = the published network
+    patch_embed: str = "linear"  # linear: the published 4x4 patch projection; conv: two 3x3 stride-2 convolutions
+    stem_skip: bool = False  # patch_embed conv: its half-resolution features join the decoder before the head
 
     def __post_init__(self) -> None:
         for name in ("depths", "num_heads", "skip_scales"):
@@ -64,10 +67,15 @@ class SwinUnetConfig(_YamlSection):
         self.validate()
 
     def to_dict(self) -> dict[str, Any]:
-        """The card section; `conv_skip` only when set, so swinseg 0.1 can still read published cards."""
+        """The card section; `conv_skip`, `patch_embed` and `stem_skip` only when not the published network's, so
+        swinseg 0.1 can still read published cards."""
         values = super().to_dict()
         if not values["conv_skip"]:
             del values["conv_skip"]
+        if values["patch_embed"] == "linear":
+            del values["patch_embed"]
+        if not values["stem_skip"]:
+            del values["stem_skip"]
         return values
 
     @property
@@ -83,6 +91,10 @@ class SwinUnetConfig(_YamlSection):
             raise SwinsegError(f"img_size {self.img_size} is not a positive multiple of 32")
         if self.conv_skip < 0:
             raise SwinsegError(f"conv_skip {self.conv_skip} is negative (0 turns the convolutional skip off)")
+        if self.patch_embed not in PATCH_EMBEDDINGS:
+            raise SwinsegError(f"patch_embed {self.patch_embed!r}: expected one of {', '.join(PATCH_EMBEDDINGS)}")
+        if self.stem_skip and (self.patch_embed != "conv" or self.conv_skip):
+            raise SwinsegError("stem_skip needs patch_embed: conv and no conv_skip (it is the cheaper of the two)")
         bad_skips = set(self.skip_scales) - set(SKIP_SCALES)
         if bad_skips:
             raise SwinsegError(f"skip_scales {sorted(bad_skips)} not in {list(SKIP_SCALES)}")

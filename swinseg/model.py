@@ -15,6 +15,13 @@ alone and has no fusion Linear (``concat_back_dim.i`` is an Identity, as for the
 structures and sharp borders: a full-resolution convolutional skip. Two 3x3 convolutions on the image
 (``conv_stem``) are concatenated with the 4x-expanded decoder output and fused by a 3x3 convolution
 (``conv_fuse``) before the 1x1 ``output`` convolution.
+
+``config.patch_embed: conv`` (not in the published network) replaces the 4x4 patch projection by two 3x3
+stride-2 convolutions with a GELU between them (a convolutional stem, Xiao et al. 2021: "Early convolutions help
+transformers see better"); timm's LayerNorm and token layout follow as before. With ``config.stem_skip`` the
+stem's half-resolution features also join the decoder: the last expansion is 2x instead of 4x, its output is
+concatenated with them and fused by a 3x3 convolution (``stem_fuse``), and the 1x1 ``output`` logits are resized
+2x (bilinear): a high-resolution path at a quarter of ``conv_skip``'s pixels.
 """
 from __future__ import annotations
 
@@ -40,6 +47,16 @@ def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
         nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False),
         nn.InstanceNorm2d(out_channels, affine=True),
         nn.LeakyReLU(0.01, inplace=True),
+    )
+
+
+def conv_stem(in_channels: int, embed_dim: int) -> nn.Sequential:
+    """The 4x downsampling of `patch_embed: conv`: 3x3 stride 2 to embed_dim / 2, GELU, 3x3 stride 2 to embed_dim."""
+    half = max(embed_dim // 2, 1)
+    return nn.Sequential(
+        nn.Conv2d(in_channels, half, kernel_size=3, stride=2, padding=1),
+        nn.GELU(),
+        nn.Conv2d(half, embed_dim, kernel_size=3, stride=2, padding=1),
     )
 
 
@@ -180,6 +197,8 @@ class SwinUnet(nn.Module):
             img_size=c.img_size, patch_size=PATCH_SIZE, in_chans=c.in_chans, embed_dim=c.embed_dim,
             norm_layer=nn.LayerNorm, output_fmt="NHWC",
         )
+        if c.patch_embed == "conv":
+            self.patch_embed.proj = conv_stem(c.in_chans, c.embed_dim)
         common = dict(window_size=c.window_size, mlp_ratio=c.mlp_ratio, qkv_bias=True, norm_layer=nn.LayerNorm)
         self.layers = nn.ModuleList(
             SwinTransformerStage(
@@ -205,10 +224,14 @@ class SwinUnet(nn.Module):
                 )
             )
         self.norm_up = nn.LayerNorm(c.embed_dim)
-        self.up = PatchExpand(c.embed_dim, c.embed_dim, PATCH_SIZE)
+        self.up = PatchExpand(c.embed_dim, c.embed_dim, 2 if c.stem_skip else PATCH_SIZE)
         if c.conv_skip:
             self.conv_stem = nn.Sequential(conv_block(c.in_chans, c.conv_skip), conv_block(c.conv_skip, c.conv_skip))
             self.conv_fuse = conv_block(c.embed_dim + c.conv_skip, c.conv_skip)
+        if c.stem_skip:
+            stem_channels = self.patch_embed.proj[0].out_channels
+            self.stem_fuse = nn.Sequential(
+                nn.Conv2d(c.embed_dim + stem_channels, c.embed_dim, kernel_size=3, padding=1), nn.GELU())
         head_channels = c.conv_skip or c.embed_dim
         self.output = nn.Conv2d(head_channels, c.num_classes, kernel_size=1, bias=False)
 
@@ -233,7 +256,12 @@ class SwinUnet(nn.Module):
             raise SwinsegError(f"SwinUnet expects 1 or {c.in_chans} input channels, got {x.shape[1]}")
 
         image = x
-        x = self.patch_embed(x)
+        if c.stem_skip:
+            stem = self.patch_embed.proj
+            half = stem[1](stem[0](x))  # the stem's half-resolution features
+            x = self.patch_embed.norm(stem[2](half).permute(0, 2, 3, 1))  # timm's PatchEmbed, NHWC
+        else:
+            x = self.patch_embed(x)
         skips = []
         for stage in self.layers:
             x = stage.downsample(x)
@@ -257,6 +285,9 @@ class SwinUnet(nn.Module):
         if c.conv_skip:
             features = torch.cat([_rearrange(self.up.forward_blocks(x)).permute(0, 3, 1, 2), self.conv_stem(image)], 1)
             return self.output(self.conv_fuse(features))
+        if c.stem_skip:
+            features = torch.cat([_rearrange(self.up.forward_blocks(x)).permute(0, 3, 1, 2), half], 1)
+            return F.interpolate(self.output(self.stem_fuse(features)), scale_factor=2, mode="bilinear")
         return self._head(x)
 
     def _head(self, x: torch.Tensor) -> torch.Tensor:

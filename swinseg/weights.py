@@ -198,7 +198,8 @@ def _table_window(table: torch.Tensor) -> int:
 def infer_encoder(weights: WeightFile) -> dict[str, Any]:
     """embed_dim, in_chans, depths, num_heads, window_size, mlp_ratio and (where possible) img_size."""
     state = weights.state
-    proj = state["patch_embed.proj.weight"]
+    stem = "patch_embed.proj.0.weight" in state  # patch_embed: conv
+    proj = state["patch_embed.proj.2.weight" if stem else "patch_embed.proj.weight"]
     depths = _stage_depths(state)
     heads = [state[f"layers.{i}.blocks.0.attn.relative_position_bias_table"].shape[1] for i in range(len(depths))]
     tables = [state[f"layers.{i}.blocks.0.attn.relative_position_bias_table"] for i in range(len(depths))]
@@ -207,11 +208,12 @@ def infer_encoder(weights: WeightFile) -> dict[str, Any]:
     fc1 = state["layers.0.blocks.0.mlp.fc1.weight"]
     values: dict[str, Any] = {
         "embed_dim": proj.shape[0],
-        "in_chans": proj.shape[1],
+        "in_chans": state["patch_embed.proj.0.weight"].shape[1] if stem else proj.shape[1],
         "depths": tuple(depths),
         "num_heads": tuple(heads),
         "window_size": window,
         "mlp_ratio": fc1.shape[0] / fc1.shape[1],
+        "patch_embed": "conv" if stem else "linear",
     }
     img_size = _infer_img_size(weights.buffers, windows, window)
     if img_size:
@@ -247,6 +249,7 @@ def infer_unet_config(weights: WeightFile, base: SwinUnetConfig | None = None) -
     )
     if "conv_fuse.0.weight" in state:
         values["conv_skip"] = state["conv_fuse.0.weight"].shape[0]
+    values["stem_skip"] = "stem_fuse.0.weight" in state
     if base is not None:
         values.setdefault("img_size", base.img_size)
         values["drop_path_rate"] = base.drop_path_rate

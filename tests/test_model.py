@@ -183,3 +183,39 @@ def test_conv_skip_adds_a_full_resolution_path_that_survives_a_checkpoint(tmp_pa
     assert torch.equal(loaded.eval()(x), logits)
     with pytest.raises(SwinsegError, match="conv_skip -1"):
         dataclasses.replace(TEST_CONFIG, conv_skip=-1)
+
+
+@pytest.mark.parametrize("stem_skip", [False, True])
+def test_conv_patch_embedding_and_its_skip_survive_a_checkpoint(tmp_path, stem_skip):
+    from safetensors.torch import save_file
+
+    from swinseg.weights import infer_unet_config, load_checkpoint, read_weights, save_checkpoint
+
+    config = dataclasses.replace(TEST_CONFIG, patch_embed="conv", stem_skip=stem_skip)
+    model = SwinUnet(config).eval()
+    assert isinstance(model.patch_embed.proj, torch.nn.Sequential)  # two strided 3x3 convolutions
+    x = torch.rand(2, 1, 64, 64)
+    logits = model(x)
+    assert logits.shape == (2, 6, 64, 64)
+    if stem_skip:  # the half-resolution features reach the head directly, not only through the encoder
+        model.patch_embed.norm.register_forward_hook(lambda module, args, out: out.detach())
+        model(x).sum().backward()
+        assert model.patch_embed.proj[0].weight.grad.abs().sum() > 0
+    published = load_card("swin_unet_test").network.to_dict()
+    assert "patch_embed" not in published and "stem_skip" not in published  # the published layout unchanged
+    save_checkpoint(tmp_path / "stem.safetensors", model, dataclasses.replace(load_card("swin_unet_test"),
+                                                                               network=config))
+    loaded, loaded_card = load_checkpoint(tmp_path / "stem.safetensors")
+    assert (loaded_card.network.patch_embed, loaded_card.network.stem_skip) == ("conv", stem_skip)
+    assert torch.equal(loaded.eval()(x), logits)
+    save_file(model.state_dict(), tmp_path / "bare.safetensors")  # no card: the tensors tell
+    inferred = infer_unet_config(read_weights(tmp_path / "bare.safetensors"), base=TEST_CONFIG)
+    assert (inferred.patch_embed, inferred.stem_skip, inferred.embed_dim, inferred.in_chans) == \
+        ("conv", stem_skip, config.embed_dim, config.in_chans)
+
+
+def test_patch_embedding_options_are_checked():
+    with pytest.raises(SwinsegError, match="patch_embed 'pixel'"):
+        dataclasses.replace(TEST_CONFIG, patch_embed="pixel")
+    with pytest.raises(SwinsegError, match="stem_skip needs patch_embed: conv"):
+        dataclasses.replace(TEST_CONFIG, stem_skip=True)
