@@ -213,7 +213,6 @@ def infer_encoder(weights: WeightFile) -> dict[str, Any]:
         "num_heads": tuple(heads),
         "window_size": window,
         "mlp_ratio": fc1.shape[0] / fc1.shape[1],
-        "patch_embed": "conv" if stem else "linear",
     }
     img_size = _infer_img_size(weights.buffers, windows, window)
     if img_size:
@@ -249,6 +248,7 @@ def infer_unet_config(weights: WeightFile, base: SwinUnetConfig | None = None) -
     )
     if "conv_fuse.0.weight" in state:
         values["conv_skip"] = state["conv_fuse.0.weight"].shape[0]
+    values["patch_embed"] = "conv" if "patch_embed.proj.0.weight" in state else "linear"
     values["stem_skip"] = "stem_fuse.0.weight" in state
     if base is not None:
         values.setdefault("img_size", base.img_size)
