@@ -70,12 +70,9 @@ class SwinUnetConfig(_YamlSection):
         """The card section; `conv_skip`, `patch_embed` and `stem_skip` only when not the published network's, so
         swinseg 0.1 can still read published cards."""
         values = super().to_dict()
-        if not values["conv_skip"]:
-            del values["conv_skip"]
-        if values["patch_embed"] == "linear":
-            del values["patch_embed"]
-        if not values["stem_skip"]:
-            del values["stem_skip"]
+        for name, published in (("conv_skip", 0), ("patch_embed", "linear"), ("stem_skip", False)):
+            if values[name] == published:
+                del values[name]
         return values
 
     @property

@@ -195,10 +195,13 @@ def _table_window(table: torch.Tensor) -> int:
     return (side + 1) // 2
 
 
+STEM_FIRST = "patch_embed.proj.0.weight"  # the first convolution of `patch_embed: conv` (swinseg.model.conv_stem)
+
+
 def infer_encoder(weights: WeightFile) -> dict[str, Any]:
     """embed_dim, in_chans, depths, num_heads, window_size, mlp_ratio and (where possible) img_size."""
     state = weights.state
-    stem = "patch_embed.proj.0.weight" in state  # patch_embed: conv
+    stem = STEM_FIRST in state
     proj = state["patch_embed.proj.2.weight" if stem else "patch_embed.proj.weight"]
     depths = _stage_depths(state)
     heads = [state[f"layers.{i}.blocks.0.attn.relative_position_bias_table"].shape[1] for i in range(len(depths))]
@@ -208,7 +211,7 @@ def infer_encoder(weights: WeightFile) -> dict[str, Any]:
     fc1 = state["layers.0.blocks.0.mlp.fc1.weight"]
     values: dict[str, Any] = {
         "embed_dim": proj.shape[0],
-        "in_chans": state["patch_embed.proj.0.weight"].shape[1] if stem else proj.shape[1],
+        "in_chans": state[STEM_FIRST].shape[1] if stem else proj.shape[1],
         "depths": tuple(depths),
         "num_heads": tuple(heads),
         "window_size": window,
@@ -248,7 +251,7 @@ def infer_unet_config(weights: WeightFile, base: SwinUnetConfig | None = None) -
     )
     if "conv_fuse.0.weight" in state:
         values["conv_skip"] = state["conv_fuse.0.weight"].shape[0]
-    values["patch_embed"] = "conv" if "patch_embed.proj.0.weight" in state else "linear"
+    values["patch_embed"] = "conv" if STEM_FIRST in state else "linear"
     values["stem_skip"] = "stem_fuse.0.weight" in state
     if base is not None:
         values.setdefault("img_size", base.img_size)
