@@ -8,7 +8,7 @@ import scipy.ndimage
 
 from swinseg.errors import SwinsegError
 from swinseg.training import augment
-from swinseg.training.augment import strong_sample
+from swinseg.training.augment import StrongBounds, strong_sample
 from swinseg.training.loop import TrainConfig
 from swinseg.training.samples import GridCase, GridSlices, SliceDataset
 
@@ -85,6 +85,38 @@ def test_intensity_transforms_change_values_not_labels(monkeypatch):
         np.testing.assert_array_equal(got[1], plain[1])
         assert got[0].dtype == np.float32 and np.isfinite(got[0]).all()
         assert np.abs(got[0] - plain[0]).max() > 1e-3, name
+
+
+def test_class_shift_moves_each_labelled_class_by_its_own_constant(monkeypatch):
+    switch(monkeypatch, SPATIAL + INTENSITY, 0.0)
+    monkeypatch.setattr(augment, "P_CLASS_SHIFT", 1.0)
+    image, label = organs()
+    plain, plain_labels = strong_sample(image, label, np.random.default_rng(0), 40, (29.5, 34.5), (1, 1))
+    shifts = set()
+    for seed in range(6):
+        got, labels = strong_sample(image, label, np.random.default_rng(seed), 40, (29.5, 34.5), (1, 1),
+                                    StrongBounds(class_shift=0.3))
+        np.testing.assert_array_equal(labels, plain_labels)
+        moved = got - plain
+        assert np.array_equal(moved[labels == 0], np.zeros((labels == 0).sum(), np.float32))  # background stays
+        for organ in (1, 2, 3):
+            inside = moved[labels == organ]
+            assert np.ptp(inside) < 1e-6 and abs(inside[0]) <= 0.3 + 1e-6  # one shift per class, within bounds
+            shifts.add(round(float(inside[0]), 4))
+        assert 0.0 <= got.min() and got.max() <= 1.0
+    assert len(shifts) > 12  # classes and samples draw their own shifts
+    off = strong_sample(image, label, np.random.default_rng(0), 40, (29.5, 34.5), (1, 1), StrongBounds())
+    np.testing.assert_array_equal(off[0], plain)
+
+
+def test_class_shift_is_an_option_off_by_default():
+    assert TrainConfig(data="d", output="o").class_shift == 0.0
+    assert TrainConfig(data="d", output="o", recipe="published").class_shift == 0.0
+    assert TrainConfig(data="d", output="o", class_shift="0.375").class_shift == 0.375  # a flag's text
+    with pytest.raises(SwinsegError, match="--class-shift is part of the strong augmentation"):
+        TrainConfig(data="d", output="o", recipe="published", class_shift=0.2)
+    with pytest.raises(SwinsegError, match="--class-shift"):
+        TrainConfig(data="d", output="o", class_shift=1.5)
 
 
 def test_context_channels_share_one_transform():

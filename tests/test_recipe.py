@@ -9,7 +9,7 @@ from torch import nn
 
 from swinseg.errors import SwinsegError
 from swinseg.phantom import write_phantom_dataset
-from swinseg.training.augment import strong_sample
+from swinseg.training.augment import StrongBounds, strong_sample
 from swinseg.training.loop import TrainConfig, resolve_config, train
 from swinseg.training.setup import make_optimizer, poly_schedule
 
@@ -61,7 +61,7 @@ def _left_heavier(mirror_axes: tuple[int, ...], seed: int) -> bool:
     label[:, :16] = 1
     image = label.astype(np.float32)
     _, out = strong_sample(image, label, np.random.default_rng(seed), 32, (15.5, 15.5), (1.0, 1.0),
-                           mirror_axes=mirror_axes, max_rotation=0.0)
+                           StrongBounds(mirror_axes, max_rotation=0.0))
     return out[:, :16].sum() > out[:, 16:].sum()
 
 

@@ -7,11 +7,15 @@
   brightness, contrast, simulated low resolution and gamma. The spatial part is one coordinate map, so crop,
   resize, scaling, rotation, deformation and mirroring cost a single bilinear (image) and nearest (label)
   lookup into the source slice; anatomy that moves into the sample comes from around it, not from padding.
+  `StrongBounds` carries what the plan and the recipe bound: the mirror axes, the largest rotation and the
+  per-class intensity shift (`class_shift`: each labelled structure brightened or darkened on its own, as a
+  contrast phase or another MR sequence does, so that shape and context, not one organ's grey level, name it).
 
 Images may carry 2.5-D context channels, (C, H, W): every channel gets the same transform.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import numpy as np
@@ -71,20 +75,43 @@ P_BRIGHTNESS, BRIGHTNESS_RANGE = 0.15, (0.75, 1.25)
 P_CONTRAST, CONTRAST_RANGE = 0.15, (0.75, 1.25)
 P_LOW_RES, LOW_RES_ZOOM = 0.25, (0.5, 1.0)
 P_GAMMA_INVERTED, P_GAMMA, GAMMA_RANGE = 0.1, 0.3, (0.7, 1.5)
+P_CLASS_SHIFT = 0.2  # per sample; then each foreground class present gets its own uniform shift
+
+
+@dataclasses.dataclass(frozen=True)
+class StrongBounds:
+    """What bounds the strong augmentation: `mirror_axes`, the slice axes (0 rows, 1 columns) a mirroring may
+    flip; `max_rotation` in degrees; `class_shift`, the largest per-class intensity shift as a share of the
+    normalised [0, 1] range (0: none; CT window [-125, 275] HU: 0.375 = 150 HU)."""
+
+    mirror_axes: tuple[int, ...] = (0, 1)
+    max_rotation: float = 180.0
+    class_shift: float = 0.0
 
 
 def strong_sample(image: np.ndarray, label: np.ndarray, rng: np.random.Generator, size: int,
-                  centre: tuple[float, float], step: tuple[float, float], mirror_axes: tuple[int, ...] = (0, 1),
-                  max_rotation: float = 180.0) -> tuple[np.ndarray, np.ndarray]:
+                  centre: tuple[float, float], step: tuple[float, float],
+                  bounds: StrongBounds = StrongBounds()) -> tuple[np.ndarray, np.ndarray]:
     """A size x size strongly augmented sample of a source slice: `image` (H, W) or (C, H, W) float32 in
     [0, 1], `label` (H, W). Without any transform the sample's pixel (i, j) is the source point
     `centre + step * (i - (size - 1) / 2, j - (size - 1) / 2)` (a crop: step 1; a whole-slice resize:
-    step = source size / size); outside the source the image is 0 (background) and the label 0.
-    `mirror_axes`: the slice axes (0 rows, 1 columns) a mirroring may flip; `max_rotation`: degrees."""
-    rows, cols = _source_coordinates(rng, size, centre, step, mirror_axes, max_rotation)
-    sampled = _intensity_transforms(_bilinear(image.reshape(-1, *image.shape[-2:]), rows, cols), rng)
+    step = source size / size); outside the source the image is 0 (background) and the label 0."""
+    rows, cols = _source_coordinates(rng, size, centre, step, bounds.mirror_axes, bounds.max_rotation)
+    sampled = _bilinear(image.reshape(-1, *image.shape[-2:]), rows, cols)
     labels = _nearest(label, rows, cols)
-    return sampled.reshape(*image.shape[:-2], size, size), labels
+    if bounds.class_shift > 0 and rng.random() < P_CLASS_SHIFT:
+        sampled = _shift_classes(sampled, labels, bounds.class_shift, rng)
+    return _intensity_transforms(sampled, rng).reshape(*image.shape[:-2], size, size), labels
+
+
+def _shift_classes(image: np.ndarray, labels: np.ndarray, largest: float, rng: np.random.Generator) -> np.ndarray:
+    """(C, S, S): each foreground class of `labels` moved by its own uniform shift in [-largest, largest],
+    clipped to [0, 1] as the CT window or MR percentiles clip a real scan's."""
+    classes = np.unique(labels)
+    shifts = np.zeros(int(classes.max()) + 1, dtype=np.float32)
+    shifts[classes] = rng.uniform(-largest, largest, len(classes))
+    shifts[0] = 0.0
+    return np.clip(image + shifts[labels], 0.0, 1.0)
 
 
 def _source_coordinates(rng: np.random.Generator, size: int, centre: tuple[float, float],

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from swinseg.config import Preprocessing
 from swinseg.defaults import FOREGROUND_OVERSAMPLING, SEED
 from swinseg.errors import SwinsegError
+from swinseg.training.augment import StrongBounds
 from swinseg.training.cases import (
     H5Volumes,
     MemoryVolumes,
@@ -144,7 +145,7 @@ def open_training_data(source: str | Path | TrainingCases, *, img_size: int, pre
                        validation_cases: Sequence[str] | None = None, lists: str | Path | None = None,
                        oversample_foreground: float = FOREGROUND_OVERSAMPLING, notes: Sequence[str] = (),
                        plan: Plan | None = None, progress: Progress | None = None,
-                       mirror_axes: tuple[int, ...] = (0, 1), max_rotation: float = 180.0) -> TrainingData:
+                       strong_bounds: StrongBounds = StrongBounds()) -> TrainingData:
     """The training samples and validation volumes of a dataset, built with `preprocessing` as it is: its
     spacing, plane and intensities are decided already (swinseg.plan; a resumed run: its card's).
 
@@ -155,7 +156,7 @@ def open_training_data(source: str | Path | TrainingCases, *, img_size: int, pre
     spacing). `augment`: reference, strong or none (True/False: reference/none); `seed` also draws the crops
     and the augmentation. The preprocessing's `context_slices` decides the neighbours each sample carries.
     `notes` (how the preprocessing was decided) and `plan` are kept for the training summary.
-    `mirror_axes` and `max_rotation` (degrees) bound the strong augmentation's mirroring and rotation.
+    `strong_bounds`: the strong augmentation's mirror axes, largest rotation and per-class intensity shift.
     """
     if isinstance(augment, bool):
         augment = "reference" if augment else "none"
@@ -163,7 +164,7 @@ def open_training_data(source: str | Path | TrainingCases, *, img_size: int, pre
         source, preprocessing, seed=seed, validation_fraction=validation_fraction,
         validation_cases=validation_cases, lists=lists, progress=progress)
     slices = SliceDataset(_slice_source(cases, preprocessing, oversample_foreground, seed), img_size,
-                          augment=augment, seed=seed, mirror_axes=mirror_axes, max_rotation=max_rotation)
+                          augment=augment, seed=seed, strong_bounds=strong_bounds)
     volumes: Sequence[VolumeCase]
     if cases.synapse is not None:
         volumes = H5Volumes(cases.synapse.test_dir, cases.validation_cases)

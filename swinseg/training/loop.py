@@ -50,6 +50,7 @@ from swinseg.rundir import (
     PLAN_FILE,
     STATE_FILE,
 )
+from swinseg.training.augment import StrongBounds
 from swinseg.training.datasets import is_synapse
 from swinseg.training.distributed import Distributed, init_distributed
 from swinseg.training.folds import hold_out_fold
@@ -88,18 +89,23 @@ def open_data(
     prep = card.preprocessing if resumed else planner.layout_preprocessing(config, card, is_synapse(Path(config.data)))
     cases = read_training_cases(config.data, prep, seed=config.seed, validation_fraction=config.val_fraction,
                                 validation_cases=config.val_cases, progress=progress)
-    built = {"img_size": card.network.img_size, "augment": config.augment, "seed": config.seed,
-             "max_rotation": config.rotation}
+    built = {"img_size": card.network.img_size, "augment": config.augment, "seed": config.seed}
     if resumed:
         mirror = card.mirror_axes if card.mirror_axes is not None else \
             planner.mirror_decision(card.classes, prep, config.mirror, config.augment).value
         return open_training_data(cases, preprocessing=prep, oversample_foreground=config.oversample_foreground,
                                   notes=["preprocessing: the run's card, as resolved when the run started"],
-                                  mirror_axes=tuple(mirror), **built)
+                                  strong_bounds=strong_bounds(config, mirror), **built)
     plan = planner.plan_training(cases, card, config, device, processes)
     return open_training_data(cases, preprocessing=plan.preprocessing,
                               oversample_foreground=plan.oversample_foreground.value, notes=plan.lines(), plan=plan,
-                              mirror_axes=tuple(plan.mirror_axes.value), **built)
+                              strong_bounds=strong_bounds(config, plan.mirror_axes.value), **built)
+
+
+def strong_bounds(config: TrainConfig, mirror_axes: Sequence[int]) -> StrongBounds:
+    """The strong augmentation's bounds: the planned (or the run's) mirror axes and the recipe's rotation and
+    per-class intensity shift."""
+    return StrongBounds(tuple(mirror_axes), config.rotation, config.class_shift)
 
 
 def training_loader(

@@ -66,6 +66,7 @@ class TrainConfig:
     deep_supervision: bool | None = None  # losses at the coarser decoder stages too (nnU-Net's); the recipe's
     augment: str | None = None  # reference | strong (nnU-Net's) | none; YAML true/false: reference/none
     rotation: float | None = None  # strong augmentation: largest rotation in degrees; default: the recipe's
+    class_shift: float = 0.0  # strong augmentation: largest per-class intensity shift, a share of [0, 1]
     mirror: str | None = None  # strong augmentation's mirror axes: auto (planned) | both | rows | columns | none
     context_slices: int | None = None  # 2.5-D: neighbours on either side fed as channels; default: the card's (0)
     spacing: str | None = None  # auto | none | SY,SX mm; default: the card's if it names one, else auto
@@ -94,6 +95,9 @@ class TrainConfig:
                 raise SwinsegError(f"--{_flag(name)} must be at least 1, got {getattr(self, name)}")
         if not 0.0 <= self.oversample_foreground <= 1.0:
             raise SwinsegError(f"--oversample-foreground must be in [0, 1], got {self.oversample_foreground}")
+        if not 0.0 <= self.class_shift <= 1.0:
+            raise SwinsegError(f"--class-shift must be in [0, 1] (a share of the normalised range), got "
+                               f"{self.class_shift}")
         for name in ("val_every", "val_fraction", "num_workers", "weight_decay", "momentum"):
             if getattr(self, name) < 0:
                 raise SwinsegError(f"--{_flag(name)} must not be negative, got {getattr(self, name)}")
@@ -106,6 +110,8 @@ class TrainConfig:
             self.augment = "reference" if self.augment in ("true", "yes") else "none"
         if self.augment not in AUGMENTATIONS:
             raise SwinsegError(f"--augment {self.augment!r}: expected one of {', '.join(AUGMENTATIONS)}")
+        if self.class_shift and self.augment != "strong":
+            raise SwinsegError(f"--class-shift is part of the strong augmentation; --augment is {self.augment}")
         if self.mirror is not None:
             self.mirror = self.mirror.lower()
             if self.mirror not in MIRRORS:

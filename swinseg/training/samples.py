@@ -24,7 +24,7 @@ from swinseg.preprocess import (
     scale_intensities,
     slice_stack,
 )
-from swinseg.training.augment import augment_slice, resize_pair, strong_sample
+from swinseg.training.augment import StrongBounds, augment_slice, resize_pair, strong_sample
 
 if TYPE_CHECKING:
     pass
@@ -231,12 +231,11 @@ class SliceDataset(torch.utils.data.Dataset):
     workers serves every epoch (`EpochSampler` numbers them)."""
 
     def __init__(self, source: NpzSlices | MemorySlices | GridSlices, img_size: int, *,
-                 augment: str = "reference", seed: int = SEED, mirror_axes: tuple[int, ...] = (0, 1),
-                 max_rotation: float = 180.0) -> None:
+                 augment: str = "reference", seed: int = SEED, strong_bounds: StrongBounds = StrongBounds()) -> None:
         if augment not in AUGMENTATIONS:
             raise SwinsegError(f"--augment {augment!r}: expected one of {', '.join(AUGMENTATIONS)}")
         self.source, self.img_size, self.augment, self.seed = source, int(img_size), augment, int(seed)
-        self.mirror_axes, self.max_rotation = tuple(mirror_axes), float(max_rotation)  # the strong augmentation's
+        self.strong_bounds = strong_bounds
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -255,15 +254,14 @@ class SliceDataset(torch.utils.data.Dataset):
                 c, z, row, col = self.source.locate(index, size, rng)
                 image, label = self.source.slice(c, z)
                 centre = (row + (size - 1) / 2.0, col + (size - 1) / 2.0)
-                return strong_sample(image.astype(np.float32), label, rng, size, centre, (1.0, 1.0),
-                                     self.mirror_axes, self.max_rotation)
+                return strong_sample(image.astype(np.float32), label, rng, size, centre, (1.0, 1.0), self.strong_bounds)
             image, label = self.source.crop(index, size, rng)
             return augment_slice(image, label, rng) if self.augment == "reference" else (image, label)
         image, label = self.source.load(index)
         if self.augment == "strong":
             height, width = image.shape[-2:]
             return strong_sample(image, label, rng, size, ((height - 1) / 2.0, (width - 1) / 2.0),
-                                 (height / size, width / size), self.mirror_axes, self.max_rotation)
+                                 (height / size, width / size), self.strong_bounds)
         if self.augment == "reference":
             image, label = augment_slice(image, label, rng)
         return resize_pair(image, label, size)
