@@ -107,6 +107,10 @@ def test_class_shift_moves_each_labelled_class_by_its_own_constant(monkeypatch):
     assert len(shifts) > 12  # classes and samples draw their own shifts
     off = strong_sample(image, label, np.random.default_rng(0), 40, (29.5, 34.5), (1, 1), StrongBounds())
     np.testing.assert_array_equal(off[0], plain)
+    as_float = strong_sample(image, label.astype(np.float32), np.random.default_rng(0), 40, (29.5, 34.5), (1, 1),
+                             StrongBounds(class_shift=0.3))  # Synapse npz labels are float32
+    np.testing.assert_array_equal(as_float[0], strong_sample(image, label, np.random.default_rng(0), 40,
+                                                             (29.5, 34.5), (1, 1), StrongBounds(class_shift=0.3))[0])
 
 
 def test_class_shift_is_an_option_off_by_default():

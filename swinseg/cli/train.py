@@ -55,9 +55,8 @@ OPTIONS: dict[str, tuple[Any, str]] = {
     "rotation": (float, "Strong augmentation: the largest rotation, in degrees."),
     "class_shift": (float, "Strong augmentation: each labelled class's intensity moved by its own random shift up "
                            "to this share of the normalised range (as a contrast phase or another MR sequence "
-                           "does; CT window [-125, 275]: 0.375 = 150 HU). Off by default: it makes a model hold up "
-                           "across contrast phases but costs accuracy on scans like the training ones (README, "
-                           "Training recipe)."),
+                           "does; CT window [-125, 275]: 0.375 = 150 HU). It makes a model hold up across contrast "
+                           "phases but costs accuracy on scans like the training ones (README, Training recipe)."),
     "mirror": (str, "Strong augmentation's mirroring: auto (planned: no left-right flips when a class names a side "
                     "or is a one-sided organ), both, rows, columns or none. (default: auto)"),
     "context_slices": (int, "2.5-D input: feed each slice with its K neighbours on either side as channels "

@@ -107,10 +107,11 @@ def strong_sample(image: np.ndarray, label: np.ndarray, rng: np.random.Generator
 def _shift_classes(image: np.ndarray, labels: np.ndarray, largest: float, rng: np.random.Generator) -> np.ndarray:
     """(C, S, S): each foreground class of `labels` moved by its own uniform shift in [-largest, largest],
     clipped to [0, 1] as the CT window or MR percentiles clip a real scan's."""
+    labels = labels.astype(np.intp, copy=False)  # Synapse npz slices store labels as float32
     classes = np.unique(labels)
-    shifts = np.zeros(int(classes.max()) + 1, dtype=np.float32)
+    classes = classes[classes > 0]
+    shifts = np.zeros(int(labels.max()) + 1, dtype=np.float32)
     shifts[classes] = rng.uniform(-largest, largest, len(classes))
-    shifts[0] = 0.0
     return np.clip(image + shifts[labels], 0.0, 1.0)
 
 

@@ -95,14 +95,14 @@ def open_data(
             planner.mirror_decision(card.classes, prep, config.mirror, config.augment).value
         return open_training_data(cases, preprocessing=prep, oversample_foreground=config.oversample_foreground,
                                   notes=["preprocessing: the run's card, as resolved when the run started"],
-                                  strong_bounds=strong_bounds(config, mirror), **built)
+                                  strong_bounds=augmentation_bounds(config, mirror), **built)
     plan = planner.plan_training(cases, card, config, device, processes)
     return open_training_data(cases, preprocessing=plan.preprocessing,
                               oversample_foreground=plan.oversample_foreground.value, notes=plan.lines(), plan=plan,
-                              strong_bounds=strong_bounds(config, plan.mirror_axes.value), **built)
+                              strong_bounds=augmentation_bounds(config, plan.mirror_axes.value), **built)
 
 
-def strong_bounds(config: TrainConfig, mirror_axes: Sequence[int]) -> StrongBounds:
+def augmentation_bounds(config: TrainConfig, mirror_axes: Sequence[int]) -> StrongBounds:
     """The strong augmentation's bounds: the planned (or the run's) mirror axes and the recipe's rotation and
     per-class intensity shift."""
     return StrongBounds(tuple(mirror_axes), config.rotation, config.class_shift)
