@@ -283,12 +283,15 @@ class SwinUnet(nn.Module):
                 up_blocks = stage.upsample.forward_blocks(x)
         x = self.norm_up(x)
         if c.conv_skip:
-            features = torch.cat([_rearrange(self.up.forward_blocks(x)).permute(0, 3, 1, 2), self.conv_stem(image)], 1)
-            return self.output(self.conv_fuse(features))
+            return self.output(self.conv_fuse(torch.cat([self._expanded(x), self.conv_stem(image)], 1)))
         if c.stem_skip:
-            features = torch.cat([_rearrange(self.up.forward_blocks(x)).permute(0, 3, 1, 2), half], 1)
-            return F.interpolate(self.output(self.stem_fuse(features)), scale_factor=2, mode="bilinear")
+            logits = self.output(self.stem_fuse(torch.cat([self._expanded(x), half], 1)))
+            return F.interpolate(logits, scale_factor=2, mode="bilinear")
         return self._head(x)
+
+    def _expanded(self, x: torch.Tensor) -> torch.Tensor:
+        """norm_up output (B, H, W, C) after the last expansion, channels first (B, C, sH, sW), for a skip to join."""
+        return _rearrange(self.up.forward_blocks(x)).permute(0, 3, 1, 2)
 
     def _head(self, x: torch.Tensor) -> torch.Tensor:
         """norm_up output (B, H, W, C) -> 4x expand -> 1x1 conv, computed as a Linear on the channels-last
