@@ -37,7 +37,8 @@ OK_FROM = 0.7  # score at or above: ok
 FAIL_BELOW = 0.3  # score below: fail
 SAMPLED = 200_000  # scan voxels sampled for its percentiles
 # signal -> (ok limit, bad limit, floor): the score is 1 up to `ok`, `floor` from `bad` on, linear between. The
-# entropy and agreement limits were set on benchmarks/qc.py (README, "Quality control"), the others by judgement.
+# entropy, agreement and class-volume limits were set on benchmarks/qc.py (README, "Quality control"), the others by
+# judgement.
 THRESHOLDS: dict[str, tuple[float, float, float]] = {
     "air_level": (0.1, 0.3, 0.0),  # |scan p0.5 - training p0.5| / training scan p0.5..p99.5 range
     "bright_level": (0.25, 0.6, 0.2),  # |scan p99.5 - training p99.5| / the same range
@@ -45,7 +46,7 @@ THRESHOLDS: dict[str, tuple[float, float, float]] = {
     "spacing": (1.25, 3.0, 0.5),  # factor outside the training range of in-plane spacing and slice thickness
     "field_of_view": (1.25, 3.0, 0.5),  # factor outside the training range of the extent along each axis (mm)
     "missing_classes": (0.0, 1.0, 0.2),  # share of the classes of nearly every training case that are empty
-    "class_volume": (1.0, 2.0, 0.3),  # |log10(volume / the training cases' typical volume)|, worst class
+    "class_volume": (0.75, 1.5, 0.3),  # |log10(volume / the training cases' typical volume)|, worst class
     "entropy": (0.5, 0.8, 0.0),  # mean normalised softmax entropy over the predicted foreground
     "agreement": (-0.5, -0.2, 0.0),  # minus the mean over classes of the estimated Dice between members
     "fragments": (0.05, 0.3, 0.2),  # share of the foreground outside each class's largest components

@@ -142,6 +142,11 @@ def test_class_volume_is_judged_against_the_training_cases_volumes_not_their_spe
     with_volumes = dict(card.fingerprint, classes=[dict(specks, median_case_ml=organ_ml)])
     result = qc.check(ct_scan(seed=1), labels, confident(labels), dataclasses.replace(card, fingerprint=with_volumes))
     assert result.signals["scores"]["class_volume"] == pytest.approx(1.0)  # the organ's own volume: fine
+    for factor, flagged in ((4.0, False), (8.0, True)):  # a liver 8x smaller than usual is worth a look
+        typical = dict(card.fingerprint, classes=[dict(specks, median_case_ml=organ_ml * factor)])
+        score = qc.check(ct_scan(seed=1), labels, confident(labels),
+                         dataclasses.replace(card, fingerprint=typical)).signals["scores"]["class_volume"]
+        assert (score < 1.0) == flagged
     older = dict(card.fingerprint, classes=[specks])  # a card from before median_case_ml: the object estimate
     result = qc.check(ct_scan(seed=1), labels, confident(labels), dataclasses.replace(card, fingerprint=older))
     assert result.signals["scores"]["class_volume"] < 1.0
