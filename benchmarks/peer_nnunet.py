@@ -62,6 +62,7 @@ from swinseg import io  # noqa: E402
 from swinseg.metrics import dice  # noqa: E402
 from swinseg.phantom import CLASSES as PHANTOM_CLASSES  # noqa: E402
 from swinseg.phantom import write_phantom_dataset  # noqa: E402
+from swinseg.plan import CPU_BATCH  # noqa: E402
 from swinseg.predict import Predictor  # noqa: E402
 from swinseg.training.loop import TrainConfig, train  # noqa: E402
 from swinseg.weights import load_checkpoint  # noqa: E402
@@ -216,8 +217,7 @@ def swinseg_config(bench: Benchmark, run: Path, card: str, epochs: int | None) -
                                "seed": 1234, "epochs": DEFAULT_EPOCHS, **SWINSEG_OPTIONS}
     if epochs is not None:
         options["epochs"] = epochs
-    default = next(f.default for f in dataclasses.fields(TrainConfig) if f.name == "batch_size")
-    if "batch_size" not in options and training_slices(bench.train_dir) < int(default):
+    if "batch_size" not in options and training_slices(bench.train_dir) < CPU_BATCH:  # the plan's on this CPU
         options["batch_size"] = training_slices(bench.train_dir)
     return TrainConfig(**options)
 

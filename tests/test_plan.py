@@ -154,6 +154,18 @@ def test_batch_size_fits_the_device_and_iterations_follow():
     assert not small.overridden
 
 
+def test_unset_batch_is_16_for_the_scratch_recipe_on_a_cpu_and_24_otherwise():
+    cases = loaded([(3.0, 1.0, 1.0)] * 20)  # 60 slices
+    scratch = make_plan(cases, "CT", CARD, config(batch_size=None)).batch_size
+    assert (scratch.value, scratch.flag) == (16, None) and "scratch recipe on a cpu" in scratch.reason
+    published = make_plan(cases, "CT", CARD, config(batch_size=None, recipe="published")).batch_size
+    assert (published.value, published.flag) == (24, None)
+    given = make_plan(cases, "CT", CARD, config(batch_size=24)).batch_size  # the flag wins, even at 24
+    assert (given.value, given.flag) == (24, "--batch-size")
+    planned = make_plan(cases, "CT", CARD, config(batch_size=None)).apply_to_config(config(batch_size=None))
+    assert planned.batch_size == 16 and planned.learning_rate == pytest.approx(1e-3 * 16 / 24)
+
+
 def test_plan_round_trips_and_explains_every_decision(phantoms):
     cases = read_training_cases(phantoms, CARD.preprocessing)
     plan = plan_training(cases, CARD, config(data=str(phantoms)))

@@ -46,12 +46,13 @@ def test_warmup_rises_linearly_then_poly_decays_to_zero():
 
 def test_adamw_does_not_decay_norms_and_biases():
     model = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
-    optimizer = make_optimizer(list(model.parameters()), TrainConfig(recipe="scratch", weight_decay=0.05))
+    config = TrainConfig(recipe="scratch", weight_decay=0.05, batch_size=16)
+    optimizer = make_optimizer(list(model.parameters()), config)
     assert isinstance(optimizer, torch.optim.AdamW)
     decayed, kept = optimizer.param_groups
     assert decayed["weight_decay"] == 0.05 and [p.shape for p in decayed["params"]] == [(4, 4)]
     assert kept["weight_decay"] == 0.0 and len(kept["params"]) == 3  # linear bias, norm weight and bias
-    sgd = make_optimizer(list(model.parameters()), TrainConfig(recipe="published"))
+    sgd = make_optimizer(list(model.parameters()), TrainConfig(recipe="published", batch_size=24))
     assert isinstance(sgd, torch.optim.SGD) and sgd.param_groups[0]["weight_decay"] == 1e-4
 
 
@@ -80,7 +81,7 @@ def test_an_iteration_budget_becomes_whole_epochs(tmp_path):
 
 
 def test_a_run_configured_before_recipes_resumes_with_the_published_one(tmp_path):
-    old = {key: value for key, value in TrainConfig(recipe="published").to_dict().items()
+    old = {key: value for key, value in TrainConfig(recipe="published", batch_size=24).to_dict().items()
            if key not in ("recipe", "optimizer", "warmup", "rotation", "iterations")}
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(old), encoding="utf-8")

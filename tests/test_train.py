@@ -1,6 +1,7 @@
 """Training: the published loss and schedule, configuration, resumable state, the train command."""
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
 import random
@@ -75,14 +76,18 @@ def test_poly_schedule_per_iteration_reaches_zero():
 
 def test_published_recipe_is_the_paper_and_lr_scales_with_batch():
     config = TrainConfig(recipe="published")
-    assert (config.epochs, config.batch_size, config.learning_rate, config.seed) == (150, 24, 0.05, 1234)
+    assert (config.epochs, config.batch_size, config.seed) == (150, None, 1234)  # the batch: the plan's
+    assert dataclasses.replace(config, batch_size=24).learning_rate == 0.05  # the plan's for this recipe
+    with pytest.raises(ValueError, match="plan"):
+        _ = config.learning_rate  # no batch yet: no learning rate to scale
     assert (config.optimizer, config.momentum, config.weight_decay, config.poly_power) == ("sgd", 0.9, 1e-4, 0.9)
     assert (config.ce_weight, config.dice_weight, config.augment, config.warmup) == (0.4, 0.6, "reference", 0.0)
     assert TrainConfig(recipe="published", batch_size=12).learning_rate == pytest.approx(0.025)
     assert TrainConfig(batch_size=12, lr=0.01).learning_rate == 0.01
     assert TrainConfig(pretrained="swin_tiny.pth").recipe == "published"  # ImageNet weights: the paper's recipe
     finetune = resolve_config(finetune=True)
-    assert (finetune.epochs, finetune.learning_rate, finetune.model, finetune.recipe) == (50, 0.01, None, "published")
+    assert (finetune.epochs, finetune.model, finetune.recipe) == (50, None, "published")
+    assert dataclasses.replace(finetune, batch_size=24).learning_rate == 0.01
 
 
 def test_config_file_then_flags(tmp_path):

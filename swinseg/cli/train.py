@@ -35,7 +35,8 @@ OPTIONS: dict[str, tuple[Any, str]] = {
                     "else scratch)"),
     "epochs": (int, "Epochs."),
     "iterations": (int, "Optimiser steps instead of --epochs (rounded up to whole epochs)."),
-    "batch_size": (int, "Global batch size, split across torchrun processes."),
+    "batch_size": (int, "Global batch size, split across torchrun processes. (default: the plan's: 16 with the "
+                        "scratch recipe on a CPU, else 24, less where a GPU's memory is short)"),
     "optimizer": (str, "sgd (momentum --momentum) or adamw (norms and biases not decayed)."),
     "base_lr": (float, "Learning rate at --base-batch, scaled linearly to --batch-size."),
     "base_batch": (int, "Batch size at which --base-lr holds."),

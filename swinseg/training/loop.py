@@ -451,7 +451,7 @@ def train(
                            "or pick another -o")
     dist, device = init_distributed(config.device)
     try:
-        if config.batch_size % dist.world_size:
+        if config.batch_size is not None and config.batch_size % dist.world_size:  # the plan's divides
             raise SwinsegError(f"--batch-size {config.batch_size} is not divisible by the {dist.world_size} "
                                "processes")
         if not resume:

@@ -51,7 +51,7 @@ class TrainConfig:
     recipe: str | None = None  # published | scratch; default: published with --pretrained or --checkpoint
     epochs: int = 150
     iterations: int | None = None  # optimiser steps instead of --epochs (rounded up to whole epochs)
-    batch_size: int = 24  # global: split across torchrun processes
+    batch_size: int | None = None  # global, split across torchrun processes; default: the plan's (swinseg.plan)
     optimizer: str | None = None  # sgd | adamw; default: the recipe's
     base_lr: float | None = None  # default: the recipe's
     base_batch: int = 24
@@ -123,8 +123,9 @@ class TrainConfig:
             raise SwinsegError(f"--fold {self.fold!r}: expected a fold number (0, 1, ...) or all")
         if self.fold == ALL_FOLDS and self.folds is None and self.splits is None:
             raise SwinsegError("--fold all needs --folds N or --splits FILE")
-        if self.learning_rate <= 0:
-            raise SwinsegError(f"learning rate must be positive, got {self.learning_rate}")
+        rate = self.lr if self.lr is not None else self.base_lr
+        if rate <= 0:
+            raise SwinsegError(f"learning rate must be positive, got {rate}")
 
     def _apply_recipe(self) -> None:
         """Name the recipe (published when starting from ImageNet or a trained model, else scratch) and fill
@@ -152,12 +153,17 @@ class TrainConfig:
 
     @property
     def learning_rate(self) -> float:
-        """`lr` if set, else the base learning rate scaled linearly with the batch size."""
-        return self.lr if self.lr is not None else self.base_lr * (self.batch_size / self.base_batch)
+        """`lr` if set, else the base learning rate scaled linearly with the batch size (once planned)."""
+        if self.lr is not None:
+            return self.lr
+        if self.batch_size is None:
+            raise ValueError("the learning rate follows the batch size, which the plan has not set yet")
+        return self.base_lr * (self.batch_size / self.base_batch)
 
     def to_dict(self) -> dict[str, Any]:
+        """The fields, with `lr` resolved where the batch size is known (else left to the plan)."""
         values = dataclasses.asdict(self)
-        values["lr"] = self.learning_rate
+        values["lr"] = self.learning_rate if self.lr is not None or self.batch_size is not None else None
         return values
 
 
