@@ -64,7 +64,9 @@ from swinseg.phantom import CLASSES as PHANTOM_CLASSES  # noqa: E402
 from swinseg.phantom import write_phantom_dataset  # noqa: E402
 from swinseg.plan import CPU_BATCH  # noqa: E402
 from swinseg.predict import Predictor  # noqa: E402
+from swinseg.rundir import CONFIG_FILE  # noqa: E402
 from swinseg.training.loop import TrainConfig, train  # noqa: E402
+from swinseg.training.options import read_config_file  # noqa: E402
 from swinseg.weights import load_checkpoint  # noqa: E402
 
 # swinseg's training recipe beyond the defaults (TrainConfig fields: epochs, batch_size, ...); {} = the default.
@@ -233,7 +235,7 @@ def train_swinseg(bench: Benchmark, side: Path, card: str, epochs: int | None, s
         return None
     config = swinseg_config(bench, run, card, epochs)
     resume = (run / "last.pt").is_file()
-    print(f"swinseg: training {card}, {plural(config.epochs, 'epoch')}, batch {config.batch_size}"
+    print(f"swinseg: training {card}, {plural(config.epochs, 'epoch')}, batch {config.batch_size or 'as planned'}"
           f"{' (resuming: T counts this call only)' if resume else ''} -> {run}", flush=True)
     began = time.perf_counter()
     result = train(config, resume=resume)
@@ -243,7 +245,7 @@ def train_swinseg(bench: Benchmark, side: Path, card: str, epochs: int | None, s
           flush=True)
     info = {"train_seconds": round(seconds, 2), "epoch_seconds": round(epoch_seconds, 2),
             "epochs": len(result.history), "resumed": resume, "card": card,
-            "options": {k: v for k, v in config.to_dict().items() if k not in ("data", "output")}}
+            "options": {k: v for k, v in read_config_file(run / CONFIG_FILE).items() if k not in ("data", "output")}}
     record.write_text(json.dumps(info, indent=1, default=str), encoding="utf-8")
     return {**info, "checkpoint": str(run / "final.safetensors")}
 

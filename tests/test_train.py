@@ -152,6 +152,18 @@ def test_resume_gives_bit_identical_weights(phantoms, tmp_path):
         train(TrainConfig(data=str(phantoms), output=str(tmp_path / "b"), epochs=1, **TINY))
 
 
+def test_a_run_resumed_from_a_config_without_a_batch_keeps_its_planned_batch(phantoms, tmp_path):
+    """Library callers pass the same config again: the batch comes from the run, not from a new plan."""
+    unplanned = {key: value for key, value in TINY.items() if key != "batch_size"}
+    options = dict(data=str(phantoms), output=str(tmp_path / "run"), epochs=2, val_every=0, **unplanned)
+    first = train(TrainConfig(**options), stop_after=1)
+    planned = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["batch_size"]
+    assert len(first.history) == 1 and planned is not None
+    resumed = train(TrainConfig(**options), resume=True)
+    assert len(resumed.history) == 2
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["batch_size"] == planned
+
+
 def test_train_command_writes_a_predict_ready_run(phantoms, tmp_path):
     from swinseg.predict import Predictor
     from swinseg.weights import load_checkpoint

@@ -458,6 +458,8 @@ def train(
             config = hold_out_fold(config, run_dir, write=dist.is_main)
         # rank 0 reads the state and hands it on: other machines of the job need not see the run directory
         state = dist.broadcast(load_training_state(run_dir / STATE_FILE) if resume and dist.is_main else None)
+        if state is not None and config.batch_size is None:  # the batch the run was planned with
+            config = dataclasses.replace(config, batch_size=state["config"]["batch_size"])
         shown = events if events is not None and dist.is_main else TrainingEvents()
         card = ModelCard.from_dict(state["card"]) if state is not None else None
         trainer = Trainer(config, dist, device, shown, resumed_card=card)
