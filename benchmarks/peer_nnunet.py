@@ -62,7 +62,6 @@ from swinseg import io  # noqa: E402
 from swinseg.metrics import dice  # noqa: E402
 from swinseg.phantom import CLASSES as PHANTOM_CLASSES  # noqa: E402
 from swinseg.phantom import write_phantom_dataset  # noqa: E402
-from swinseg.plan import CPU_BATCH  # noqa: E402
 from swinseg.predict import Predictor  # noqa: E402
 from swinseg.rundir import CONFIG_FILE  # noqa: E402
 from swinseg.training.loop import TrainConfig, train  # noqa: E402
@@ -201,26 +200,14 @@ def plural(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
-def training_slices(folder: Path) -> int:
-    reader = sitk.ImageFileReader()
-    total = 0
-    for image in (folder / "imagesTr").glob("*_0000.nii.gz"):
-        reader.SetFileName(str(image))
-        reader.ReadImageInformation()
-        total += reader.GetSize()[2]
-    return total
-
-
 def swinseg_config(bench: Benchmark, run: Path, card: str, epochs: int | None) -> TrainConfig:
-    """The shared settings, then SWINSEG_OPTIONS, then --epochs; every training case trains (val_fraction 0),
-    and the batch is cut to the training slices when there are fewer (the MR)."""
+    """The shared settings, then SWINSEG_OPTIONS, then --epochs; every training case trains (val_fraction 0);
+    the batch is the plan's unless SWINSEG_OPTIONS sets one (the plan cuts it to the training slices: the MR)."""
     options: dict[str, Any] = {"data": str(bench.train_dir), "output": str(run), "model": card, "val_every": 0,
                                "val_fraction": 0.0, "spacing": "auto", "device": "cpu", "num_workers": 2,
                                "seed": 1234, "epochs": DEFAULT_EPOCHS, **SWINSEG_OPTIONS}
     if epochs is not None:
         options["epochs"] = epochs
-    if "batch_size" not in options and training_slices(bench.train_dir) < CPU_BATCH:  # the plan's on this CPU
-        options["batch_size"] = training_slices(bench.train_dir)
     return TrainConfig(**options)
 
 
